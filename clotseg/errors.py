@@ -1,0 +1,29 @@
+"""Exceptions that end a ClotSeg run with a clear message and a non-zero exit.
+
+Scripts catch `ClotSegError` and print its message without a traceback: the
+message alone must tell the user which case, file or setting is at fault and
+what to do about it.
+"""
+
+
+class ClotSegError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+    exit_code = 2
+
+
+class ConfigError(ClotSegError):
+    """One or more settings in config.py are invalid (all are listed)."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"config.py has {len(self.problems)} problem(s):\n{lines}")
+
+
+class InputDataError(ClotSegError):
+    """A case or file of the cohort is missing, malformed or inconsistent."""
+
+
+class StageError(ClotSegError):
+    """A stage cannot run: its inputs on disk are missing or stale."""

@@ -1,0 +1,112 @@
+"""HU windowing, uint8 intensity codes and center padding.
+
+The model sees each modality as a uint8 "intensity code" 0..255:
+code = round(255 * clip((HU - low) / (high - low), 0, 1)) for that modality's
+window. Storing codes (not floats) makes samples 4x smaller on disk and on
+the host-to-GPU link; the model's first layer rescales them to [0, 1].
+Training slices, test-time slices and every importer go through these
+functions, so preprocessing is identical everywhere.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def window_to_unit(volume: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """Map HU to [0, 1] with a (low, high) window; clip outside.
+
+    Args:
+        volume: any-shape array in HU (or already in [0, 1] when window is None).
+        window: (low_HU, high_HU) with low < high, or None for pre-normalised data.
+    Returns:
+        float32 array of the same shape in [0, 1].
+    """
+    vol = np.asarray(volume, dtype=np.float32)
+    if window is None:
+        return np.clip(vol, 0.0, 1.0)
+    low, high = float(window[0]), float(window[1])
+    return np.clip((vol - low) / (high - low), 0.0, 1.0)
+
+
+def to_codes(unit: np.ndarray) -> np.ndarray:
+    """[0, 1] float -> uint8 codes 0..255 (round to nearest)."""
+    return np.rint(np.asarray(unit, dtype=np.float32) * 255.0).astype(np.uint8)
+
+
+def encode(volume: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """HU volume -> uint8 intensity codes through `window` (see module doc)."""
+    return to_codes(window_to_unit(volume, window))
+
+
+def pad_offsets(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
+    """Top/left offsets that center an (h, w) plane inside (H, W).
+
+    Raises ValueError when the plane is larger than the target.
+    """
+    h, w = int(in_hw[0]), int(in_hw[1])
+    H, W = int(out_hw[0]), int(out_hw[1])
+    if h > H or w > W:
+        raise ValueError(f"slice of {h}x{w} pixels is larger than the model input {H}x{W}")
+    return (H - h) // 2, (W - w) // 2
+
+
+def center_pad(arr: np.ndarray, out_hw: tuple[int, int], value=0) -> np.ndarray:
+    """Center-pad the first two axes of `arr` (h, w, ...) to (H, W, ...).
+
+    Padding is `value` (0 = the bottom of every window, i.e. "air/black").
+    """
+    top, left = pad_offsets(arr.shape[:2], out_hw)
+    out = np.full((int(out_hw[0]), int(out_hw[1])) + arr.shape[2:], value, dtype=arr.dtype)
+    out[top:top + arr.shape[0], left:left + arr.shape[1]] = arr
+    return out
+
+
+def center_crop(arr: np.ndarray, in_hw: tuple[int, int]) -> np.ndarray:
+    """Undo `center_pad`: crop the first two axes (H, W, ...) back to (h, w, ...)."""
+    top, left = pad_offsets(in_hw, arr.shape[:2])
+    return arr[top:top + int(in_hw[0]), left:left + int(in_hw[1])]
+
+
+def volume_to_samples(volumes: list[np.ndarray], windows: list, out_hw: tuple[int, int]) -> np.ndarray:
+    """Stack modality volumes into padded per-slice model inputs.
+
+    Args:
+        volumes: one (h, w, D) HU array per modality, all the same shape.
+        windows: one (low, high) HU window or None per modality.
+        out_hw: model input (H, W) with H >= h, W >= w.
+    Returns:
+        uint8 codes of shape (D, H, W, C), C = number of modalities,
+        slices in the volume's order.
+    """
+    h, w, d = volumes[0].shape
+    top, left = pad_offsets((h, w), out_hw)
+    out = np.zeros((d, int(out_hw[0]), int(out_hw[1]), len(volumes)), dtype=np.uint8)
+    for c, (vol, win) in enumerate(zip(volumes, windows)):
+        # (h, w, D) -> (D, h, w): one transpose per channel, no per-slice loop.
+        out[:, top:top + h, left:left + w, c] = np.moveaxis(encode(vol, win), -1, 0)
+    return out
+
+
+def mask_to_samples(mask: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+    """(h, w, D) mask -> (D, H, W) uint8, center-padded with background."""
+    h, w, d = mask.shape
+    top, left = pad_offsets((h, w), out_hw)
+    out = np.zeros((d, int(out_hw[0]), int(out_hw[1])), dtype=np.uint8)
+    out[:, top:top + h, left:left + w] = np.moveaxis(normalise_mask(mask), -1, 0)
+    return out
+
+
+def normalise_mask(mask: np.ndarray) -> np.ndarray:
+    """0/1 or 0/255 mask (any dtype) -> uint8 labels; 255 becomes 1.
+
+    Multi-class masks (0..K-1) pass through unchanged. Validity is checked in
+    `clotseg.cohort`, before any stage runs.
+    """
+    m = np.asarray(mask)
+    if m.dtype == np.bool_:
+        return m.astype(np.uint8)
+    m = np.rint(m).astype(np.int64) if m.dtype.kind == "f" else m.astype(np.int64)
+    if m.size and m.max() == 255:
+        m = (m == 255)
+    return m.astype(np.uint8)

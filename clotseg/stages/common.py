@@ -1,0 +1,72 @@
+"""What every data stage shares: deciding to reuse or (re)build its output,
+and the on-disk layout of a sample store.
+
+A sample store is a folder with
+    images.npy    (N, H, W, C) uint8 intensity codes (see clotseg.intensity)
+    masks.npy     (N, H, W)    uint8 labels (0/1, or 0..K-1)
+    samples.csv   one row per sample: provenance (case id, slice index, ...)
+    manifest.json written last; its presence marks the store complete
+Whole-cohort arrays (not one file per slice) let the generator memory-map
+them and read a batch with one fancy-indexing call.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from clotseg.errors import StageError
+from clotseg.io import atomic_write_text, load_npy, read_manifest
+
+IMAGES, MASKS, SAMPLES = "images.npy", "masks.npy", "samples.csv"
+
+
+def decide(flag: bool, flag_name: str, stage_dir: Path, key: str, label: str, log=print) -> dict | None:
+    """Return the manifest to reuse, or None when the stage must be built.
+
+    flag True: reuse only an output built from the same inputs and settings
+    (same fingerprint `key`), else rebuild. flag False: reuse whatever
+    complete output exists (warning when stale); none -> StageError naming
+    the flag to set.
+    """
+    manifest = read_manifest(stage_dir)
+    if flag:
+        if manifest is not None and manifest.get("fingerprint") == key:
+            log(f"[{label}] up to date: {stage_dir} ({manifest.get('n_samples', '?')} samples)")
+            return manifest
+        return None
+    if manifest is None:
+        raise StageError(f"{flag_name} is False but {stage_dir} holds no complete output; "
+                         f"set {flag_name} = True in config.py to build it")
+    if manifest.get("fingerprint") != key:
+        log(f"[{label}] warning: reusing {stage_dir}, built from other inputs or settings "
+            f"(set {flag_name} = True to rebuild)")
+    else:
+        log(f"[{label}] reusing {stage_dir}")
+    return manifest
+
+
+def write_samples_csv(path: Path, header: list[str], rows) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def read_samples_csv(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def open_store(store_dir: Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(images, masks) of a complete sample store, memory-mapped by default."""
+    store_dir = Path(store_dir)
+    if read_manifest(store_dir) is None:
+        raise StageError(f"{store_dir} is not a complete sample store (no manifest); rerun the stage that builds it")
+    images = load_npy(store_dir / IMAGES, mmap=mmap, what=f"sample store {store_dir.name}")
+    masks = load_npy(store_dir / MASKS, mmap=mmap, what=f"sample store {store_dir.name}")
+    return images, masks

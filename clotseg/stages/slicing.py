@@ -1,0 +1,90 @@
+"""Stage 2: 3D volumes -> 2D multi-channel samples for Training and Validation.
+
+Each slice (last axis of the (H, W, D) volumes) becomes one sample: every
+modality windowed to uint8 codes as a channel (CTA, NCCT by default),
+center-padded to INPUT_SHAPE[:2], with its mask slice. The Testing cohort is
+not sliced here: testing.py slices it on the fly.
+Output: Processed/Sliced/<cohort>/ sample stores (see stages/common.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from numpy.lib.format import open_memmap
+from tqdm import tqdm
+
+from clotseg.cohort import Case, load_case
+from clotseg.intensity import mask_to_samples, volume_to_samples
+from clotseg.io import fingerprint, staged_dir, write_manifest
+from clotseg.settings import Settings
+from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, write_samples_csv
+
+STAGE = "slice"
+VERSION = 1
+TRAIN_COHORTS = ("Training", "Validation")
+
+
+def sliced_dir(settings: Settings, cohort: str) -> Path:
+    return settings.processed_path / "Sliced" / cohort
+
+
+def slice_key(settings: Settings, cases: list[Case]) -> str:
+    """Fingerprint of everything the sliced output depends on."""
+    return fingerprint({
+        "version": VERSION,
+        "cases": [c.signature() for c in cases],
+        "settings": settings.subset(["modality_patterns", "windows_hu", "input_shape", "num_classes"]),
+    })
+
+
+def run_slicing(settings: Settings, cohorts: dict, cases_by_id: dict, shapes: dict, log=print) -> dict:
+    """Slice the Training and Validation cohorts; return {cohort: manifest}."""
+    out = {}
+    for cohort in TRAIN_COHORTS:
+        cases = [cases_by_id[cid] for cid in cohorts[cohort]]
+        key = slice_key(settings, cases)
+        target = sliced_dir(settings, cohort)
+        manifest = decide(settings.slice_extract, "SLICE_EXTRACT", target, key, f"slice {cohort}", log)
+        if manifest is None:
+            manifest = slice_cohort(settings, cases, shapes, target, key, cohort)
+            log(f"[slice {cohort}] {manifest['n_samples']} slices from {manifest['n_cases']} cases "
+                f"({manifest['n_positive']} with clot) -> {target}")
+        out[cohort] = manifest
+    return out
+
+
+def slice_cohort(settings: Settings, cases: list[Case], shapes: dict, target: Path, key: str,
+                 cohort: str = "") -> dict:
+    """Write one cohort's sample store atomically; return its manifest.
+
+    Memory: one case at a time; the output arrays are written through
+    memory maps, so cohorts larger than RAM slice fine.
+    """
+    hw = settings.input_shape[:2]
+    windows = [settings.windows_hu[m] for m in settings.modalities]
+    n_total = sum(shapes[c.case_id][2] for c in cases)
+    rows = []
+    with staged_dir(target) as tmp:
+        images = open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n_total, *hw, len(windows)))
+        masks = open_memmap(tmp / MASKS, mode="w+", dtype=np.uint8, shape=(n_total, *hw))
+        pos = 0
+        for case in tqdm(cases, desc=f"Slicing {cohort}", unit="case"):
+            vols, mask = load_case(case)
+            d = vols[0].shape[2]
+            images[pos:pos + d] = volume_to_samples(vols, windows, hw)
+            masks[pos:pos + d] = mask_to_samples(mask, hw)
+            clot = masks[pos:pos + d].reshape(d, -1).astype(bool).sum(axis=1)
+            rows.extend([pos + k, case.case_id, k, int(clot[k])] for k in range(d))
+            pos += d
+        images.flush()
+        masks.flush()
+        del images, masks
+        write_samples_csv(tmp / SAMPLES, ["sample", "case_id", "slice", "clot_pixels"], rows)
+        n_pos = sum(1 for r in rows if r[3] > 0)
+        manifest = write_manifest(tmp, STAGE, key, cohort=cohort, version=VERSION, n_cases=len(cases),
+                                  n_samples=n_total, n_positive=n_pos, cases=[c.case_id for c in cases],
+                                  image_shape=[n_total, *hw, len(windows)], channels=settings.modalities,
+                                  windows_hu=settings.subset(["windows_hu"])["WINDOWS_HU"])
+    return manifest

@@ -1,0 +1,113 @@
+"""Stage 1: case-level, seeded Training / Validation / Testing split.
+
+The split depends only on the sorted case ids, the seed and the percentages,
+never on directory listing order. It is saved to Processed/split.json and
+reused as long as those do not change.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from clotseg.errors import InputDataError, StageError
+from clotseg.io import atomic_write_json, fingerprint, read_json
+from clotseg.settings import Settings
+
+COHORTS = ("Training", "Validation", "Testing")
+SPLIT_FILE = "split.json"
+
+
+def split_cases(case_ids: list[str], train_perc: float, val_perc: float, seed: int) -> dict[str, list[str]]:
+    """Assign case ids to cohorts.
+
+    Sizes: round(n * TRAIN_PERC) training, round(n * VAL_PERC) validation,
+    the rest testing; with 3 or more cases every cohort gets at least one.
+    Returns {"Training": [...], "Validation": [...], "Testing": [...]}, each
+    sorted; the union is `case_ids` and the cohorts are disjoint.
+    """
+    ids = sorted(set(case_ids))
+    if len(ids) != len(case_ids):
+        raise InputDataError("duplicate case ids in the cohort")
+    n = len(ids)
+    if n < 3:
+        raise InputDataError(f"the cohort has {n} case(s); the split needs at least 3 "
+                             "(one each for training, validation and testing)")
+    n_train = max(1, int(round(n * train_perc)))
+    n_val = max(1, int(round(n * val_perc)))
+    # Keep at least one test case, taking it from the larger of the other two.
+    while n_train + n_val > n - 1:
+        if n_train >= n_val and n_train > 1:
+            n_train -= 1
+        else:
+            n_val -= 1
+    order = np.random.default_rng(seed).permutation(n)
+    shuffled = [ids[i] for i in order]
+    return {
+        "Training": sorted(shuffled[:n_train]),
+        "Validation": sorted(shuffled[n_train:n_train + n_val]),
+        "Testing": sorted(shuffled[n_train + n_val:]),
+    }
+
+
+def run_split(settings: Settings, case_ids: list[str], log=print) -> dict[str, list[str]]:
+    """Run or reuse the split; return the cohorts.
+
+    TRAIN_TEST_SPLIT=True: computes the split; an identical saved split is
+    kept as is. TRAIN_TEST_SPLIT=False: reuses Processed/split.json, which
+    must exist and name only cases that still exist.
+    """
+    path = settings.processed_path / SPLIT_FILE
+    key = fingerprint({"cases": sorted(case_ids), "seed": settings.random_seed,
+                       "train": settings.train_perc, "val": settings.val_perc})
+    saved = _read(path)
+    if not settings.train_test_split:
+        if saved is None:
+            raise StageError(f"TRAIN_TEST_SPLIT is False but there is no saved split at {path}; "
+                             "set TRAIN_TEST_SPLIT = True in config.py to create it")
+        missing = sorted(set(sum(saved["cohorts"].values(), [])) - set(case_ids))
+        if missing:
+            raise StageError(f"the saved split {path} names cases that no longer exist: {missing}; "
+                             "set TRAIN_TEST_SPLIT = True to split again")
+        new = sorted(set(case_ids) - set(sum(saved["cohorts"].values(), [])))
+        if new:
+            log(f"note: {len(new)} case(s) are not in the saved split and are left out: {new[:5]}")
+        log(f"[split] reusing {path}")
+        return saved["cohorts"]
+    if saved is not None and saved.get("fingerprint") == key:
+        log(f"[split] up to date: {path}")
+        return saved["cohorts"]
+    cohorts = split_cases(case_ids, settings.train_perc, settings.val_perc, settings.random_seed)
+    atomic_write_json(path, {
+        "complete": True,
+        "fingerprint": key,
+        "random_seed": settings.random_seed,
+        "train_perc": settings.train_perc,
+        "val_perc": settings.val_perc,
+        "counts": {k: len(v) for k, v in cohorts.items()},
+        "cohorts": cohorts,
+    })
+    log(f"[split] {len(case_ids)} cases -> " + ", ".join(f"{k} {len(v)}" for k, v in cohorts.items())
+        + f"; saved {path}")
+    return cohorts
+
+
+def load_split(settings: Settings) -> dict[str, list[str]]:
+    """The saved cohorts, or StageError telling the user to run the split."""
+    saved = _read(settings.processed_path / SPLIT_FILE)
+    if saved is None:
+        raise StageError(f"no saved split at {settings.processed_path / SPLIT_FILE}; "
+                         "run `python training.py` with TRAIN_TEST_SPLIT = True first")
+    return saved["cohorts"]
+
+
+def _read(path):
+    if not path.is_file():
+        return None
+    try:
+        data = read_json(path)
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and data.get("complete") and isinstance(data.get("cohorts"), dict)
+            and set(data["cohorts"]) == set(COHORTS)):
+        return None
+    return data

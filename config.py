@@ -1,0 +1,115 @@
+"""ClotSeg settings: edit the constants below, then run `python training.py`
+and `python testing.py`.
+
+This is a flat module of UPPER_CASE constants, as in the original CT-ClotSeg.
+A later assignment of the same name wins. ClotSeg reads it once at start-up,
+checks every value (all problems are listed at once, before any work starts)
+and turns it into a validated settings object (`clotseg.settings.Settings`).
+
+Presets: `python training.py --preset demo` overlays the small, CPU-friendly
+values of PRESETS["demo"] on the constants below without changing them.
+"""
+
+# --------------------------------------------------------------------------
+# Pipeline stages: True = (re)do the stage, False = reuse what is on disk.
+# A stage whose inputs and settings did not change is skipped either way.
+# --------------------------------------------------------------------------
+TRAIN_TEST_SPLIT = True   # 1. case-level split into Training / Validation / Testing
+SLICE_EXTRACT = True      # 2. 3D volumes -> 2D two-channel slices (Training, Validation)
+DATA_AUG = True           # 3. albumentations augmentation up to the target sample sizes
+MODEL_TRAINING = True     # 4. train the 2D U-Net
+
+# --------------------------------------------------------------------------
+# Folders (relative to this file) and the file naming convention.
+# <ID> in a pattern stands for the case id; matching ignores case.
+# --------------------------------------------------------------------------
+VOLUME_DIR = "DL_vol_files/binary"
+MASK_DIR = "DL_seg_files/binary"
+PROCESSED_DIR = "Processed"
+TRAININGS_DIR = "Trainings"
+CASE_PREFIX = "CS"                         # case ids look like CS<ID>, e.g. CS12
+MODALITY_PATTERNS = {                       # one input channel per modality, in this order
+    "CTA": "CS<ID>_CTA_Binary.npy",
+    "NCCT": "CS<ID>_NCCT_Reg_Binary.npy",
+}
+MASK_PATTERN = "CS<ID>_seg_corrected_binary.npy"
+
+# Intensity window per modality in HU: (low, high) is mapped to [0, 1] and
+# clipped. None means the volume is already normalised to [0, 1].
+# CTA: wide so both the bright lumen and the filling defect stay visible.
+# NCCT: brain window W80/L40, where the hyperdense clot (45-75 HU) shows.
+WINDOWS_HU = {
+    "CTA": (-100.0, 600.0),
+    "NCCT": (0.0, 80.0),
+}
+# Voxel spacing in mm (row, column, slice) used for mm-based metrics when a
+# case has no <case>.json sidecar with "spacing_mm". None = report in voxels.
+VOXEL_SPACING_MM = None
+
+# --------------------------------------------------------------------------
+# Split (stage 1)
+# --------------------------------------------------------------------------
+RANDOM_SEED = 42
+TRAIN_PERC = 0.6
+VAL_PERC = 0.2          # test = 1 - TRAIN_PERC - VAL_PERC
+
+# --------------------------------------------------------------------------
+# Slicing and augmentation (stages 2, 3)
+# --------------------------------------------------------------------------
+INPUT_SHAPE = (256, 256, 2)      # (rows, cols, channels); channels = number of modalities
+TARGET_SAMPLE_SIZE_AUG_TRAIN = 20000
+TARGET_SAMPLE_SIZE_AUG_VAL = 4000
+AUG_P = 0.8                      # probability that a sample is augmented at all
+POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices with clot
+NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores
+
+# --------------------------------------------------------------------------
+# Model (stage 4): 2D U-Net as in CT-ClotSeg
+# --------------------------------------------------------------------------
+BASE_FILTERS = 32                # encoder filters 32-64-128-256
+DEPTH = 3                        # number of poolings
+DROPOUT = 0.1
+NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
+
+# --------------------------------------------------------------------------
+# Training (stage 4)
+# --------------------------------------------------------------------------
+LOSS = "bce_dice"                # "dice", "bce_dice", "tversky", "focal_tversky"
+LEARNING_RATE = 1e-3
+EPOCHS = 100
+BATCH_SIZE = 16
+EARLY_STOPPING_PATIENCE = 15     # epochs without better validation Dice
+REDUCE_LR_PATIENCE = 5
+MIXED_PRECISION = "auto"         # "auto" = on when a GPU is present; True / False to force
+JIT_COMPILE = "auto"             # XLA; "auto" = on when a GPU is present
+RESUME = False                   # continue the latest unfinished run from its last checkpoint
+
+# --------------------------------------------------------------------------
+# Testing (testing.py)
+# --------------------------------------------------------------------------
+TEST_RUN = None                  # run folder name under TRAININGS_DIR; None = latest
+THRESHOLD = 0.5                  # probability above which a voxel is clot
+TTA_FLIPS = False                # average predictions over horizontal/vertical flips
+MIN_COMPONENT_VOXELS = 0         # drop predicted 3D components smaller than this
+KEEP_LARGEST_COMPONENT = False
+SAVE_PROBABILITIES = False
+BOOTSTRAP_RESAMPLES = 5000
+
+# --------------------------------------------------------------------------
+# Presets: named overlays selected with --preset NAME (or PRESET below).
+# "demo" runs every stage on a 2-core CPU in about 10 minutes.
+# --------------------------------------------------------------------------
+PRESET = None
+PRESETS = {
+    "demo": {
+        "INPUT_SHAPE": (128, 128, 2),
+        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1200,
+        "TARGET_SAMPLE_SIZE_AUG_VAL": 300,
+        "BASE_FILTERS": 8,
+        "EPOCHS": 12,
+        "BATCH_SIZE": 16,
+        "LEARNING_RATE": 2e-3,
+        "EARLY_STOPPING_PATIENCE": 6,
+        "REDUCE_LR_PATIENCE": 3,
+    },
+}
