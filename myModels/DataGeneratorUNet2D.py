@@ -1,0 +1,204 @@
+"""Batches of 2D slices for the ClotSeg U-Net, read from memory-mapped .npy files.
+
+A cohort folder holds `images.npy` (N, H, W, C) uint8 intensity codes and
+`masks.npy` (N, H, W) uint8. The files are memory-mapped, so only the rows of
+the current batch are ever read into RAM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import keras
+import numpy as np
+
+IMAGE_DTYPES = ("float32", "uint8")
+
+
+def _open(source, what: str):
+    """(array, path or None): a read-only memmap of a .npy path, or the array itself."""
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{what} file {path} does not exist")
+        try:
+            # Never unpickle: a .npy holding Python objects is refused.
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:
+            raise ValueError(f"{what} file {path} is not a readable numeric .npy array: {exc}") from exc
+        return array, path
+    if isinstance(source, np.ndarray):
+        return source, None
+    raise ValueError(f"{what} must be a path to a .npy file or a numpy array, got {type(source).__name__}")
+
+
+class DataGeneratorUNet2D(keras.utils.PyDataset):
+    """Keras PyDataset of (images, masks) batches for `model.fit` / `predict`.
+
+    Args:
+        images: path to an .npy file of shape (N, H, W, C) uint8 intensity
+            codes 0..255 (opened memory-mapped) or such an array.
+        masks: path to an .npy file of shape (N, H, W) uint8 (0 background,
+            1 clot; class ids 0..K-1 when num_classes = K > 1) or such an array.
+        batch_size: samples per batch; the last batch keeps the remainder.
+        shuffle: reshuffle the sample order every epoch.
+        seed: epoch counter e uses the permutation of
+            `np.random.default_rng(seed + e)`, so the sequence of epochs is
+            reproducible. Note that Keras also calls `on_epoch_end` once when
+            fit()/evaluate() start, so fit epoch k (0-based) of a fresh
+            generator is served with e = k + 1; to resume at `initial_epoch`,
+            call `set_epoch(initial_epoch)` before fit() to get the same orders.
+        indices: optional 1-D integer sample indices to draw from (default:
+            all N); repeated indices are served repeatedly (oversampling).
+        num_classes: 1 -> y is the binary mask; K > 1 -> y is one-hot.
+        image_dtype: "float32" (default) or "uint8"; values stay the 0..255
+            codes (the model rescales). "uint8" ships 4x fewer bytes to a GPU.
+        **kwargs: workers, use_multiprocessing, max_queue_size (PyDataset).
+
+    Batches: x (B, H, W, C) of `image_dtype`; y float32 (B, H, W, 1) in {0, 1}
+    for num_classes = 1 (any mask value > 0 counts as clot), or one-hot
+    (B, H, W, K) for K > 1.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: unreadable or pickled files, wrong ndim, non-uint8 data,
+            N/H/W mismatch between images and masks, bad indices or arguments;
+            the message names the files.
+    """
+
+    def __init__(
+        self,
+        images,
+        masks,
+        batch_size=16,
+        shuffle=True,
+        seed=0,
+        indices=None,
+        num_classes=1,
+        image_dtype="float32",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.images, self.images_path = _open(images, "images")
+        self.masks, self.masks_path = _open(masks, "masks")
+        self._validate_arrays()
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        try:
+            dtype_name = np.dtype(image_dtype).name
+        except TypeError:
+            dtype_name = None
+        if dtype_name not in IMAGE_DTYPES:
+            raise ValueError(f"image_dtype must be one of {IMAGE_DTYPES}, got {image_dtype!r}")
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.num_classes = int(num_classes)
+        self.image_dtype = np.dtype(dtype_name)
+        self.indices = self._validate_indices(indices)
+        self.epoch = 0
+        self.order = self._epoch_order()
+
+    # ------------------------------------------------------------ validation
+    def _describe(self) -> str:
+        img = self.images_path or "images array"
+        msk = self.masks_path or "masks array"
+        return f"images {img} {tuple(self.images.shape)} {self.images.dtype}, masks {msk} {tuple(self.masks.shape)} {self.masks.dtype}"
+
+    def _validate_arrays(self):
+        problems = []
+        if self.images.ndim != 4:
+            problems.append("images must have 4 dimensions (N, H, W, C)")
+        if self.masks.ndim != 3:
+            problems.append("masks must have 3 dimensions (N, H, W)")
+        if self.images.dtype != np.uint8:
+            problems.append("images must be uint8 intensity codes")
+        if self.masks.dtype != np.uint8:
+            problems.append("masks must be uint8")
+        if self.images.shape[:1] != self.masks.shape[:1]:
+            problems.append("images and masks hold different numbers of samples N")
+        elif self.images.ndim == 4 and self.masks.ndim == 3 and self.images.shape[1:3] != self.masks.shape[1:3]:
+            problems.append("images and masks differ in H, W")
+        if not problems and self.images.shape[0] == 0:
+            problems.append("there are no samples (N = 0)")
+        if problems:
+            raise ValueError("; ".join(problems) + f" ({self._describe()})")
+
+    def _validate_indices(self, indices) -> np.ndarray:
+        n = self.images.shape[0]
+        if indices is None:
+            return np.arange(n, dtype=np.int64)
+        indices = np.asarray(indices)
+        if indices.ndim != 1 or indices.size == 0 or not np.issubdtype(indices.dtype, np.integer):
+            raise ValueError(f"indices must be a non-empty 1-D integer array ({self._describe()})")
+        if indices.min() < 0 or indices.max() >= n:
+            raise ValueError(f"indices must lie in [0, {n - 1}] ({self._describe()})")
+        return indices.astype(np.int64)
+
+    # ------------------------------------------------------------ ordering
+    def _epoch_order(self) -> np.ndarray:
+        if not self.shuffle:
+            return self.indices
+        return self.indices[np.random.default_rng(self.seed + self.epoch).permutation(len(self.indices))]
+
+    def set_epoch(self, epoch: int):
+        """Jump to the sample order of `epoch` (0-based), e.g. when resuming training."""
+        self.epoch = int(epoch)
+        self.order = self._epoch_order()
+
+    def on_epoch_end(self):
+        # Reshuffle here, not in on_epoch_begin: Keras stops its worker queue
+        # before on_epoch_end but starts it before on_epoch_begin, so only
+        # here can the order change without racing the workers.
+        self.set_epoch(self.epoch + 1)
+
+    # ------------------------------------------------------------ batches
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __getitem__(self, idx):
+        """Batch `idx`: (x, y) as described in the class docstring."""
+        if not 0 <= idx < len(self):
+            raise IndexError(f"batch {idx} out of range [0, {len(self)})")
+        wanted = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
+        # Memmap rows are read fastest in ascending file order; the stable sort
+        # lets `inverse` put them back into the shuffled order afterwards.
+        ascending = np.argsort(wanted, kind="stable")
+        rows = wanted[ascending]
+        inverse = np.empty_like(ascending)
+        inverse[ascending] = np.arange(len(ascending))
+        x = np.asarray(self.images[rows])[inverse].astype(self.image_dtype, copy=False)
+        masks = np.asarray(self.masks[rows])[inverse]
+        return x, self._targets(masks)
+
+    def _targets(self, masks: np.ndarray) -> np.ndarray:
+        """(B, H, W) uint8 masks -> float32 (B, H, W, 1) binary or (B, H, W, K) one-hot."""
+        if self.num_classes == 1:
+            return (masks > 0).astype(np.float32)[..., None]
+        if masks.max() >= self.num_classes:
+            raise ValueError(
+                f"mask value {int(masks.max())} is not a class id below num_classes={self.num_classes} "
+                f"({self._describe()})"
+            )
+        return np.eye(self.num_classes, dtype=np.float32)[masks]
+
+    # ------------------------------------------------------------ pickling
+    def __getstate__(self):
+        # Pickling a memmap copies the whole file; worker processes reopen the
+        # path instead, so the cohort is never duplicated in RAM.
+        state = self.__dict__.copy()
+        if self.images_path is not None:
+            state["images"] = None
+        if self.masks_path is not None:
+            state["masks"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.images is None:
+            self.images = np.load(self.images_path, mmap_mode="r", allow_pickle=False)
+        if self.masks is None:
+            self.masks = np.load(self.masks_path, mmap_mode="r", allow_pickle=False)

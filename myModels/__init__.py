@@ -1,0 +1,39 @@
+"""ClotSeg model package: the 2D U-Net, its losses/metrics and the batch generator.
+
+Keras 3 only (`keras`, `keras.ops`, numpy), so it runs under the TensorFlow,
+JAX and torch backends. Importing the package registers the custom losses and
+metrics, which lets `keras.models.load_model` reload a saved `.keras` model
+without `custom_objects`.
+
+The generator class is imported from its module,
+`from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D`; it is not
+re-exported here because the class would shadow the module of the same name.
+"""
+
+from myModels.losses import (
+    BceDiceLoss,
+    DiceCoefficient,
+    DiceLoss,
+    FocalTverskyLoss,
+    IoUScore,
+    TverskyLoss,
+    dice_coefficient,
+    get_loss,
+    get_metrics,
+    iou_score,
+)
+from myModels.unet2D import build_unet2d
+
+__all__ = [
+    "BceDiceLoss",
+    "DiceCoefficient",
+    "DiceLoss",
+    "FocalTverskyLoss",
+    "IoUScore",
+    "TverskyLoss",
+    "build_unet2d",
+    "dice_coefficient",
+    "get_loss",
+    "get_metrics",
+    "iou_score",
+]

@@ -1,0 +1,109 @@
+"""The ClotSeg 2D U-Net (Keras 3 functional model, any backend).
+
+Mirrors the CT-ClotSeg network: a U-Net whose encoder doubles the filters at
+each of `depth` max-poolings (32-64-128 with a 256-filter bottleneck for the
+defaults), two conv3x3-BN-ReLU blocks per level, dropout in every level,
+Conv2DTranspose up-sampling with skip concatenation, and a 1x1 output conv.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+
+def conv_block(x, filters: int, dropout: float, name: str):
+    """Two conv3x3-BN-ReLU blocks with dropout between them.
+
+    Dropout sits between the two convolutions (as in the original network) so
+    the second convolution learns from a thinned feature map while the skip
+    connection and the pooled output stay un-dropped at inference.
+    """
+    x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"{name}_conv1")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = layers.Activation("relu", name=f"{name}_relu1")(x)
+    if dropout > 0:
+        x = layers.Dropout(dropout, name=f"{name}_drop")(x)
+    x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"{name}_conv2")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    return layers.Activation("relu", name=f"{name}_relu2")(x)
+
+
+def build_unet2d(
+    input_shape=(256, 256, 2),
+    base_filters: int = 32,
+    depth: int = 3,
+    dropout: float = 0.1,
+    num_classes: int = 1,
+    name: str = "clotseg_unet2d",
+) -> keras.Model:
+    """Build the (uncompiled) ClotSeg 2D U-Net.
+
+    Args:
+        input_shape: (rows, cols, channels); channels are the modalities in
+            the order CTA, NCCT. rows and cols must be divisible by
+            2**depth (None allows any size divisible by 2**depth at call time).
+        base_filters: filters of the first level; level i has
+            base_filters * 2**i, the bottleneck base_filters * 2**depth.
+        depth: number of max-poolings (3 -> filters 32-64-128-256 by default).
+        dropout: dropout rate used in every level (0 disables it).
+        num_classes: 1 -> one sigmoid channel (clot probability);
+            K > 1 -> K softmax channels (one-hot classes, 0 = background).
+        name: model name.
+
+    Input: (B, rows, cols, channels) intensity codes 0..255 (uint8 "codes" of
+    the HU windows, not HU). The Input is float32 but uint8 arrays are
+    accepted: Keras casts them to float32, and the first layer
+    `Rescaling(1/255)` maps codes to [0, 1], so the host ships uint8 batches
+    (4x less host-to-device traffic) and the scaling happens on the device.
+
+    Output: (B, rows, cols, num_classes) float32 probabilities. The output
+    layer is pinned to float32 so mixed precision (mixed_bfloat16 /
+    mixed_float16 global policies) never rounds the probabilities, which the
+    losses and the 0.5 threshold need at full precision.
+
+    Parameter count of the default model (input (256, 256, 2), base 32,
+    depth 3, num_classes 1): 1,930,945 parameters, of which 1,928,129 are
+    trainable and 2,816 are BatchNormalization moving statistics
+    (computed with `model.count_params()`; the tests re-derive it from the
+    layer formulas).
+
+    Raises:
+        ValueError: on non-positive sizes, a rate outside [0, 1) or spatial
+        dimensions not divisible by 2**depth.
+    """
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (rows, cols, channels), got {input_shape}")
+    if base_filters < 1 or depth < 1 or num_classes < 1:
+        raise ValueError(
+            f"base_filters, depth and num_classes must be >= 1, got {base_filters}, {depth}, {num_classes}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    factor = 2**depth
+    for size in input_shape[:2]:
+        if size is not None and size % factor:
+            raise ValueError(
+                f"input_shape {tuple(input_shape)}: rows and cols must be divisible by 2**depth = {factor}"
+            )
+
+    inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="codes")
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+
+    skips = []
+    for level in range(depth):
+        x = conv_block(x, base_filters * 2**level, dropout, name=f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+
+    x = conv_block(x, base_filters * 2**depth, dropout, name="bottleneck")
+
+    for level in reversed(range(depth)):
+        filters = base_filters * 2**level
+        x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
+        x = conv_block(x, filters, dropout, name=f"dec{level}")
+
+    activation = "sigmoid" if num_classes == 1 else "softmax"
+    outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=name)

@@ -1,0 +1,192 @@
+"""DataGeneratorUNet2D: shapes, dtypes, epoch order, memory mapping, validation."""
+
+import copy
+
+import numpy as np
+import pytest
+
+import myModels.DataGeneratorUNet2D as generator_module
+from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
+
+N, H, W, C = 37, 8, 8, 2
+
+
+def make_cohort():
+    """Sample i has code i in pixel (0, 0) of channel 0; its mask is 1 exactly where codes are odd."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(N, H, W, C), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(N)
+    masks = (images[..., 0] % 2).astype(np.uint8)
+    return images, masks
+
+
+@pytest.fixture()
+def cohort(tmp_path):
+    images, masks = make_cohort()
+    np.save(tmp_path / "images.npy", images)
+    np.save(tmp_path / "masks.npy", masks)
+    return tmp_path / "images.npy", tmp_path / "masks.npy", images, masks
+
+
+def sample_ids(x):
+    return np.asarray(x)[:, 0, 0, 0].astype(int)
+
+
+def epoch_ids(gen):
+    return np.concatenate([sample_ids(gen[i][0]) for i in range(len(gen))])
+
+
+def test_shapes_dtypes_and_partial_last_batch(cohort):
+    img_path, msk_path, images, _ = cohort
+    gen = DataGeneratorUNet2D(img_path, msk_path, batch_size=8, shuffle=False)
+    assert len(gen) == 5  # ceil(37 / 8)
+    x, y = gen[0]
+    assert x.shape == (8, H, W, C) and x.dtype == np.float32
+    assert y.shape == (8, H, W, 1) and y.dtype == np.float32
+    assert set(np.unique(y)) <= {0.0, 1.0}
+    # Codes are passed through undivided (the model rescales).
+    np.testing.assert_array_equal(x, images[:8].astype(np.float32))
+    x_last, y_last = gen[4]
+    assert x_last.shape[0] == y_last.shape[0] == 37 - 4 * 8
+    with pytest.raises(IndexError):
+        gen[5]
+
+
+def test_masks_stay_aligned_with_images_after_shuffling(cohort):
+    img_path, msk_path, _, _ = cohort
+    gen = DataGeneratorUNet2D(img_path, msk_path, batch_size=6, seed=3)
+    for i in range(len(gen)):
+        x, y = gen[i]
+        np.testing.assert_array_equal(y[..., 0], (x[..., 0].astype(int) % 2).astype(np.float32))
+
+
+def test_uint8_images(cohort):
+    img_path, msk_path, images, _ = cohort
+    x, _ = DataGeneratorUNet2D(img_path, msk_path, batch_size=4, shuffle=False, image_dtype="uint8")[1]
+    assert x.dtype == np.uint8
+    np.testing.assert_array_equal(x, images[4:8])
+    x, _ = DataGeneratorUNet2D(img_path, msk_path, batch_size=4, shuffle=False, image_dtype=np.uint8)[0]
+    assert x.dtype == np.uint8
+    with pytest.raises(ValueError, match="image_dtype"):
+        DataGeneratorUNet2D(img_path, msk_path, image_dtype="float64")
+
+
+def test_one_hot_targets_for_several_classes():
+    images, _ = make_cohort()
+    masks = np.zeros((N, H, W), np.uint8)
+    masks[:, 0, 1], masks[:, 0, 2] = 1, 2
+    _, y = DataGeneratorUNet2D(images, masks, batch_size=4, shuffle=False, num_classes=3)[0]
+    assert y.shape == (4, H, W, 3) and y.dtype == np.float32
+    np.testing.assert_array_equal(y.sum(-1), 1.0)
+    assert y[0, 0, 0, 0] == y[0, 0, 1, 1] == y[0, 0, 2, 2] == 1.0
+    masks[0, 5, 5] = 7
+    with pytest.raises(ValueError, match="num_classes=3"):
+        DataGeneratorUNet2D(images, masks, batch_size=4, shuffle=False, num_classes=3)[0]
+
+
+def test_every_sample_once_per_epoch_and_seeded_shuffling(cohort):
+    img_path, msk_path, _, _ = cohort
+    gen = DataGeneratorUNet2D(img_path, msk_path, batch_size=8, seed=5)
+    epochs = []
+    for _ in range(3):
+        ids = epoch_ids(gen)
+        np.testing.assert_array_equal(np.sort(ids), np.arange(N))
+        epochs.append(ids)
+        gen.on_epoch_end()
+    assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+    assert not np.array_equal(epochs[0], np.arange(N))
+
+    again = DataGeneratorUNet2D(img_path, msk_path, batch_size=8, seed=5)
+    for ids in epochs:
+        np.testing.assert_array_equal(epoch_ids(again), ids)
+        again.on_epoch_end()
+    # set_epoch jumps straight to the order of a later epoch (resuming).
+    again.set_epoch(2)
+    np.testing.assert_array_equal(epoch_ids(again), epochs[2])
+    other = DataGeneratorUNet2D(img_path, msk_path, batch_size=8, seed=6)
+    assert not np.array_equal(epoch_ids(other), epochs[0])
+
+
+def test_no_shuffle_keeps_file_order_every_epoch(cohort):
+    img_path, msk_path, _, _ = cohort
+    gen = DataGeneratorUNet2D(img_path, msk_path, batch_size=10, shuffle=False)
+    np.testing.assert_array_equal(epoch_ids(gen), np.arange(N))
+    gen.on_epoch_end()
+    np.testing.assert_array_equal(epoch_ids(gen), np.arange(N))
+
+
+def test_indices_select_a_subset(cohort):
+    img_path, msk_path, _, _ = cohort
+    subset = [30, 2, 11, 7, 19]
+    gen = DataGeneratorUNet2D(img_path, msk_path, batch_size=2, indices=subset, seed=1)
+    assert len(gen) == 3
+    assert sorted(epoch_ids(gen)) == sorted(subset)
+    with pytest.raises(ValueError, match="indices"):
+        DataGeneratorUNet2D(img_path, msk_path, indices=[0, N])
+
+
+def test_paths_are_memory_mapped_without_pickle(cohort, monkeypatch):
+    img_path, msk_path, _, _ = cohort
+    calls = []
+    real_load = np.load
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(generator_module.np, "load", spy)
+    gen = DataGeneratorUNet2D(str(img_path), msk_path, batch_size=8)
+    assert len(calls) == 2
+    assert all(c.get("mmap_mode") == "r" and c.get("allow_pickle") is False for c in calls)
+    assert isinstance(gen.images, np.memmap) and isinstance(gen.masks, np.memmap)
+    x, _ = gen[0]
+    assert not isinstance(x, np.memmap)
+
+
+def test_copy_reopens_files_instead_of_copying_them(cohort):
+    img_path, msk_path, _, _ = cohort
+    gen = DataGeneratorUNet2D(img_path, msk_path, batch_size=8, seed=2)
+    state = gen.__getstate__()
+    assert state["images"] is None and state["masks"] is None
+    clone = copy.deepcopy(gen)
+    assert isinstance(clone.images, np.memmap)
+    for i in range(len(gen)):
+        np.testing.assert_array_equal(clone[i][0], gen[i][0])
+
+
+def test_arrays_are_accepted_and_kwargs_reach_pydataset():
+    images, masks = make_cohort()
+    gen = DataGeneratorUNet2D(images, masks, batch_size=16, workers=2, max_queue_size=3)
+    assert gen.workers == 2 and gen.max_queue_size == 3
+    assert len(gen) == 3
+
+
+def test_validation_errors_name_the_files(tmp_path, cohort):
+    img_path, msk_path, images, masks = cohort
+    np.save(tmp_path / "short_masks.npy", masks[:-1])
+    with pytest.raises(ValueError, match="short_masks.npy") as info:
+        DataGeneratorUNet2D(img_path, tmp_path / "short_masks.npy")
+    assert "images.npy" in str(info.value) and "numbers of samples" in str(info.value)
+
+    np.save(tmp_path / "float_images.npy", images.astype(np.float32))
+    with pytest.raises(ValueError, match="images must be uint8") as info:
+        DataGeneratorUNet2D(tmp_path / "float_images.npy", msk_path)
+    assert "float_images.npy" in str(info.value)
+
+    np.save(tmp_path / "flat_images.npy", images[..., 0])
+    with pytest.raises(ValueError, match="4 dimensions"):
+        DataGeneratorUNet2D(tmp_path / "flat_images.npy", msk_path)
+
+    np.save(tmp_path / "wide_masks.npy", np.zeros((N, H, W + 1), np.uint8))
+    with pytest.raises(ValueError, match="H, W"):
+        DataGeneratorUNet2D(img_path, tmp_path / "wide_masks.npy")
+
+    # np.save writes object arrays as pickles; the generator must refuse to read it.
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * N, dtype=object))
+    with pytest.raises(ValueError, match="objects.npy"):
+        DataGeneratorUNet2D(tmp_path / "objects.npy", msk_path)
+
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        DataGeneratorUNet2D(tmp_path / "missing.npy", msk_path)
+    with pytest.raises(ValueError, match="batch_size"):
+        DataGeneratorUNet2D(img_path, msk_path, batch_size=0)
