@@ -1,0 +1,74 @@
+"""Backend, device and precision detection for Keras 3 (TensorFlow, JAX, torch).
+
+Importing this module imports keras, so the data stages never import it.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import keras
+
+
+def backend() -> str:
+    return keras.backend.backend()
+
+
+def gpu_names() -> list[str]:
+    """Names of the accelerators the active backend can use ([] on CPU)."""
+    name = backend()
+    try:
+        if name == "tensorflow":
+            import tensorflow as tf
+
+            return [d.name for d in tf.config.list_physical_devices("GPU")]
+        if name == "jax":
+            import jax
+
+            return [str(d) for d in jax.devices() if d.platform in ("gpu", "cuda", "rocm", "tpu")]
+        if name == "torch":
+            import torch
+
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # a broken driver means no usable GPU, not a crash
+        return []
+    return []
+
+
+def tensorboard_available() -> bool:
+    """Keras' TensorBoard callback writes through tf.summary: it needs both
+    TensorFlow and the tensorboard package (absent on JAX-only GPU hosts)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", "tensorboard"))
+
+
+def resolve_auto(value, has_gpu: bool) -> bool:
+    """'auto' -> whether a GPU is present; True/False pass through."""
+    return has_gpu if value == "auto" else bool(value)
+
+
+def configure_precision(mixed, has_gpu: bool) -> str:
+    """Set the global Keras dtype policy; return its name.
+
+    bfloat16 rather than float16: same range as float32, so no loss scaling
+    is needed, and Ampere/Hopper GPUs run it at full tensor-core speed.
+    """
+    policy = "mixed_bfloat16" if resolve_auto(mixed, has_gpu) else "float32"
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def describe() -> dict:
+    """Backend, devices and versions, recorded in every run and benchmark."""
+    import numpy as np
+
+    gpus = gpu_names()
+    return {
+        "backend": backend(),
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "device": gpus[0] if gpus else f"CPU ({platform.processor() or platform.machine()})",
+        "n_gpus": len(gpus),
+    }

@@ -1,0 +1,93 @@
+"""Volume inference: slice on the fly, predict in batches, rebuild 3D.
+
+Preprocessing is exactly the training one (clotseg.intensity): each modality
+windowed to uint8 codes, center-padded to the model input; predictions are
+cropped back to the input's in-plane size and restacked along the last axis.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from clotseg.intensity import center_crop, volume_to_samples
+
+STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Predict (N, H, W, C) uint8 samples -> (N, H, W, K) float32 probabilities.
+
+    Every call sees the same batch shape (the last chunk is zero-padded), so
+    XLA/JAX compile the forward pass once instead of once per remainder.
+    """
+    n = samples.shape[0]
+    out = None
+    for start in range(0, n, batch_size):
+        chunk = samples[start:start + batch_size]
+        k = chunk.shape[0]
+        if k < batch_size:
+            chunk = np.concatenate([chunk, np.zeros((batch_size - k, *chunk.shape[1:]), chunk.dtype)])
+        prob = np.asarray(model.predict_on_batch(chunk), dtype=np.float32)[:k]
+        if out is None:
+            out = np.empty((n, *prob.shape[1:]), dtype=np.float32)
+        out[start:start + k] = prob
+    return out
+
+
+def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
+                   batch_size: int = 32, tta_flips: bool = False) -> np.ndarray:
+    """Probabilities for one case.
+
+    Args:
+        volumes: one (h, w, D) HU volume per modality, in channel order.
+        windows: the HU window (or None) of each modality, as in training.
+        input_hw: the model's (H, W).
+        tta_flips: also predict the horizontally and vertically flipped
+            slices and average the (un-flipped) probabilities.
+    Returns:
+        float32 (h, w, D, K) probabilities (K = 1 for a sigmoid model).
+    """
+    h, w, _ = volumes[0].shape
+    samples = volume_to_samples(volumes, windows, input_hw)          # (D, H, W, C)
+    prob = predict_samples(model, samples, batch_size)
+    if tta_flips:
+        for axis in (1, 2):
+            flipped = np.ascontiguousarray(np.flip(samples, axis=axis))
+            prob += np.flip(predict_samples(model, flipped, batch_size), axis=axis)
+        prob /= 3.0
+    prob = np.moveaxis(prob, 0, 2)                                     # (H, W, D, K)
+    return np.ascontiguousarray(center_crop(prob, (h, w)))
+
+
+def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """(h, w, D, K) probabilities -> (h, w, D) uint8 labels.
+
+    K = 1: clot where p > threshold. K > 1: argmax over classes.
+    """
+    if prob.shape[-1] == 1:
+        return (prob[..., 0] > threshold).astype(np.uint8)
+    return np.argmax(prob, axis=-1).astype(np.uint8)
+
+
+def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = False) -> np.ndarray:
+    """Drop 3D components (26-connected) below `min_voxels`; optionally keep
+    only the largest. Works per label for multi-class masks; returns uint8.
+    """
+    if min_voxels <= 0 and not keep_largest:
+        return mask
+    out = np.zeros_like(mask)
+    for label in np.unique(mask):
+        if label == 0:
+            continue
+        comps, n = ndimage.label(mask == label, structure=STRUCTURE_26)
+        if n == 0:
+            continue
+        sizes = np.bincount(comps.ravel())[1:]
+        keep = sizes >= max(min_voxels, 1)
+        if keep_largest and keep.any():
+            largest = np.argmax(np.where(keep, sizes, -1))
+            keep = np.zeros_like(keep)
+            keep[largest] = True
+        out[np.isin(comps, np.flatnonzero(keep) + 1)] = label
+    return out

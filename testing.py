@@ -1,0 +1,32 @@
+"""ClotSeg testing: predict the Testing cohort with a trained run and report.
+
+    python testing.py                      # latest run (or TEST_RUN in config.py)
+    python testing.py --run 20261122-101500
+    python testing.py --input-dir path/to/new_cases   # unlabeled: predictions only
+
+Writes <run>/Testing/: predictions, metrics.csv, summary.json, overlays, montage.
+"""
+
+from pathlib import Path
+
+from clotseg.cli import base_parser, load_settings, run_main
+
+
+def main() -> int:
+    parser = base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--run", default=None, help="run folder name under Trainings/ (default: TEST_RUN or latest)")
+    parser.add_argument("--input-dir", type=Path, default=None,
+                        help="predict every case in this folder instead of the run's Testing cohort")
+    parser.add_argument("--mask-dir", type=Path, default=None,
+                        help="masks for --input-dir cases (optional; without masks no metrics are computed)")
+    args = parser.parse_args()
+    settings = load_settings(args)
+
+    from clotseg.stages.evaluate import run_evaluation
+
+    run_evaluation(settings, run_name=args.run, input_dir=args.input_dir, mask_dir=args.mask_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,103 @@
+"""Training and testing end to end on a tiny cohort (in-process, TensorFlow/JAX)."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from clotseg.errors import StageError
+from clotseg.io import read_json
+from clotseg.pipeline import prepare_data
+from clotseg.stages.evaluate import load_model, run_evaluation
+from clotseg.stages.train import run_training
+from tests.conftest import quiet, tiny_settings, write_cohort
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    s = tiny_settings(root, epochs=2, target_sample_size_aug_train=48, target_sample_size_aug_val=16)
+    write_cohort(s, n=6, clot_free=(6,))
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    run = run_training(s, log=quiet)
+    summary = run_evaluation(s, log=quiet)
+    return s, run, summary
+
+
+def test_run_folder_has_every_artifact(trained):
+    s, run, _ = trained
+    for rel in ("Best_Model/model.keras", "Checkpoint_Files/last.keras", "Checkpoint_Files/state.json",
+                "Relevant_Files/config.json", "Relevant_Files/split.json", "history.csv",
+                "training_curves.png", "Predictions/epoch_001.png", "Predictions/epoch_002.png", "run.json"):
+        assert (run / rel).is_file(), rel
+    record = read_json(run / "run.json")
+    assert record["status"] == "finished" and record["epochs_done"] == 2
+    with open(run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "val_loss", "dice", "val_dice"} <= set(rows[0])
+    assert json.loads((run / "Relevant_Files" / "config.json").read_text())["INPUT_SHAPE"] == [64, 64, 2]
+    assert (run / "Predictions" / "epoch_001.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_model_reloads_safely_and_predicts_the_same(trained):
+    s, run, _ = trained
+    a = load_model(run)
+    b = load_model(run)
+    x = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 2)).astype(np.float32)
+    np.testing.assert_allclose(a.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-6)
+
+
+def test_testing_outputs_and_value_ranges(trained):
+    s, run, summary = trained
+    out = run / "Testing"
+    test_ids = read_json(run / "Relevant_Files" / "split.json")["cohorts"]["Testing"]
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["case_id"] for r in rows] == test_ids
+    for r in rows:
+        assert 0.0 <= float(r["dice"]) <= 1.0
+        assert r["case_type"] in {"true_negative", "detected", "missed", "false_alarm"}
+        pred = np.load(out / "predictions" / f"{r['case_id']}_pred.npy")
+        truth = np.load(s.mask_path / f"{r['case_id']}_seg_corrected_binary.npy")
+        assert pred.shape == truth.shape and pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1}
+        assert (out / "overlays" / f"{r['case_id']}.png").is_file()
+    assert (out / "montage.png").is_file()
+    saved = read_json(out / "summary.json")
+    assert saved["meta"]["n_cases"] == len(test_ids)
+    assert saved["meta"]["run"] == run.name
+
+
+def test_unlabeled_cases_get_predictions_only(trained, tmp_path):
+    s, run, _ = trained
+    new = tmp_path / "new_cases"
+    new.mkdir()
+    for f in s.volume_path.glob("CS1_*.npy"):
+        (new / f.name).write_bytes(f.read_bytes())
+    summary = run_evaluation(s, input_dir=new, log=quiet)
+    out = run / "Testing"
+    assert not (out / "metrics.csv").exists()
+    assert (out / "predictions" / "CS1_pred.npy").is_file()
+    assert summary["cases"][0]["case_type"] == "unlabeled"
+
+
+def test_refuses_run_names_outside_trainings(trained):
+    s, _, _ = trained
+    with pytest.raises(StageError, match="folder name"):
+        run_evaluation(s, run_name="../../etc", log=quiet)
+
+
+def test_lambda_layer_model_is_refused(trained, tmp_path):
+    import keras
+
+    s, run, _ = trained
+    inp = keras.Input((4,))
+    model = keras.Model(inp, keras.layers.Lambda(lambda t: t * 2)(inp))
+    evil = tmp_path / "Trainings" / "evil"
+    (evil / "Best_Model").mkdir(parents=True)
+    model.save(evil / "Best_Model" / "model.keras")
+    with pytest.raises(StageError, match="refusing to load"):
+        load_model(evil)
