@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from clotseg.errors import StageError
-from clotseg.io import atomic_write_text, load_npy, read_manifest
+from clotseg.io import atomic_write_text, clean_stale_temps, load_npy, read_manifest
 
 IMAGES, MASKS, SAMPLES = "images.npy", "masks.npy", "samples.csv"
 
@@ -32,6 +32,9 @@ def decide(flag: bool, flag_name: str, stage_dir: Path, key: str, label: str, lo
     complete output exists (warning when stale); none -> StageError naming
     the flag to set.
     """
+    # A run killed mid-swap may have left only the previous output under a
+    # temporary name: put it back (and drop half-built temp folders) first.
+    clean_stale_temps(stage_dir)
     manifest = read_manifest(stage_dir)
     if flag:
         if manifest is not None and manifest.get("fingerprint") == key:

@@ -1,0 +1,115 @@
+"""Real subprocesses killed with SIGKILL mid-stage, then rerun to completion."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clotseg.io import read_json
+from clotseg.pipeline import prepare_data
+from clotseg.stages.augment import augmented_dir
+from clotseg.stages.slicing import sliced_dir
+from tests.conftest import ROOT, TINY, quiet, tiny_settings, write_cohort
+
+pytestmark = pytest.mark.slow
+
+
+def make_project(root: Path, **overrides):
+    """A project folder with its own config.py (repo defaults + tiny overrides)."""
+    root.mkdir(parents=True, exist_ok=True)
+    values = {**TINY, **{k.upper(): v for k, v in overrides.items()}}
+    text = (ROOT / "config.py").read_text() + "\n# test overrides (a later assignment wins)\n"
+    text += "".join(f"{k} = {v!r}\n" for k, v in values.items())
+    (root / "config.py").write_text(text)
+    s = tiny_settings(root, **overrides)
+    write_cohort(s, n=6)
+    return s
+
+
+def start(root: Path, *args):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen([sys.executable, str(ROOT / "training.py"), "--config", str(root / "config.py"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True)
+
+
+def kill_when(proc, condition, timeout=120):
+    """SIGKILL `proc` as soon as `condition()` is true; return whether it was."""
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        if condition():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.005)
+    proc.kill()
+    proc.wait()
+    return False
+
+
+def test_augmentation_killed_midway_reruns_to_identical_output(tmp_path):
+    s = make_project(tmp_path / "killed", target_sample_size_aug_train=3000, num_workers=1)
+    proc = start(s.root, "--prepare-only")
+    parent = augmented_dir(s, "Training").parent
+    assert kill_when(proc, lambda: parent.is_dir() and any(p.name.startswith(".Training.tmp-")
+                                                            for p in parent.iterdir()))
+    assert not (augmented_dir(s, "Training") / "manifest.json").exists()
+    rerun = start(s.root, "--prepare-only")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert not [p for p in parent.iterdir() if p.name.startswith(".")]   # temp folders cleaned
+    ref = tiny_settings(tmp_path / "reference", target_sample_size_aug_train=3000, num_workers=1)
+    write_cohort(ref, n=6)
+    prepare_data(ref, log=quiet, demo_if_empty=False)
+    for name in ("images.npy", "masks.npy", "samples.csv"):
+        assert (augmented_dir(s, "Training") / name).read_bytes() == (augmented_dir(ref, "Training") / name).read_bytes()
+
+
+def test_half_written_slice_stage_is_never_taken_as_done(tmp_path):
+    s = tiny_settings(tmp_path)
+    write_cohort(s)
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    good = (sliced_dir(s, "Training") / "images.npy").read_bytes()
+    # what a kill during slicing leaves: a temp folder with a partial array, no manifest
+    stale = sliced_dir(s, "Training").parent / ".Training.tmp-dead"
+    stale.mkdir()
+    np.save(stale / "images.npy", np.zeros((3, 64, 64, 2), np.uint8))
+    # ... and a kill between the two renames of the swap: only the old copy exists
+    sliced_dir(s, "Validation").rename(sliced_dir(s, "Validation").parent / ".Validation.old-1-2")
+    prepare_data(s.replace(slice_extract=False, data_aug=False), log=quiet, demo_if_empty=False)
+    assert not stale.exists()
+    assert (sliced_dir(s, "Validation") / "manifest.json").is_file()
+    assert (sliced_dir(s, "Training") / "images.npy").read_bytes() == good
+
+
+def test_training_killed_after_an_epoch_resumes_with_state(tmp_path):
+    s = make_project(tmp_path / "p", epochs=4, target_sample_size_aug_train=32, target_sample_size_aug_val=8)
+    proc = start(s.root)
+    runs = s.trainings_path
+
+    def one_epoch_done():
+        for state in runs.glob("*/Checkpoint_Files/state.json"):
+            try:
+                return read_json(state)["epochs_done"] >= 1
+            except (OSError, ValueError):
+                return False
+        return False
+
+    assert kill_when(proc, one_epoch_done, timeout=240)
+    run = next(runs.iterdir())
+    done_at_kill = read_json(run / "Checkpoint_Files" / "state.json")["epochs_done"]
+    assert done_at_kill < 4
+    rerun = start(s.root, "--resume")
+    out, _ = rerun.communicate(timeout=400)
+    assert rerun.returncode == 0, out
+    assert "resuming run" in out
+    assert [p.name for p in runs.iterdir()] == [run.name]          # no second run folder
+    record = read_json(run / "run.json")
+    assert record["status"] == "finished" and record["epochs_done"] == 4
+    assert record["resumed"][0]["from_epoch"] == done_at_kill
+    epochs = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["0", "1", "2", "3"]                            # each epoch once
