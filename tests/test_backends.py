@@ -1,0 +1,53 @@
+"""A model trained and saved under JAX loads and predicts the same under the
+default backend (TensorFlow): the .keras format is backend-neutral. This also
+runs the model, losses, metrics and generator under KERAS_BACKEND=jax in CI."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+JAX_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import keras
+    sys.path.insert(0, {root!r})
+    from myModels import build_unet2d, get_loss, get_metrics
+    from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
+    assert keras.backend.backend() == "jax"
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (16, 32, 32, 2), dtype=np.uint8)
+    y = (x[..., 0] > 200).astype(np.uint8)
+    gen = DataGeneratorUNet2D(x, y, batch_size=8, seed=0)
+    model = build_unet2d((32, 32, 2), base_filters=4, depth=2, dropout=0.0)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"), metrics=get_metrics(1))
+    hist = model.fit(gen, epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0]) and 0 <= hist.history["dice"][0] <= 1
+    model.save({out!r} + "/model.keras")
+    np.save({out!r} + "/x.npy", x[:4])
+    np.save({out!r} + "/pred.npy", np.asarray(model.predict(x[:4], verbose=0)))
+""")
+
+
+def test_model_saved_under_jax_predicts_the_same_under_tensorflow(tmp_path):
+    pytest.importorskip("jax")
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    script = JAX_SCRIPT.format(root=str(ROOT), out=str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    import keras
+
+    import myModels  # noqa: F401  (registers the custom objects)
+
+    model = keras.models.load_model(tmp_path / "model.keras")
+    x = np.load(tmp_path / "x.npy")
+    ref = np.load(tmp_path / "pred.npy")
+    np.testing.assert_allclose(np.asarray(model.predict(x, verbose=0)), ref, atol=1e-4)
