@@ -81,7 +81,7 @@ BATCH_SIZE = 16
 EARLY_STOPPING_PATIENCE = 15     # epochs without better validation Dice
 REDUCE_LR_PATIENCE = 5
 MIXED_PRECISION = "auto"         # "auto" = on when a GPU is present; True / False to force
-JIT_COMPILE = "auto"             # XLA; "auto" = on when a GPU is present
+JIT_COMPILE = "auto"             # XLA; "auto" = on under TensorFlow and JAX (CPU too), off under torch
 RESUME = False                   # continue the latest unfinished run from its last checkpoint
 
 # --------------------------------------------------------------------------

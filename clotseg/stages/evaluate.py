@@ -47,17 +47,24 @@ def resolve_run(settings: Settings, name: str | None = None) -> Path:
     return runs[-1]
 
 
-def load_model(run: Path):
-    """Load a run's best model with Keras safe mode (no Lambda/unpickling)."""
+def load_model(run: Path, jit_compile="auto"):
+    """Load a run's best model with Keras safe mode (no Lambda/unpickling).
+
+    `jit_compile` ("auto", True, False) sets XLA for prediction as
+    `clotseg.runtime.resolve_jit` decides for training.
+    """
     import keras
 
     import myModels  # noqa: F401  (registers the custom losses and metrics)
+    from clotseg import runtime
 
     path = run / "Best_Model" / "model.keras"
     try:
-        return keras.models.load_model(path, safe_mode=True)
+        model = keras.models.load_model(path, safe_mode=True)
     except ValueError as exc:
         raise StageError(f"refusing to load {path}: {exc}") from exc
+    model.jit_compile = runtime.resolve_jit(jit_compile)
+    return model
 
 
 def select_cases(settings: Settings, run: Path, input_dir: Path | None, mask_dir: Path | None) -> list[Case]:
@@ -90,7 +97,7 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
     check_settings = trained.replace(volume_dir=settings.volume_dir, mask_dir=settings.mask_dir)
     for case in cases:  # every case checked before any prediction is written
         check_case(case, check_settings)
-    model = load_model(run)
+    model = load_model(run, settings.jit_compile)
     windows = [trained.windows_hu[m] for m in trained.modalities]
     hw = trained.input_shape[:2]
     labelled = all(c.mask is not None for c in cases)

@@ -1,0 +1,327 @@
+"""ClotSeg throughput benchmark: data stages, generator, training, inference.
+
+    python -m bench.benchmark [--size small|full] [--note TEXT] [--only PARTS]
+                              [--jit-compile auto|true|false] [--out bench/results/NAME.json]
+
+Prints one JSON object (stdout; progress goes to stderr). Inputs are a
+synthetic phantom cohort built in a temporary folder, which is deleted at
+the end; the repository's data folders are never touched.
+
+Measurements (all wall-clock, after the warm-up stated per measurement):
+    slicing       clotseg.stages.slicing.slice_cohort on every case, samples/s
+    augmentation  clotseg.stages.augment.augment_cohort with 1 worker and with
+                  all cores (NUM_WORKERS = 0), samples/s and the speed-up
+    generator     DataGeneratorUNet2D over a memory-mapped uint8 store,
+                  samples/s for image_dtype float32 and uint8
+    training      model.fit with the real generator, images/s over epochs 2..n
+    inference     clotseg.stages.inference.predict_volume (testing.py's path),
+                  slices/s and s per volume, after one warm-up volume
+Keras, TensorFlow and JAX are imported only after the data stages, so the
+augmentation workers (spawned, they re-import this module) stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+SIZES = {
+    # CPU smoke size: a few steps, about 1-3 minutes on 2 busy cores.
+    "small": {"input_shape": (64, 64, 2), "base_filters": 8, "depth": 2, "batch_size": 16,
+              "cases": 10, "in_plane": (48, 64), "slices": (16, 24),
+              "train_samples": 256, "aug_samples": 2048, "epochs": 4,
+              "volume_shape": (64, 64, 20), "volumes": 4},
+    # The default model (config.py) on a GPU machine.
+    "full": {"input_shape": (256, 256, 2), "base_filters": 32, "depth": 3, "batch_size": 32,
+             "cases": 12, "in_plane": (192, 256), "slices": (30, 50),
+             "train_samples": 2048, "aug_samples": 2048, "epochs": 4,
+             "volume_shape": (256, 256, 40), "volumes": 10},
+}
+PARTS = ("slicing", "augmentation", "generator", "training", "inference")
+MIN_SECONDS = 1.0  # repeat short measurements until at least this long
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def repeat_for(fn, min_seconds: float = MIN_SECONDS) -> tuple[int, float]:
+    """Call fn() until min_seconds have passed (at least once); (calls, seconds)."""
+    calls, start = 0, time.perf_counter()
+    while True:
+        fn()
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return calls, elapsed
+
+
+def rate(n: float, seconds: float) -> float:
+    return round(n / seconds, 2) if seconds > 0 else float("nan")
+
+
+# ------------------------------------------------------------------- inputs
+def make_settings(root: Path, cfg: dict, num_workers: int = 0):
+    """Settings for a phantom cohort under `root` with the size's model and sample counts."""
+    from clotseg.settings import Settings
+
+    return Settings.from_dict({
+        "VOLUME_DIR": "vol", "MASK_DIR": "seg", "PROCESSED_DIR": "Processed", "TRAININGS_DIR": "Trainings",
+        "INPUT_SHAPE": cfg["input_shape"], "BASE_FILTERS": cfg["base_filters"], "DEPTH": cfg["depth"],
+        "BATCH_SIZE": cfg["batch_size"], "EPOCHS": cfg["epochs"], "RANDOM_SEED": 0,
+        "TARGET_SAMPLE_SIZE_AUG_TRAIN": cfg["train_samples"], "TARGET_SAMPLE_SIZE_AUG_VAL": cfg["batch_size"],
+        "NUM_WORKERS": num_workers,
+    }, root=root)
+
+
+def build_inputs(root: Path, cfg: dict):
+    """Write the phantom cohort and run stages 1-3; return (settings, prepare_data's result)."""
+    from clotseg.phantom import write_cohort
+    from clotseg.pipeline import prepare_data
+
+    settings = make_settings(root, cfg)
+    write_cohort(settings.volume_path, settings.mask_path, cfg["cases"], seed=0,
+                 in_plane=cfg["in_plane"], slices=cfg["slices"], progress=False)
+    return settings, prepare_data(settings, log=log, demo_if_empty=False)
+
+
+# ------------------------------------------------------------ data stages
+def measure_slicing(settings, prepared: dict, root: Path) -> dict:
+    """slice_cohort over every case of the cohort (load .npy, window to uint8
+    codes, pad, write memmaps). Returns samples (slices) per second."""
+    from clotseg.stages.slicing import slice_cohort
+
+    cases, shapes = prepared["cases"], prepared["shapes"]
+    n = sum(shapes[c.case_id][2] for c in cases)
+    counter = iter(range(10**6))
+    calls, seconds = repeat_for(
+        lambda: slice_cohort(settings, cases, shapes, root / f"bench_slice_{next(counter)}", "bench", "bench"))
+    return {"n_cases": len(cases), "n_samples": n, "repeats": calls, "seconds": round(seconds, 3),
+            "samples_per_s": rate(n * calls, seconds)}
+
+
+def measure_augmentation(settings, root: Path, n: int) -> dict:
+    """augment_cohort on the sliced Training cohort, `n` samples, with 1 worker
+    and with all cores. Wall time includes the start of the spawned workers."""
+    from clotseg.stages.augment import CHUNK, augment_cohort
+
+    out = {"n_samples": n, "chunk": CHUNK}
+    for label, workers in (("one_worker", 1), ("all_cores", 0)):
+        start = time.perf_counter()
+        manifest = augment_cohort(settings.replace(num_workers=workers), "Training", n,
+                                  root / f"bench_aug_{label}", "bench")
+        seconds = time.perf_counter() - start
+        out[label] = {"workers": manifest["workers"], "seconds": round(seconds, 3), "samples_per_s": rate(n, seconds)}
+    out["speedup"] = round(out["one_worker"]["seconds"] / out["all_cores"]["seconds"], 2)
+    return out
+
+
+# ------------------------------------------------------------ keras parts
+def measure_generator(settings, batch_size: int) -> dict:
+    """DataGeneratorUNet2D alone over the augmented Training store (uint8
+    memmap, shuffled): every batch of an epoch, repeated for >= 1 s.
+    Returns samples/s and MiB/s of x delivered, per image_dtype."""
+    from clotseg.stages.augment import augmented_dir
+    from clotseg.stages.common import IMAGES, MASKS
+    from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
+
+    store = augmented_dir(settings, "Training")
+    out = {"store": "Augmented/Training", "batch_size": batch_size}
+    for dtype in ("float32", "uint8"):
+        gen = DataGeneratorUNet2D(store / IMAGES, store / MASKS, batch_size=batch_size, shuffle=True,
+                                  seed=0, image_dtype=dtype)
+
+        def epoch(gen=gen):
+            for i in range(len(gen)):
+                gen[i]
+            gen.on_epoch_end()
+
+        calls, seconds = repeat_for(epoch)
+        n = len(gen.indices) * calls
+        x_bytes = n * gen.images[0].size * gen.image_dtype.itemsize
+        out["n_samples"] = len(gen.indices)
+        out[dtype] = {"epochs": calls, "seconds": round(seconds, 3), "samples_per_s": rate(n, seconds),
+                      "mib_per_s": rate(x_bytes / 2**20, seconds)}
+    return out
+
+
+def compiled_model(settings, jit: bool):
+    """The ClotSeg U-Net compiled as stages/train.py compiles it."""
+    import keras
+
+    from myModels import build_unet2d, get_loss, get_metrics
+
+    model = build_unet2d(settings.input_shape, settings.base_filters, settings.depth,
+                         settings.dropout, settings.num_classes)
+    model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=get_loss(settings.loss),
+                  metrics=get_metrics(settings.num_classes), jit_compile=jit)
+    return model
+
+
+def measure_training(settings, jit: bool, epochs: int) -> dict:
+    """model.fit on the augmented Training store through the real generator
+    (no validation). Epoch 1 holds tracing/compilation; images/s is taken
+    over epochs 2..n. Epoch ends synchronise the device (logs become floats)."""
+    import keras
+
+    from clotseg.stages.augment import augmented_dir
+    from clotseg.stages.common import IMAGES, MASKS
+    from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.seconds.append(time.perf_counter() - self.start)
+
+    keras.utils.set_random_seed(settings.random_seed)
+    store = augmented_dir(settings, "Training")
+    gen = DataGeneratorUNet2D(store / IMAGES, store / MASKS, batch_size=settings.batch_size, shuffle=True,
+                              seed=settings.random_seed, num_classes=settings.num_classes)
+    model = compiled_model(settings, jit)
+    timer = EpochTimer()
+    model.fit(gen, epochs=epochs, callbacks=[timer], verbose=0)
+    timed = timer.seconds[1:]
+    n = len(gen.indices)
+    return {"n_samples_per_epoch": n, "steps_per_epoch": len(gen), "epochs": epochs,
+            "epoch_seconds": [round(s, 3) for s in timer.seconds],
+            "images_per_s": rate(n * len(timed), sum(timed)),
+            "ms_per_step": round(1000 * sum(timed) / (len(timed) * len(gen)), 2)}
+
+
+def measure_inference(settings, jit: bool, volume_shape: tuple, n_volumes: int) -> dict:
+    """predict_volume (testing.py's path: window, pad, batched predict_on_batch
+    with batch max(BATCH_SIZE, 32), crop) on random-HU CTA/NCCT volumes of
+    `volume_shape` (H, W, D). One warm-up volume (compilation) is not timed."""
+    import numpy as np
+
+    from clotseg.stages.inference import predict_volume
+
+    model = compiled_model(settings, jit)
+    windows = [settings.windows_hu[m] for m in settings.modalities]
+    batch = max(settings.batch_size, 32)
+    rng = np.random.default_rng(0)
+    vols = [[rng.uniform(-100.0, 600.0, volume_shape).astype(np.float32),
+             rng.uniform(0.0, 80.0, volume_shape).astype(np.float32)] for _ in range(n_volumes)]
+    start = time.perf_counter()
+    predict_volume(model, vols[0], windows, settings.input_shape[:2], batch_size=batch)
+    warmup = time.perf_counter() - start
+    start = time.perf_counter()
+    for v in vols:
+        predict_volume(model, v, windows, settings.input_shape[:2], batch_size=batch)
+    seconds = time.perf_counter() - start
+    return {"volume_shape": list(volume_shape), "n_volumes": n_volumes, "batch_size": batch,
+            "warmup_seconds": round(warmup, 3), "seconds": round(seconds, 3),
+            "slices_per_s": rate(n_volumes * volume_shape[2], seconds),
+            "seconds_per_volume": round(seconds / n_volumes, 4)}
+
+
+# ------------------------------------------------------------- environment
+def versions(backend: str) -> dict:
+    """Installed versions of the libraries that set the pace."""
+    names = ["keras", "numpy", "albumentations", "albucore", "opencv-python-headless",
+             {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend)]
+    if backend == "jax":
+        names.append("jaxlib")
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment() -> dict:
+    from clotseg import runtime
+
+    info = runtime.describe()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {**info, "versions": versions(info["backend"]), "cpu_count": os.cpu_count(), "cpus_usable": affinity}
+
+
+# -------------------------------------------------------------------- main
+def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto") -> dict:
+    """Run the chosen measurements; return the result dict (see module docstring).
+
+    jit_compile: "auto" (clotseg.runtime.resolve_jit: on under TensorFlow and JAX), True or False.
+    """
+    cfg = SIZES[size]
+    started = time.perf_counter()
+    result = {"size": size, "note": note, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "config": {
+        k: cfg[k] for k in ("input_shape", "base_filters", "depth", "batch_size")}}
+    root = Path(tempfile.mkdtemp(prefix="clotseg-bench-"))
+    try:
+        log(f"[bench] building a {cfg['cases']}-case phantom cohort in {root}")
+        settings, prepared = build_inputs(root, cfg)
+        if "slicing" in parts:
+            log("[bench] slicing")
+            result["slicing"] = measure_slicing(settings, prepared, root)
+        if "augmentation" in parts:
+            log("[bench] augmentation (1 worker, all cores)")
+            result["augmentation"] = measure_augmentation(settings, root, cfg["aug_samples"])
+        from clotseg import runtime  # imports keras: only now, after the spawned workers
+
+        has_gpu = bool(runtime.gpu_names())
+        policy = runtime.configure_precision(settings.mixed_precision, has_gpu)
+        jit = runtime.resolve_jit(jit_compile)
+        result["config"].update(precision=policy, jit_compile=jit)
+        result["environment"] = environment()
+        if "generator" in parts:
+            log("[bench] generator")
+            result["generator"] = measure_generator(settings, cfg["batch_size"])
+        if "training" in parts:
+            log(f"[bench] training ({cfg['epochs']} epochs)")
+            result["training"] = measure_training(settings, jit, cfg["epochs"])
+        if "inference" in parts:
+            log("[bench] inference")
+            result["inference"] = measure_inference(settings, jit, cfg["volume_shape"], cfg["volumes"])
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+        result["total_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__.split("\n\n")[0])
+    p.add_argument("--size", choices=sorted(SIZES), default="small", help="small (CPU, default) or full (GPU)")
+    p.add_argument("--note", "--backend-note", dest="note", default=None,
+                   help="free text stored in the result, e.g. the machine or driver")
+    p.add_argument("--only", default=",".join(PARTS),
+                   help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
+    p.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
+                   help="XLA/jax.jit for training and inference; auto = as training.py resolves it (default)")
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here (e.g. bench/results/h100.json)")
+    args = p.parse_args(argv)
+    parts = tuple(s.strip() for s in args.only.split(",") if s.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        p.error(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    # Read at import time by tqdm, albumentations and TensorFlow: set before any import.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
+    result = run(args.size, parts, args.note, jit)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
