@@ -103,10 +103,10 @@ PRESET = None
 PRESETS = {
     "demo": {
         "INPUT_SHAPE": (128, 128, 2),
-        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1200,
-        "TARGET_SAMPLE_SIZE_AUG_VAL": 300,
+        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 640,
+        "TARGET_SAMPLE_SIZE_AUG_VAL": 160,
         "BASE_FILTERS": 8,
-        "EPOCHS": 12,
+        "EPOCHS": 16,
         "BATCH_SIZE": 16,
         "LEARNING_RATE": 2e-3,
         "EARLY_STOPPING_PATIENCE": 6,

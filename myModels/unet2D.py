@@ -8,6 +8,8 @@ Conv2DTranspose up-sampling with skip concatenation, and a 1x1 output conv.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 
@@ -36,6 +38,7 @@ def build_unet2d(
     dropout: float = 0.1,
     num_classes: int = 1,
     name: str = "clotseg_unet2d",
+    foreground_prior: float = 0.01,
 ) -> keras.Model:
     """Build the (uncompiled) ClotSeg 2D U-Net.
 
@@ -50,6 +53,11 @@ def build_unet2d(
         num_classes: 1 -> one sigmoid channel (clot probability);
             K > 1 -> K softmax channels (one-hot classes, 0 = background).
         name: model name.
+        foreground_prior: initial clot probability of the sigmoid output
+            (its bias starts at log(p / (1 - p))). Clots cover well under 1%
+            of the pixels; starting at 0.5 lets the first BCE steps push every
+            output to zero, after which small clots are learned very slowly
+            (the prior-probability initialisation of Lin et al., 2017).
 
     Input: (B, rows, cols, channels) intensity codes 0..255 (uint8 "codes" of
     the HU windows, not HU). The Input is float32 but uint8 arrays are
@@ -104,6 +112,11 @@ def build_unet2d(
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, dropout, name=f"dec{level}")
 
-    activation = "sigmoid" if num_classes == 1 else "softmax"
-    outputs = layers.Conv2D(num_classes, 1, activation=activation, dtype="float32", name="probabilities")(x)
+    if num_classes == 1:
+        activation = "sigmoid"
+        bias = keras.initializers.Constant(math.log(foreground_prior / (1.0 - foreground_prior)))
+    else:
+        activation, bias = "softmax", "zeros"
+    outputs = layers.Conv2D(num_classes, 1, activation=activation, bias_initializer=bias, dtype="float32",
+                            name="probabilities")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -169,3 +169,22 @@ def test_killed_stage_leaves_previous_output_intact(project, monkeypatch):
         prepare_data(project.replace(target_sample_size_aug_train=41), log=quiet, demo_if_empty=False)
     assert (store / "images.npy").read_bytes() == good
     assert not [p for p in store.parent.iterdir() if p.name.startswith(".")]
+
+
+from hypothesis import given, settings as hsettings, strategies as st  # noqa: E402
+
+
+@given(n=st.integers(3, 300), train=st.floats(0.05, 0.9), val=st.floats(0.05, 0.9), seed=st.integers(0, 2**31),
+       shuffle_seed=st.integers(0, 1000))
+@hsettings(max_examples=150, deadline=None)
+def test_split_properties(n, train, val, seed, shuffle_seed):
+    if train + val >= 1:
+        val = (1 - train) / 2
+    ids = [f"CS{i}" for i in range(n)]
+    s = split_cases(ids, train, val, seed)
+    shuffled = list(np.random.default_rng(shuffle_seed).permutation(ids))
+    assert split_cases(shuffled, train, val, seed) == s                 # listing order never matters
+    parts = [set(s[k]) for k in ("Training", "Validation", "Testing")]
+    assert set().union(*parts) == set(ids) and sum(map(len, parts)) == n   # disjoint cover
+    assert all(len(p) >= 1 for p in parts)
+    assert abs(len(parts[0]) - n * train) <= 1.5 or len(parts[2]) == 1   # sizes follow the percentages

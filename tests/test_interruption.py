@@ -14,7 +14,7 @@ from clotseg.io import read_json
 from clotseg.pipeline import prepare_data
 from clotseg.stages.augment import augmented_dir
 from clotseg.stages.slicing import sliced_dir
-from tests.conftest import ROOT, TINY, quiet, tiny_settings, write_cohort
+from tests.conftest import ROOT, TINY, quiet, tiny_settings, write_case, write_cohort
 
 pytestmark = pytest.mark.slow
 
@@ -67,6 +67,28 @@ def test_augmentation_killed_midway_reruns_to_identical_output(tmp_path):
     prepare_data(ref, log=quiet, demo_if_empty=False)
     for name in ("images.npy", "masks.npy", "samples.csv"):
         assert (augmented_dir(s, "Training") / name).read_bytes() == (augmented_dir(ref, "Training") / name).read_bytes()
+
+
+def test_slicing_killed_midway_reruns_to_identical_output(tmp_path):
+    s = make_project(tmp_path / "killed")
+    for cid in range(7, 41):                      # enough slices that slicing takes a while
+        write_case(s, cid, shape=(64, 64, 40))
+    proc = start(s.root, "--prepare-only")
+    parent = sliced_dir(s, "Training").parent
+    assert kill_when(proc, lambda: parent.is_dir() and any(p.name.startswith(".Training.tmp-")
+                                                            for p in parent.iterdir()))
+    assert not (sliced_dir(s, "Training") / "manifest.json").exists()
+    rerun = start(s.root, "--prepare-only")
+    out, _ = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, out
+    assert not [p for p in parent.iterdir() if p.name.startswith(".")]
+    ref = tiny_settings(tmp_path / "reference")
+    write_cohort(ref, n=6)
+    for cid in range(7, 41):
+        write_case(ref, cid, shape=(64, 64, 40))
+    prepare_data(ref, log=quiet, demo_if_empty=False)
+    for name in ("images.npy", "masks.npy", "samples.csv"):
+        assert (sliced_dir(s, "Training") / name).read_bytes() == (sliced_dir(ref, "Training") / name).read_bytes()
 
 
 def test_half_written_slice_stage_is_never_taken_as_done(tmp_path):

@@ -22,11 +22,33 @@ def _run_all(s):
         return run, list(csv.DictReader(fh))
 
 
-def test_single_channel_ncct_only(tmp_path):
-    s = tiny_settings(tmp_path, modality_patterns={"NCCT": "CS<ID>_NCCT_Reg_Binary.npy"},
-                      windows_hu={"NCCT": (0.0, 80.0)}, input_shape=(64, 64, 1), epochs=1)
-    for cid in range(1, 6):
-        write_case(s, cid, cta=None)
+def test_png_slice_folder_imported_then_single_channel_pipeline(tmp_path):
+    """Cranium/SIIM-style PNG slices -> importer -> every stage with one channel."""
+    import cv2
+
+    from clotseg.importers import ImportOptions, import_slices
+
+    src_img, src_mask = tmp_path / "src" / "images", tmp_path / "src" / "masks"
+    src_img.mkdir(parents=True)
+    src_mask.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for patient in range(1, 6):
+        for k in range(6):
+            img = rng.integers(20, 60, (40, 48), dtype=np.uint8)
+            mask = np.zeros((40, 48), np.uint8)
+            if 1 <= k <= 3:
+                r, c = 8 + 3 * patient, 10 + 2 * k
+                img[r:r + 6, c:c + 6] = 220
+                mask[r:r + 6, c:c + 6] = 255
+            cv2.imwrite(str(src_img / f"{patient}_{k}.png"), img)
+            cv2.imwrite(str(src_mask / f"{patient}_{k}.png"), mask)
+    s = tiny_settings(tmp_path, modality_patterns={"XRAY": "CS<ID>_XRAY.npy"}, windows_hu={"XRAY": (0.0, 255.0)},
+                      input_shape=(64, 64, 1), epochs=1)
+    report = import_slices(src_img, ImportOptions.from_settings(s, log=quiet), masks=src_mask,
+                           modality_name="XRAY")
+    assert len(report.case_ids) == 5                      # 30 PNGs grouped into 5 cases
+    vol = np.load(s.volume_path / "CS1_XRAY.npy")
+    assert vol.shape == (40, 48, 6)                       # slices stacked along the last axis
     run, rows = _run_all(s)
     assert np.load(augmented_dir(s, "Training") / "images.npy", mmap_mode="r").shape[-1] == 1
     assert rows and all(0 <= float(r["dice"]) <= 1 for r in rows)
