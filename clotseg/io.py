@@ -82,14 +82,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path | str, data: bytes) -> None:
-    """Write a file via temp file + fsync + rename (never half-written)."""
+@contextmanager
+def _atomic_file(path: Path | str):
+    """Yield a binary file handle whose content replaces `path` atomically
+    (temp file in the same folder, fsync, normal permissions, rename) only
+    if the block finishes; on error the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, _FILE_MODE)
@@ -98,6 +101,12 @@ def atomic_write_bytes(path: Path | str, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write a file via temp file + fsync + rename (never half-written)."""
+    with _atomic_file(path) as fh:
+        fh.write(data)
 
 
 def atomic_write_text(path: Path | str, text: str) -> None:
@@ -109,20 +118,9 @@ def atomic_write_json(path: Path | str, obj) -> None:
 
 
 def atomic_save_npy(path: Path | str, arr: np.ndarray) -> None:
-    """np.save through a temp file + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, np.asarray(arr), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.save (no pickles) through a temp file + rename."""
+    with _atomic_file(path) as fh:
+        np.save(fh, np.asarray(arr), allow_pickle=False)
 
 
 def read_json(path: Path | str):

@@ -97,8 +97,14 @@ class RunCheckpointer(keras.callbacks.Callback):
         atomic_write_json(self.run_dir / "Checkpoint_Files" / "state.json", state)
 
 
-class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-    """EarlyStopping whose wait/best survive a resume (Keras resets them)."""
+class _ResumableCounters:
+    """Mixin: restore a plateau callback's counters after Keras resets them.
+
+    EarlyStopping and ReduceLROnPlateau zero their `wait`/`best` (and
+    cooldown) in on_train_begin, which would forget a killed run's progress.
+    """
+
+    _COUNTERS = {"wait": ("wait", int), "best": ("best", float)}
 
     def __init__(self, initial_state=None, **kwargs):
         super().__init__(**kwargs)
@@ -106,24 +112,22 @@ class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
 
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
-        if self._initial:
-            self.wait = int(self._initial.get("wait", 0))
-            self.best = float(self._initial.get("best", self.best))
+        for key, (attr, cast) in self._COUNTERS.items():
+            if key in self._initial:
+                setattr(self, attr, cast(self._initial[key]))
+
+    def counters(self) -> dict:
+        return {key: cast(getattr(self, attr)) for key, (attr, cast) in self._COUNTERS.items()}
 
 
-class ResumableReduceLROnPlateau(keras.callbacks.ReduceLROnPlateau):
+class ResumableEarlyStopping(_ResumableCounters, keras.callbacks.EarlyStopping):
+    """EarlyStopping whose wait/best survive a resume."""
+
+
+class ResumableReduceLROnPlateau(_ResumableCounters, keras.callbacks.ReduceLROnPlateau):
     """ReduceLROnPlateau whose wait/cooldown/best survive a resume."""
 
-    def __init__(self, initial_state=None, **kwargs):
-        super().__init__(**kwargs)
-        self._initial = initial_state or {}
-
-    def on_train_begin(self, logs=None):
-        super().on_train_begin(logs)
-        if self._initial:
-            self.wait = int(self._initial.get("wait", 0))
-            self.cooldown_counter = int(self._initial.get("cooldown", 0))
-            self.best = float(self._initial.get("best", self.best))
+    _COUNTERS = {**_ResumableCounters._COUNTERS, "cooldown": ("cooldown_counter", int)}
 
 
 class PredictionPanel(keras.callbacks.Callback):
@@ -264,9 +268,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                                         factor=0.5, patience=settings.reduce_lr_patience, min_lr=1e-6, verbose=1)
     checkpointer = RunCheckpointer(
         run, best=state.get("best_val_dice", -np.inf), best_epoch=state.get("best_epoch", -1),
-        extra_state=lambda: {"early_stopping": {"wait": early.wait, "best": float(early.best)},
-                             "reduce_lr": {"wait": reduce.wait, "cooldown": reduce.cooldown_counter,
-                                           "best": float(reduce.best)}})
+        extra_state=lambda: {"early_stopping": early.counters(), "reduce_lr": reduce.counters()})
     panel_images, panel_masks = panel_samples(settings)
     callbacks = [
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=initial_epoch > 0),
