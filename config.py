@@ -61,7 +61,7 @@ TARGET_SAMPLE_SIZE_AUG_TRAIN = 20000
 TARGET_SAMPLE_SIZE_AUG_VAL = 4000
 AUG_P = 0.8                      # probability that a sample is augmented at all
 POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices with clot
-NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores
+NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
 
 # --------------------------------------------------------------------------
 # Model (stage 4): 2D U-Net as in CT-ClotSeg

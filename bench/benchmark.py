@@ -113,7 +113,7 @@ def measure_augmentation(settings, root: Path, n: int) -> dict:
     from clotseg.stages.augment import CHUNK, augment_cohort
 
     out = {"n_samples": n, "chunk": CHUNK}
-    for label, workers in (("one_worker", 1), ("all_cores", 0)):
+    for label, workers in (("one_worker", 1), ("all_cores", os.cpu_count() or 1)):
         start = time.perf_counter()
         manifest = augment_cohort(settings.replace(num_workers=workers), "Training", n,
                                   root / f"bench_aug_{label}", "bench")

@@ -35,6 +35,10 @@ from clotseg.stages.slicing import TRAIN_COHORTS, sliced_dir
 STAGE = "augment"
 VERSION = 1
 CHUNK = 128  # samples per worker task: large enough to amortise task overhead
+# Starting spawned workers costs ~3 s (each imports albumentations/OpenCV);
+# one process augments ~1,100 64x64 samples/s on this project's 2-core CI
+# machine, so below about this many pixels of work one process is faster.
+PARALLEL_MIN_PIXELS = 30_000_000
 
 
 def augmented_dir(settings: Settings, cohort: str) -> Path:
@@ -143,7 +147,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     rng = np.random.default_rng([settings.random_seed, cohort_id, 0])
     picks = choose_sources(clot, n, settings.positive_fraction, rng)
     src_images = load_npy(source / IMAGES, mmap=True)
-    workers = settings.num_workers or (os.cpu_count() or 1)
+    workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2])
     workers = max(1, min(workers, -(-n // CHUNK)))
     with staged_dir(target) as tmp:
         open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n, *src_images.shape[1:])).flush()
@@ -175,6 +179,14 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
                                   n_source_slices=len(rows), workers=workers,
                                   positive_fraction=settings.positive_fraction, aug_p=settings.aug_p)
     return manifest
+
+
+def _auto_workers(n: int, pixels_per_sample: int) -> int:
+    """NUM_WORKERS = 0: all cores, unless the job is too small to repay the
+    worker start-up (see PARALLEL_MIN_PIXELS)."""
+    if n * pixels_per_sample < PARALLEL_MIN_PIXELS:
+        return 1
+    return os.cpu_count() or 1
 
 
 def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: int, cohort_id: int, p: float) -> int:
