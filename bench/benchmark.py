@@ -41,7 +41,7 @@ SIZES = {
     # The default model (config.py) on a GPU machine.
     "full": {"input_shape": (256, 256, 2), "base_filters": 32, "depth": 3, "batch_size": 32,
              "cases": 12, "in_plane": (192, 256), "slices": (30, 50),
-             "train_samples": 2048, "aug_samples": 2048, "epochs": 4,
+             "train_samples": 2048, "aug_samples": 8192, "epochs": 4,
              "volume_shape": (256, 256, 40), "volumes": 10},
 }
 PARTS = ("slicing", "augmentation", "generator", "training", "inference")

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import sys
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
@@ -27,6 +29,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
+from clotseg.errors import StageError
 from clotseg.io import fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, read_samples_csv, write_samples_csv
@@ -161,12 +164,18 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
                 changed += _augment_chunk(*job)
                 bar.update(len(job[2]))
         else:
-            # spawn, not fork: the parent may already hold TensorFlow/JAX threads.
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_augment_chunk, *job): len(job[2]) for job in jobs}
-                for fut in as_completed(futures):
-                    changed += fut.result()
-                    bar.update(futures[fut])
+            try:
+                with ProcessPoolExecutor(workers, mp_context=_pool_context(),
+                                         initializer=_single_threaded_worker) as pool:
+                    futures = {pool.submit(_augment_chunk, *job): len(job[2]) for job in jobs}
+                    for fut in as_completed(futures):
+                        changed += fut.result()
+                        bar.update(futures[fut])
+            except BrokenProcessPool as exc:
+                raise StageError(
+                    "an augmentation worker process died (out of memory, killed, or a script that calls "
+                    "ClotSeg without an `if __name__ == \"__main__\":` guard); set NUM_WORKERS = 1 "
+                    "to augment in one process") from exc
         bar.close()
         masks = load_npy(tmp / MASKS, mmap=True)
         out_clot = masks.reshape(n, -1).astype(bool).any(axis=1)
@@ -179,6 +188,23 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
                                   n_source_slices=len(rows), workers=workers,
                                   positive_fraction=settings.positive_fraction, aug_p=settings.aug_p)
     return manifest
+
+
+def _pool_context():
+    """fork when no threaded runtime is loaded (fast start, no re-import of
+    the caller's script); spawn otherwise: forking a process whose OpenCV,
+    TensorFlow, JAX or torch thread pools are running can deadlock."""
+    loaded = any(m in sys.modules for m in ("cv2", "tensorflow", "jax", "torch"))
+    if sys.platform.startswith("linux") and not loaded:
+        return mp.get_context("fork")
+    return mp.get_context("spawn")
+
+
+def _single_threaded_worker():
+    """One OpenCV thread per worker: the pool already uses every core."""
+    import cv2
+
+    cv2.setNumThreads(1)
 
 
 def _auto_workers(n: int, pixels_per_sample: int) -> int:
