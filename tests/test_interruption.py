@@ -135,3 +135,24 @@ def test_training_killed_after_an_epoch_resumes_with_state(tmp_path):
     assert record["resumed"][0]["from_epoch"] == done_at_kill
     epochs = [line.split(",")[0] for line in (run / "history.csv").read_text().splitlines()[1:]]
     assert epochs == ["0", "1", "2", "3"]                            # each epoch once
+    # ... and testing.py, as a user runs it, reports on the resumed run's model
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run([sys.executable, str(ROOT / "testing.py"), "--config", str(s.root / "config.py")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| Dice |" in done.stdout
+    for rel in ("metrics.csv", "summary.json", "montage.png", "manifest.json"):
+        assert (run / "Testing" / rel).is_file(), rel
+
+
+def test_scripts_exit_nonzero_with_a_clear_message_on_bad_config(tmp_path):
+    root = tmp_path / "bad"
+    root.mkdir()
+    (root / "config.py").write_text((ROOT / "config.py").read_text() + "\nTRAIN_PERC = 0.9\nBATCH_SIZE = -1\n")
+    for script in ("training.py", "testing.py"):
+        done = subprocess.run([sys.executable, str(ROOT / script), "--config", str(root / "config.py")],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert "TRAIN_PERC + VAL_PERC" in done.stderr and "BATCH_SIZE" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert not (root / "Processed").exists() and not (root / "DL_vol_files").exists()
