@@ -52,6 +52,7 @@ VOXEL_SPACING_MM = None
 RANDOM_SEED = 42
 TRAIN_PERC = 0.6
 VAL_PERC = 0.2          # test = 1 - TRAIN_PERC - VAL_PERC
+STRATIFY_SPLIT = True   # spread clot-free cases over all cohorts (so false alarms get measured)
 
 # --------------------------------------------------------------------------
 # Slicing and augmentation (stages 2, 3)

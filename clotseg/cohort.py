@@ -113,7 +113,7 @@ def discover_cases(settings: Settings, require_masks: bool = True, warn=print) -
             "or use `python training.py --preset demo`.")
     problems = []
     cases = []
-    for cid in sorted(set(vols) | set(masks), key=_natural_key):
+    for cid in sorted(set(vols) | set(masks), key=natural_key):
         have = vols.get(cid, {})
         missing = [m for m in settings.modalities if m not in have]
         mask = masks.get(cid, {}).get("mask")
@@ -136,7 +136,8 @@ def discover_cases(settings: Settings, require_masks: bool = True, warn=print) -
     return cases
 
 
-def _natural_key(case_id: str):
+def natural_key(case_id: str):
+    """Sort key: CS2 before CS10."""
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", case_id)]
 
 

@@ -7,7 +7,9 @@ augmentation workers do not inherit a deep-learning runtime.
 from __future__ import annotations
 
 from clotseg.cohort import Case, check_cohort, discover_cases
-from clotseg.io import atomic_write_json, fingerprint, read_json
+import numpy as np
+
+from clotseg.io import atomic_write_json, fingerprint, load_npy, read_json
 from clotseg.settings import Settings
 from clotseg.stages.augment import run_augmentation
 from clotseg.stages.slicing import TRAIN_COHORTS, run_slicing
@@ -39,8 +41,17 @@ def ensure_demo_cohort(settings: Settings, log=print) -> bool:
     return True
 
 
-def checked_shapes(settings: Settings, cases: list[Case], log=print) -> dict:
-    """Check every case (cached by file name/size/mtime); {case_id: (H, W, D)}.
+def has_clot(case: Case) -> bool | None:
+    """Whether a checked case's mask has any foreground (None: unlabeled)."""
+    if case.mask is None:
+        return None
+    return bool(np.any(load_npy(case.mask, mmap=True)))
+
+
+def checked_cases(settings: Settings, cases: list[Case], log=print) -> tuple[dict, dict]:
+    """Check every case (cached by file name/size/mtime).
+
+    Returns ({case_id: (H, W, D)}, {case_id: has clot}).
 
     The cache lets a cohort of thousands of cases start in seconds on a
     rerun; any replaced or edited file is checked again.
@@ -55,18 +66,21 @@ def checked_shapes(settings: Settings, cases: list[Case], log=print) -> dict:
                 cache = data.get("cases", {})
         except (OSError, ValueError):
             cache = {}
-    shapes, todo = {}, []
+    shapes, clot, todo = {}, {}, []
     for case in cases:
         entry = cache.get(case.case_id)
-        if entry and entry.get("signature") == fingerprint(case.signature()):
+        if entry and entry.get("signature") == fingerprint(case.signature()) and "has_clot" in entry:
             shapes[case.case_id] = tuple(entry["shape"])
+            clot[case.case_id] = entry["has_clot"]
         else:
             todo.append(case)
     if todo:
         shapes.update(check_cohort(todo, settings))
+        clot.update({c.case_id: has_clot(c) for c in todo})
         atomic_write_json(path, {"settings": settings_key, "cases": {
-            c.case_id: {"signature": fingerprint(c.signature()), "shape": list(shapes[c.case_id])} for c in cases}})
-    return shapes
+            c.case_id: {"signature": fingerprint(c.signature()), "shape": list(shapes[c.case_id]),
+                        "has_clot": clot[c.case_id]} for c in cases}})
+    return shapes, clot
 
 
 def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True) -> dict:
@@ -78,9 +92,9 @@ def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True) -> d
     if demo_if_empty:
         ensure_demo_cohort(settings, log)
     cases = discover_cases(settings, require_masks=True, warn=log)
-    shapes = checked_shapes(settings, cases, log)
+    shapes, clot = checked_cases(settings, cases, log)
     by_id = {c.case_id: c for c in cases}
-    cohorts = run_split(settings, sorted(by_id), log)
+    cohorts = run_split(settings, sorted(by_id), log, strata=clot)
     sliced = run_slicing(settings, cohorts, by_id, shapes, log)
     augmented = run_augmentation(settings, sliced, log)
     log(summary_table(cohorts, sliced, augmented))
@@ -99,4 +113,4 @@ def summary_table(cohorts: dict, sliced: dict, augmented: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["prepare_data", "ensure_demo_cohort", "checked_shapes", "summary_table", "TRAIN_COHORTS"]
+__all__ = ["prepare_data", "ensure_demo_cohort", "checked_cases", "summary_table", "TRAIN_COHORTS"]

@@ -62,6 +62,7 @@ class Settings:
     random_seed: int = 42
     train_perc: float = 0.6
     val_perc: float = 0.2
+    stratify_split: bool = True
     # slicing and augmentation
     input_shape: tuple = (256, 256, 2)
     target_sample_size_aug_train: int = 20000
@@ -175,7 +176,7 @@ class Settings:
             if not ok:
                 p.append(msg)
 
-        for name in ("train_test_split", "slice_extract", "data_aug", "model_training", "resume",
+        for name in ("train_test_split", "slice_extract", "data_aug", "model_training", "resume", "stratify_split",
                      "tta_flips", "keep_largest_component", "save_probabilities"):
             check(isinstance(getattr(self, name), bool), f"{name.upper()} must be True or False")
         for name in ("volume_dir", "mask_dir", "processed_dir", "trainings_dir"):

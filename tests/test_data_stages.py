@@ -188,3 +188,31 @@ def test_split_properties(n, train, val, seed, shuffle_seed):
     assert set().union(*parts) == set(ids) and sum(map(len, parts)) == n   # disjoint cover
     assert all(len(p) >= 1 for p in parts)
     assert abs(len(parts[0]) - n * train) <= 1.5 or len(parts[2]) == 1   # sizes follow the percentages
+
+
+@given(n=st.integers(5, 200), free=st.floats(0.05, 0.5), seed=st.integers(0, 2**31))
+@hsettings(max_examples=100, deadline=None)
+def test_stratified_split_spreads_each_label(n, free, seed):
+    ids = [f"CS{i}" for i in range(n)]
+    strata = {c: i < max(1, int(n * free)) for i, c in enumerate(ids)}     # True = clot-free here
+    s = split_cases(ids, 0.6, 0.2, seed, strata)
+    n_free = sum(strata.values())
+    assert sum(len(v) for v in s.values()) == n and set().union(*map(set, s.values())) == set(ids)
+    for cohort, share in (("Training", 0.6), ("Validation", 0.2)):
+        got = sum(strata[c] for c in s[cohort])
+        assert abs(got - n_free * share) <= 1.0 + 1e-9      # each label split by the percentages
+    if n_free >= 3:
+        assert all(any(strata[c] for c in v) for v in s.values())   # the controls reach every cohort
+
+
+def test_pipeline_split_puts_clot_free_cases_in_every_cohort(tmp_path):
+    s = tiny_settings(tmp_path)
+    write_cohort(s, n=10, clot_free=(2, 5, 9))
+    out = prepare_data(s, log=quiet, demo_if_empty=False)
+    free = {"CS2", "CS5", "CS9"}
+    assert all(free & set(out["cohorts"][k]) for k in ("Training", "Validation", "Testing"))
+    saved = read_json(s.processed_path / "split.json")
+    assert saved["stratified_by"] == "has_clot"
+    assert sum(v["False"] for v in saved["strata_counts"].values()) == 3
+    plain = prepare_data(s.replace(stratify_split=False), log=quiet, demo_if_empty=False)
+    assert set(sum(plain["cohorts"].values(), [])) == set(sum(out["cohorts"].values(), []))
