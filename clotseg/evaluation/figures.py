@@ -204,7 +204,7 @@ def best_slice_index(truth, pred) -> int:
 
 
 def case_overlay(cta_slice, ncct_slice, truth_slice, pred_slice, out_png, title: str = "",
-                 windows=DEFAULT_WINDOWS) -> Path:
+                 windows=DEFAULT_WINDOWS, names=("CTA", "NCCT")) -> Path:
     """One case slice: CTA and NCCT (gray, windowed) with truth/prediction contours.
 
     Panels: CTA, NCCT (left out when ncct_slice is None) and, when there is a
@@ -217,14 +217,15 @@ def case_overlay(cta_slice, ncct_slice, truth_slice, pred_slice, out_png, title:
         pred_slice: (rows, cols) mask.
         out_png: output path. title: figure title.
         windows: ((CTA low, high), (NCCT low, high)) HU.
+        names: panel titles of the two channels (the modality names).
     """
     cta = np.asarray(cta_slice)
-    panels = [("CTA", cta, windows[0], truth_slice, pred_slice)]
+    panels = [(names[0], cta, windows[0], truth_slice, pred_slice)]
     if ncct_slice is not None:
-        panels.append(("NCCT", np.asarray(ncct_slice), windows[1], truth_slice, pred_slice))
+        panels.append((names[1], np.asarray(ncct_slice), windows[1], truth_slice, pred_slice))
     box = _clot_box(cta.shape, [truth_slice, pred_slice])
     if box is not None:
-        panels.append(("CTA zoom", cta[box], windows[0], _crop(truth_slice, box), _crop(pred_slice, box)))
+        panels.append((f"{names[0]} zoom", cta[box], windows[0], _crop(truth_slice, box), _crop(pred_slice, box)))
     fig = _new_figure(4.0 * len(panels), 4.6)
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (name, img, win, t, p) in zip(axes, panels):

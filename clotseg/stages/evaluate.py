@@ -128,7 +128,7 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
             dice = metrics.get("dice")
             title = f"{case.case_id} slice {k}" + (f"  Dice {dice:.2f}" if dice is not None else "")
             case_overlay(cta, second, truth_k, pred[..., k], out / "overlays" / f"{case.case_id}.png", title,
-                         windows=tuple(windows))
+                         windows=tuple(windows), names=tuple(trained.modalities[:2]) + ("",))
             tiles.append((case.case_id, cta, second, truth_k, pred[..., k], dice))
         elapsed = time.perf_counter() - started
         montage(tiles, out / "montage.png", windows=tuple(windows))
