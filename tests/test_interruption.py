@@ -51,44 +51,34 @@ def kill_when(proc, condition, timeout=120):
     return False
 
 
-def test_augmentation_killed_midway_reruns_to_identical_output(tmp_path):
-    s = make_project(tmp_path / "killed", target_sample_size_aug_train=3000, num_workers=1)
+def _bigger_cohort(settings):
+    """Extra 64x64x40 cases, so that slicing takes long enough to be killed."""
+    for cid in range(7, 41):
+        write_case(settings, cid, shape=(64, 64, 40))
+
+
+@pytest.mark.parametrize("store_dir,overrides,extra", [
+    (sliced_dir, {}, _bigger_cohort),
+    (augmented_dir, {"target_sample_size_aug_train": 3000, "num_workers": 1}, lambda s: None),
+], ids=["slicing", "augmentation"])
+def test_stage_killed_midway_reruns_to_identical_output(tmp_path, store_dir, overrides, extra):
+    s = make_project(tmp_path / "killed", **overrides)
+    extra(s)
     proc = start(s.root, "--prepare-only")
-    parent = augmented_dir(s, "Training").parent
+    parent = store_dir(s, "Training").parent
     assert kill_when(proc, lambda: parent.is_dir() and any(p.name.startswith(".Training.tmp-")
                                                             for p in parent.iterdir()))
-    assert not (augmented_dir(s, "Training") / "manifest.json").exists()
+    assert not (store_dir(s, "Training") / "manifest.json").exists()
     rerun = start(s.root, "--prepare-only")
     out, _ = rerun.communicate(timeout=300)
     assert rerun.returncode == 0, out
     assert not [p for p in parent.iterdir() if p.name.startswith(".")]   # temp folders cleaned
-    ref = tiny_settings(tmp_path / "reference", target_sample_size_aug_train=3000, num_workers=1)
+    ref = tiny_settings(tmp_path / "reference", **overrides)
     write_cohort(ref, n=6)
+    extra(ref)
     prepare_data(ref, log=quiet, demo_if_empty=False)
     for name in ("images.npy", "masks.npy", "samples.csv"):
-        assert (augmented_dir(s, "Training") / name).read_bytes() == (augmented_dir(ref, "Training") / name).read_bytes()
-
-
-def test_slicing_killed_midway_reruns_to_identical_output(tmp_path):
-    s = make_project(tmp_path / "killed")
-    for cid in range(7, 41):                      # enough slices that slicing takes a while
-        write_case(s, cid, shape=(64, 64, 40))
-    proc = start(s.root, "--prepare-only")
-    parent = sliced_dir(s, "Training").parent
-    assert kill_when(proc, lambda: parent.is_dir() and any(p.name.startswith(".Training.tmp-")
-                                                            for p in parent.iterdir()))
-    assert not (sliced_dir(s, "Training") / "manifest.json").exists()
-    rerun = start(s.root, "--prepare-only")
-    out, _ = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, out
-    assert not [p for p in parent.iterdir() if p.name.startswith(".")]
-    ref = tiny_settings(tmp_path / "reference")
-    write_cohort(ref, n=6)
-    for cid in range(7, 41):
-        write_case(ref, cid, shape=(64, 64, 40))
-    prepare_data(ref, log=quiet, demo_if_empty=False)
-    for name in ("images.npy", "masks.npy", "samples.csv"):
-        assert (sliced_dir(s, "Training") / name).read_bytes() == (sliced_dir(ref, "Training") / name).read_bytes()
+        assert (store_dir(s, "Training") / name).read_bytes() == (store_dir(ref, "Training") / name).read_bytes()
 
 
 def test_half_written_slice_stage_is_never_taken_as_done(tmp_path):
