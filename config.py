@@ -84,6 +84,7 @@ REDUCE_LR_PATIENCE = 5
 MIXED_PRECISION = "auto"         # "auto" = on when a GPU is present; True / False to force
 JIT_COMPILE = "auto"             # XLA; "auto" = on under TensorFlow and JAX (CPU too), off under torch
 RESUME = False                   # continue the latest unfinished run from its last checkpoint
+DISTRIBUTION = None              # None = one device; "data_parallel" = all local GPUs (and hosts), see README
 
 # --------------------------------------------------------------------------
 # Testing (testing.py)

@@ -72,6 +72,38 @@ def configure_precision(mixed, has_gpu: bool) -> str:
     return policy
 
 
+def distribution_scope(mode: str | None):
+    """Context in which to build, compile (or load) and fit the model.
+
+    mode None: a no-op. "data_parallel": replicate the model on every local
+    device and split each batch between them, with the backend's own engine:
+    JAX -> keras.distribution.DataParallel (several hosts: set the
+    KERAS_DISTRIBUTION_* variables on each, see README); TensorFlow ->
+    tf.distribute.MirroredStrategy, or MultiWorkerMirroredStrategy when
+    TF_CONFIG describes several hosts. BATCH_SIZE is the global batch.
+    Returns (context manager, number of replicas).
+    """
+    import contextlib
+    import os
+
+    if mode is None:
+        return contextlib.nullcontext(), 1
+    name = backend()
+    if name == "jax":
+        if "KERAS_DISTRIBUTION_JOB_ADDRESSES" in os.environ:  # several hosts: join the cluster first
+            keras.distribution.initialize()
+        devices = keras.distribution.list_devices()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+        return contextlib.nullcontext(), len(devices)
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        strategy = (tf.distribute.MultiWorkerMirroredStrategy() if "TF_CONFIG" in os.environ
+                    else tf.distribute.MirroredStrategy())
+        return strategy.scope(), strategy.num_replicas_in_sync
+    raise ValueError(f"DISTRIBUTION = {mode!r} is not supported with the {name} backend; use tensorflow or jax")
+
+
 def describe() -> dict:
     """Backend, devices and versions, recorded in every run and benchmark."""
     import numpy as np

@@ -85,6 +85,7 @@ class Settings:
     mixed_precision: Any = "auto"
     jit_compile: Any = "auto"
     resume: bool = False
+    distribution: str | None = None
     # testing
     test_run: str | None = None
     threshold: float = 0.5
@@ -247,6 +248,7 @@ class Settings:
         check(_is_num(self.learning_rate) and 0 < self.learning_rate < 1, "LEARNING_RATE must be in (0, 1)")
         check(self.mixed_precision in _AUTO_BOOL, "MIXED_PRECISION must be 'auto', True or False")
         check(self.jit_compile in _AUTO_BOOL, "JIT_COMPILE must be 'auto', True or False")
+        check(self.distribution in (None, "data_parallel"), "DISTRIBUTION must be None or 'data_parallel'")
         check(self.test_run is None or (isinstance(self.test_run, str) and re.fullmatch(r"[\w.\-]+", self.test_run)),
               "TEST_RUN must be None or a run folder name (no path separators)")
         check(_is_num(self.threshold) and 0 < self.threshold < 1, "THRESHOLD must be in (0, 1)")

@@ -31,6 +31,7 @@ from clotseg.settings import Settings
 from clotseg.stages.augment import augmented_dir
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
 from clotseg.stages.slicing import sliced_dir
+from clotseg.stages.inference import predict_samples
 from clotseg.stages.split import SPLIT_FILE
 from myModels import build_unet2d, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
@@ -133,12 +134,14 @@ class ResumableReduceLROnPlateau(_ResumableCounters, keras.callbacks.ReduceLROnP
 class PredictionPanel(keras.callbacks.Callback):
     """Each epoch: a PNG of fixed validation slices (CTA, NCCT, truth, prediction)."""
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, out_dir: Path):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, out_dir: Path, batch_size: int):
         super().__init__()
         self.images, self.masks, self.out_dir = images, masks, Path(out_dir)
+        self.batch_size = batch_size
 
     def on_epoch_end(self, epoch, logs=None):
-        prob = self.model.predict(self.images, verbose=0)
+        # fixed, padded batch: a data-parallel model needs batches that split evenly
+        prob = predict_samples(self.model, self.images, self.batch_size)
         pred = _to_labels(prob)
         dice = (logs or {}).get(MONITOR)
         title = f"epoch {epoch + 1}" + (f"  val Dice {dice:.3f}" if dice is not None else "")
@@ -229,36 +232,44 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     policy = runtime.configure_precision(settings.mixed_precision, bool(gpus))
     jit = runtime.resolve_jit(settings.jit_compile)
 
+    scope, replicas = runtime.distribution_scope(settings.distribution)
+    if replicas > 1 and runtime.backend() == "tensorflow":
+        # XLA over a MirroredStrategy step fails: each replica's variables
+        # live on another device (TF's "tf.Variable on a different device").
+        jit = False
+    if settings.batch_size % replicas:
+        raise StageError(f"BATCH_SIZE {settings.batch_size} must be a multiple of the {replicas} devices "
+                         "that DISTRIBUTION = 'data_parallel' splits each batch over")
     if run is None:
         run = new_run_dir(settings)
         _write_relevant_files(settings, run)
         record = {"status": "running", "started": _now(), "resumed": [], **runtime.describe(),
-                  "precision": policy, "jit_compile": jit}
-        model = build_unet2d(settings.input_shape, settings.base_filters, settings.depth,
-                             settings.dropout, settings.num_classes)
-        model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
-                      loss=get_loss(settings.loss), metrics=get_metrics(settings.num_classes),
-                      jit_compile=jit)
+                  "precision": policy, "jit_compile": jit, "replicas": replicas}
+        with scope:  # variables must be created where the distribution places them
+            model = build_unet2d(settings.input_shape, settings.base_filters, settings.depth,
+                                 settings.dropout, settings.num_classes)
+            model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+                          loss=get_loss(settings.loss), metrics=get_metrics(settings.num_classes),
+                          jit_compile=jit)
         initial_epoch = 0
         log(f"[train] new run {run}")
     else:
         record = read_json(run / "run.json")
         record["status"] = "running"
         record.setdefault("resumed", []).append({"at": _now(), "from_epoch": state["epochs_done"]})
-        # safe_mode stays on: a checkpoint holding a Lambda layer is refused
-        model = keras.models.load_model(run / "Checkpoint_Files" / "last.keras")
+        with scope:
+            # safe_mode stays on: a checkpoint holding a Lambda layer is refused
+            model = keras.models.load_model(run / "Checkpoint_Files" / "last.keras")
         initial_epoch = int(state["epochs_done"])
         _truncate_history(run / "history.csv", initial_epoch)
         log(f"[train] resuming run {run} from epoch {initial_epoch}")
     atomic_write_json(run / "run.json", record)
 
-    train_gen = DataGeneratorUNet2D(augmented_dir(settings, "Training") / IMAGES,
-                                    augmented_dir(settings, "Training") / MASKS,
-                                    batch_size=settings.batch_size, shuffle=True, seed=settings.random_seed,
-                                    num_classes=settings.num_classes)
-    val_gen = DataGeneratorUNet2D(augmented_dir(settings, "Validation") / IMAGES,
-                                  augmented_dir(settings, "Validation") / MASKS,
-                                  batch_size=settings.batch_size, shuffle=False, num_classes=settings.num_classes)
+    train_gen, val_gen = (
+        DataGeneratorUNet2D(augmented_dir(settings, cohort) / IMAGES, augmented_dir(settings, cohort) / MASKS,
+                            batch_size=settings.batch_size, shuffle=cohort == "Training", seed=settings.random_seed,
+                            num_classes=settings.num_classes, indices=_divisible(settings, cohort, replicas))
+        for cohort in ("Training", "Validation"))
     # Keras' shuffling sequence must continue where the killed run stopped.
     train_gen.set_epoch(initial_epoch)
 
@@ -273,13 +284,14 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     callbacks = [
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=initial_epoch > 0),
         early, reduce, checkpointer,
-        PredictionPanel(panel_images, panel_masks, run / "Predictions"),
+        PredictionPanel(panel_images, panel_masks, run / "Predictions", settings.batch_size),
         CurvesPlotter(run),
     ]
     if runtime.tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / "logs")))
     log(f"[train] backend {runtime.backend()}, device {record['device']}, precision {policy}, "
-        f"XLA {'on' if jit else 'off'}, {len(train_gen)} batches of {settings.batch_size} per epoch")
+        f"XLA {'on' if jit else 'off'}, {replicas} replica(s), {len(train_gen)} batches of {settings.batch_size} "
+        "per epoch")
     if initial_epoch < settings.epochs and not state.get("stopped_early"):
         history = model.fit(train_gen, validation_data=val_gen, epochs=settings.epochs,
                             initial_epoch=initial_epoch, callbacks=callbacks, verbose=1)
@@ -314,6 +326,19 @@ def _write_relevant_files(settings: Settings, run: Path) -> None:
             if m.is_file():
                 manifests[f"{stage}/{cohort}"] = read_json(m)
     atomic_write_json(rel / "data_manifests.json", manifests)
+
+
+def _divisible(settings: Settings, cohort: str, replicas: int) -> np.ndarray | None:
+    """Sample indices whose count splits evenly over `replicas` devices.
+
+    The last partial batch is kept, but data-parallel JAX must split every
+    batch evenly, so with several devices up to replicas - 1 samples of the
+    store are left out. None (all samples) on one device.
+    """
+    if replicas == 1:
+        return None
+    n = read_json(augmented_dir(settings, cohort) / "manifest.json")["n_samples"]
+    return np.arange(n - n % replicas)
 
 
 def _truncate_history(path: Path, epochs_done: int) -> None:
