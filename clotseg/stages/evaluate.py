@@ -22,7 +22,8 @@ from clotseg.errors import StageError
 from clotseg.evaluation.figures import best_slice_index, case_overlay, montage
 from clotseg.evaluation.metrics import case_metrics
 from clotseg.evaluation.report import markdown_table, write_report
-from clotseg.io import atomic_save_npy, fingerprint, read_json, staged_dir, write_manifest
+from clotseg.intensity import normalise_mask
+from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, read_json, staged_dir, write_manifest
 from clotseg.settings import Settings
 from clotseg.stages.inference import postprocess, predict_volume, to_mask
 from clotseg.stages.split import SPLIT_FILE
@@ -118,7 +119,7 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
                 atomic_save_npy(out / "predictions" / f"{case.case_id}_prob.npy",
                                 (prob[..., 0] if prob.shape[-1] == 1 else prob).astype(np.float16))
             spacing = case.spacing_mm(settings.voxel_spacing_mm)
-            truth_labels = None if truth is None else _labels(truth)
+            truth_labels = None if truth is None else normalise_mask(truth)
             metrics = _score(pred, truth_labels, spacing, trained.num_classes)
             rows.append({"case_id": case.case_id, **metrics})
             k = best_slice_index(truth_labels if truth_labels is not None else pred, pred)
@@ -128,7 +129,7 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
             dice = metrics.get("dice")
             title = f"{case.case_id} slice {k}" + (f"  Dice {dice:.2f}" if dice is not None else "")
             case_overlay(cta, second, truth_k, pred[..., k], out / "overlays" / f"{case.case_id}.png", title,
-                         windows=tuple(windows), names=tuple(trained.modalities[:2]) + ("",))
+                         windows=tuple(windows), names=tuple(trained.modalities))
             tiles.append((case.case_id, cta, second, truth_k, pred[..., k], dice))
         elapsed = time.perf_counter() - started
         montage(tiles, out / "montage.png", windows=tuple(windows))
@@ -141,8 +142,6 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
             summary = write_report(rows, out, n_resamples=settings.bootstrap_resamples,
                                    seed=settings.random_seed, meta=meta)
         else:
-            from clotseg.io import atomic_write_json
-
             summary = {"meta": meta, "cases": rows, "note": "unlabeled cases: predictions only, no metrics"}
             atomic_write_json(out / "predictions.json", summary)
         write_manifest(out, "test", fingerprint([c.signature() for c in cases]), **meta)
@@ -150,12 +149,6 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
     if labelled:
         log(markdown_table(summary))
     return summary
-
-
-def _labels(mask: np.ndarray) -> np.ndarray:
-    from clotseg.intensity import normalise_mask
-
-    return normalise_mask(mask)
 
 
 def _score(pred: np.ndarray, truth, spacing, num_classes: int) -> dict:

@@ -30,8 +30,8 @@ from clotseg.io import atomic_write_json, atomic_write_text, read_json
 from clotseg.settings import Settings
 from clotseg.stages.augment import augmented_dir
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
+from clotseg.stages.inference import predict_samples, to_mask
 from clotseg.stages.slicing import sliced_dir
-from clotseg.stages.inference import predict_samples
 from clotseg.stages.split import SPLIT_FILE
 from myModels import build_unet2d, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
@@ -142,7 +142,7 @@ class PredictionPanel(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         # fixed, padded batch: a data-parallel model needs batches that split evenly
         prob = predict_samples(self.model, self.images, self.batch_size)
-        pred = _to_labels(prob)
+        pred = to_mask(prob)
         dice = (logs or {}).get(MONITOR)
         title = f"epoch {epoch + 1}" + (f"  val Dice {dice:.3f}" if dice is not None else "")
         path = self.out_dir / f"epoch_{epoch + 1:03d}.png"
@@ -168,14 +168,6 @@ def _atomic_save_model(model, path: Path) -> None:
     tmp = path.with_name(f".{path.stem}.tmp.keras")
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def _to_labels(prob: np.ndarray) -> np.ndarray:
-    """(B, H, W, K) probabilities -> (B, H, W) uint8 labels."""
-    prob = np.asarray(prob, dtype=np.float32)
-    if prob.shape[-1] == 1:
-        return (prob[..., 0] > 0.5).astype(np.uint8)
-    return np.argmax(prob, axis=-1).astype(np.uint8)
 
 
 # --------------------------------------------------------------------- stage
