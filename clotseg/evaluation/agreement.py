@@ -150,14 +150,18 @@ def bland_altman_plot(pred, true, out_png, title: str = "Bland-Altman", unit: st
     2 pairs; with none it still writes a figure saying so. `labels` (one per
     pair, e.g. case ids) annotate the points.
     """
-    from clotseg.evaluation.figures import _new_figure, save_figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from clotseg.evaluation.figures import save_figure
 
     pred, true = list(pred), list(true)
     names = list(labels) if labels is not None else [None] * len(pred)
     keep = [i for i in range(len(pred)) if _finite(pred[i]) and _finite(true[i])]
     p = np.array([float(pred[i]) for i in keep])
     t = np.array([float(true[i]) for i in keep])
-    fig = _new_figure(6.0, 4.5)
+    fig = Figure(figsize=(6.0, 4.5))      # Agg canvas, no pyplot: nothing global, no window
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     suffix = f" ({unit})" if unit else ""
     if p.size == 0:

@@ -147,13 +147,17 @@ def uncertainty_ranking(scores, dices) -> dict:
 def uncertainty_scatter_plot(scores, dices, out_png, labels=None, title: str = "Uncertainty vs Dice",
                              dpi: int = 100):
     """Scatter plot of case uncertainty score (x) vs Dice (y), Spearman's rho in the title; returns the path."""
-    from clotseg.evaluation.figures import _new_figure, save_figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from clotseg.evaluation.figures import save_figure
 
     scores, dices = list(scores), list(dices)
     names = list(labels) if labels is not None else [None] * len(scores)
     keep = [i for i in range(len(scores)) if _finite(scores[i]) and _finite(dices[i])]
     rank = uncertainty_ranking(scores, dices)
-    fig = _new_figure(6.0, 4.5)
+    fig = Figure(figsize=(6.0, 4.5))      # Agg canvas, no pyplot: nothing global, no window
+    FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     if keep:
         xs = [float(scores[i]) for i in keep]
