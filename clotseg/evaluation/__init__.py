@@ -6,9 +6,15 @@
     report.write_report(rows, out_dir)              metrics.csv + summary.json
     report.markdown_table(summary)                  Markdown summary table
     figures.*                                       PNG figures (matplotlib Agg)
+    biomarkers.case_biomarkers(mask, spacing_mm, volumes)   clot volume, length, area, HU, perviousness
+    agreement.agreement_table(rows)                 pred vs true biomarkers: r, rho, ICC(2,1), Bland-Altman
+    uncertainty.uncertainty_map / case_uncertainty  voxel and case uncertainty from TTA/MC members
+    export.save_nifti_prediction / save_dicom_seg   predictions on the source grid, DICOM-SEG (highdicom)
+    html_report.write_html_report(out_dir, ...)     self-contained report.html
 
-numpy/scipy/matplotlib only: no Keras import, so evaluation runs anywhere.
-`figures` is imported lazily (matplotlib is slow to import).
+numpy/scipy/matplotlib (export: nibabel, highdicom); no Keras import, so evaluation runs anywhere.
+`figures` and the modules listed after it are imported on demand (matplotlib,
+scipy.stats, nibabel and highdicom are slow to import).
 """
 
 from clotseg.evaluation.metrics import case_metrics

@@ -80,7 +80,8 @@ def icc_2_1(ratings) -> float | None:
     scale = max(abs(msr), abs(msc), abs(mse), 1e-300)
     if not math.isfinite(denom) or abs(denom) <= 1e-12 * scale or ss_total == 0.0:
         return None
-    return float((msr - mse) / denom)
+    value = float((msr - mse) / denom)
+    return 0.0 if abs(value) < 1e-12 else value      # no -5e-16 from rounding
 
 
 def bland_altman(pred, true) -> dict:
