@@ -9,6 +9,8 @@ the file at fault, and all problems of the cohort are listed at once.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clotseg.errors import InputDataError
-from clotseg.io import file_signature, load_npy
+from clotseg.io import available_memory_bytes, file_signature, human_bytes, load_npy, special_file_problem
 from clotseg.settings import Settings
 
 # Integer HU outside this range means a wrapped-around (overflowed) type,
@@ -42,16 +44,45 @@ class Case:
 
     def spacing_mm(self, default=None):
         """(row, col, slice) mm from the sidecar JSON, else `default`."""
-        if self.sidecar is not None and self.sidecar.is_file():
-            try:
-                sp = json.loads(self.sidecar.read_text()).get("spacing_mm")
-            except (OSError, json.JSONDecodeError) as exc:
-                raise InputDataError(f"case {self.case_id}: sidecar {self.sidecar} is not valid JSON: {exc}") from exc
+        if self.sidecar is not None:
+            sp = read_sidecar(self.sidecar, self.case_id).get("spacing_mm")
             if sp is not None:
-                if not (isinstance(sp, list) and len(sp) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in sp)):
-                    raise InputDataError(f"case {self.case_id}: sidecar {self.sidecar} spacing_mm must be 3 positive numbers")
                 return tuple(float(v) for v in sp)
         return tuple(default) if default is not None else None
+
+
+def read_sidecar(path: Path, case_id: str = "") -> dict:
+    """Read and check a per-case sidecar `<case>.json`; return its object.
+
+    It must be a regular file holding a JSON object; `spacing_mm`, when
+    present and not null, must be three finite positive numbers (row, col,
+    slice mm). Raises InputDataError with a one-line message naming the file.
+    """
+    who = f"case {case_id}: " if case_id else ""
+    problem = special_file_problem(path)
+    if problem is not None:
+        raise InputDataError(f"{who}sidecar {path} {problem}")
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputDataError(f"{who}sidecar {path} is not UTF-8 text (JSON expected): {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
+        raise InputDataError(f"{who}sidecar {path} is not valid JSON: {exc.msg} at line {exc.lineno} "
+                             f"column {exc.colno}") from exc
+    except (OSError, ValueError) as exc:
+        raise InputDataError(f"{who}sidecar {path} cannot be read: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InputDataError(f"{who}sidecar {path} must hold a JSON object like {{\"spacing_mm\": [0.5, 0.5, 1.0]}}, "
+                             f"not a {type(data).__name__}")
+    sp = data.get("spacing_mm")
+    if sp is not None:
+        ok = (isinstance(sp, list) and len(sp) == 3
+              and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                      for v in sp))
+        if not ok:
+            raise InputDataError(f"{who}sidecar {path}: spacing_mm must be three finite positive numbers "
+                                 f"[row, col, slice] in mm, got {json.dumps(sp)[:80]}")
+    return data
 
 
 def pattern_regex(pattern: str) -> re.Pattern:
@@ -65,20 +96,32 @@ def case_id_for(pattern: str, raw_id: str) -> str:
     return pattern.split("<ID>")[0].rstrip("_-") + raw_id
 
 
-def _scan(folder: Path, patterns: dict) -> tuple[dict, list]:
-    """{case_id: {key: path}} for files in `folder` matching `patterns`."""
+def _scan(folder: Path, patterns: dict, problems: list | None = None) -> tuple[dict, list]:
+    """{case_id: {key: path}} for files in `folder` matching `patterns`.
+
+    A name that matches but is not a readable regular file (broken or
+    looping symbolic link, folder, device, FIFO) is added to `problems`
+    with what it is, instead of being skipped as if it were missing.
+    """
     found: dict = {}
     unmatched = []
     if not folder.is_dir():
         return found, unmatched
     regexes = {key: pattern_regex(p) for key, p in patterns.items()}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith("."):
+        if path.name.startswith("."):
             continue
         for key, rx in regexes.items():
             m = rx.match(path.name)
             if m:
                 cid = case_id_for(patterns[key], m.group("id"))
+                problem = special_file_problem(path)
+                if problem is not None:
+                    if problems is None:
+                        break
+                    problems.append(f"case {cid}: {path} {problem}")
+                    found.setdefault(cid, {}).setdefault(f"\0bad {key}", path)
+                    break
                 slot = found.setdefault(cid, {})
                 if key in slot:
                     raise InputDataError(
@@ -86,9 +129,27 @@ def _scan(folder: Path, patterns: dict) -> tuple[dict, list]:
                 slot[key] = path
                 break
         else:
-            if path.suffix.lower() == ".npy":
+            if path.suffix.lower() == ".npy" and path.is_file():
                 unmatched.append(path)
     return found, unmatched
+
+
+def _check_input_folder(folder: Path, setting: str) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise InputDataError(f"{setting} {folder} is a file, not a folder; set {setting} in config.py to the "
+                             "folder that holds the files")
+    if not folder.exists() and os.path.lexists(folder):
+        raise InputDataError(f"{setting} {folder} {special_file_problem(folder)}")
+
+
+def _sidecars(folder: Path) -> dict:
+    """{lower-case case id: path} of the *.json files in `folder` (names case-insensitive)."""
+    out: dict = {}
+    if folder.is_dir():
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() == ".json" and not path.name.startswith("."):
+                out.setdefault(path.stem.lower(), []).append(path)
+    return out
 
 
 def discover_cases(settings: Settings, require_masks: bool = True, warn=print) -> list[Case]:
@@ -102,18 +163,26 @@ def discover_cases(settings: Settings, require_masks: bool = True, warn=print) -
         mask without volumes (all such problems listed together).
     """
     vol_dir, mask_dir = settings.volume_path, settings.mask_path
-    vols, unmatched = _scan(vol_dir, settings.modality_patterns)
-    masks, unmatched_masks = _scan(mask_dir, {"mask": settings.mask_pattern})
+    _check_input_folder(vol_dir, "VOLUME_DIR")
+    _check_input_folder(mask_dir, "MASK_DIR")
+    problems = []
+    vols, unmatched = _scan(vol_dir, settings.modality_patterns, problems)
+    masks, unmatched_masks = _scan(mask_dir, {"mask": settings.mask_pattern}, problems)
+    bad = {cid for cid, slot in list(vols.items()) + list(masks.items()) if any(k.startswith("\0") for k in slot)}
+    vols = {cid: {k: v for k, v in slot.items() if not k.startswith("\0")} for cid, slot in vols.items()}
+    masks = {cid: {k: v for k, v in slot.items() if not k.startswith("\0")} for cid, slot in masks.items()}
     for p in unmatched + unmatched_masks:
         warn(f"warning: ignoring {p} (its name matches no pattern in MODALITY_PATTERNS / MASK_PATTERN)")
-    if not vols and not masks:
+    if not vols and not masks and not problems:
         raise InputDataError(
             f"no cases found: {vol_dir} has no files named like {list(settings.modality_patterns.values())}. "
             "Put your volumes there, run `python -m clotseg.phantom` for a synthetic cohort, "
             "or use `python training.py --preset demo`.")
-    problems = []
     cases = []
+    sidecars = _sidecars(vol_dir)
     for cid in sorted(set(vols) | set(masks), key=natural_key):
+        if cid in bad:
+            continue        # already reported with what the file is
         have = vols.get(cid, {})
         missing = [m for m in settings.modalities if m not in have]
         mask = masks.get(cid, {}).get("mask")
@@ -129,10 +198,13 @@ def discover_cases(settings: Settings, require_masks: bool = True, warn=print) -
             problems.append(f"case {cid}: no mask in {mask_dir} (expected a file named like "
                             f"{settings.mask_pattern.replace('<ID>', cid[len(settings.case_prefix):])})")
             continue
-        sidecar = vol_dir / f"{cid}.json"
-        cases.append(Case(cid, {m: have[m] for m in settings.modalities}, mask, sidecar if sidecar.is_file() else None))
+        side = sidecars.get(cid.lower(), [])
+        if len(side) > 1:
+            problems.append(f"case {cid}: two sidecar files {side[0].name} and {side[1].name}; keep one")
+            continue
+        cases.append(Case(cid, {m: have[m] for m in settings.modalities}, mask, side[0] if side else None))
     if problems:
-        raise InputDataError(_listing("cohort problems", problems))
+        raise InputDataError(listing("cohort problems", problems))
     return cases
 
 
@@ -141,7 +213,8 @@ def natural_key(case_id: str):
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", case_id)]
 
 
-def _listing(title: str, problems: list[str]) -> str:
+def listing(title: str, problems: list[str]) -> str:
+    """'N title:' followed by one indented line per problem."""
     return f"{len(problems)} {title}:\n" + "\n".join(f"  - {p}" for p in problems)
 
 
@@ -156,6 +229,9 @@ def check_case(case: Case, settings: Settings) -> tuple[int, int, int]:
     """
     shape = None
     in_h, in_w = settings.input_shape[:2]
+    if case.sidecar is not None:
+        read_sidecar(case.sidecar, case.case_id)
+    check_memory(case)
     for modality, path in case.volumes.items():
         what = f"case {case.case_id} {modality}"
         arr = load_npy(path, mmap=True, what=what)
@@ -194,6 +270,34 @@ def check_case(case: Case, settings: Settings) -> tuple[int, int, int]:
     return tuple(int(s) for s in shape)
 
 
+def case_memory_bytes(case: Case) -> int:
+    """Estimated peak memory to check and slice one case, from the .npy
+    headers only: every file loaded as stored, plus two float32 working
+    copies of one volume (windowing, padding)."""
+    total, voxels = 0, 0
+    for modality, path in list(case.volumes.items()) + ([("mask", case.mask)] if case.mask is not None else []):
+        arr = load_npy(path, mmap=True, what=f"case {case.case_id} {modality}")   # header only
+        total += int(arr.nbytes)
+        voxels = max(voxels, int(arr.size))
+        del arr
+    return total + 8 * voxels
+
+
+def check_memory(case: Case, available: int | None = None) -> None:
+    """Refuse a case whose estimated memory need exceeds the memory available
+    now (InputDataError naming the case, the files and both figures)."""
+    available = available_memory_bytes() if available is None else available
+    if available is None:
+        return
+    need = case_memory_bytes(case)
+    if need > available:
+        files = ", ".join(p.name for p in case.volumes.values())
+        raise InputDataError(f"case {case.case_id} is too large for the memory available: loading it ({files}"
+                             f"{', ' + case.mask.name if case.mask is not None else ''}) needs about "
+                             f"{human_bytes(need)}, {human_bytes(available)} available; crop or split the "
+                             "volumes, or run on a machine with more memory")
+
+
 def check_mask(case: Case, settings: Settings, shape) -> None:
     what = f"case {case.case_id} mask"
     m = load_npy(case.mask, mmap=True, what=what)
@@ -220,17 +324,35 @@ def check_mask(case: Case, settings: Settings, shape) -> None:
                              "the mask is probably inverted or mis-saved")
 
 
-def check_cohort(cases: list[Case], settings: Settings, progress: bool = True) -> dict:
-    """Check every case; return {case_id: (H, W, D)}. Lists all bad cases at once."""
+def cohort_problems(cases: list[Case], settings: Settings, progress: bool = True) -> tuple[dict, list]:
+    """Check every case; return ({case_id: (H, W, D)} of the good ones, [problem, ...])."""
     shapes, problems = {}, []
     for case in tqdm(cases, desc="Checking cases", unit="case", disable=not progress, leave=False):
         try:
             shapes[case.case_id] = check_case(case, settings)
         except InputDataError as exc:
             problems.append(str(exc))
+    return shapes, problems
+
+
+def check_cohort(cases: list[Case], settings: Settings, progress: bool = True) -> dict:
+    """Check every case; return {case_id: (H, W, D)}. Lists all bad cases at once."""
+    shapes, problems = cohort_problems(cases, settings, progress)
     if problems:
-        raise InputDataError(_listing("input problem(s); nothing was written", problems))
+        raise InputDataError(listing("input problem(s); nothing was written", problems))
     return shapes
+
+
+def sidecar_problems(cases: list[Case]) -> list[str]:
+    """Problems of the cases' sidecar JSON files (cheap; run on every start)."""
+    problems = []
+    for case in cases:
+        if case.sidecar is not None:
+            try:
+                read_sidecar(case.sidecar, case.case_id)
+            except InputDataError as exc:
+                problems.append(str(exc))
+    return problems
 
 
 def load_case(case: Case) -> tuple[list[np.ndarray], np.ndarray | None]:

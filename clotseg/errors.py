@@ -27,3 +27,15 @@ class InputDataError(ClotSegError):
 
 class StageError(ClotSegError):
     """A stage cannot run: its inputs on disk are missing or stale."""
+
+
+class ProjectBusyError(ClotSegError):
+    """Another ClotSeg run holds the project's lock (its pid/host/command are named)."""
+
+
+class DiskFullError(ClotSegError):
+    """Not enough free space to write an output; the folder and the space needed are named."""
+
+
+class FolderError(ClotSegError):
+    """A project folder is a file, read-only or otherwise unusable."""

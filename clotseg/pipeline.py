@@ -6,10 +6,17 @@ augmentation workers do not inherit a deep-learning runtime.
 
 from __future__ import annotations
 
-from clotseg.cohort import Case, check_cohort, discover_cases
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import numpy as np
 
-from clotseg.io import atomic_write_json, fingerprint, load_npy, read_json
+from clotseg.cohort import Case, cohort_problems, discover_cases, listing, sidecar_problems
+from clotseg.errors import InputDataError
+from clotseg.io import atomic_write_json, check_output_folder, fingerprint, load_npy, read_json
+from clotseg.locking import project_lock
 from clotseg.settings import Settings
 from clotseg.stages.augment import run_augmentation
 from clotseg.stages.slicing import TRAIN_COHORTS, run_slicing
@@ -19,16 +26,41 @@ CHECK_CACHE = "checked_cases.json"
 DEMO_CASES = 20
 
 
-def ensure_demo_cohort(settings: Settings, log=print) -> bool:
-    """Write a synthetic phantom cohort when the input folders are empty.
+def _holds_files(folder: Path) -> bool:
+    """Whether `folder` exists as anything but an empty folder tree (any file,
+    hidden or not, any case of suffix, at any depth; a non-folder counts)."""
+    if not os.path.lexists(folder):
+        return False
+    if not folder.is_dir():
+        return True
+    for _root, _dirs, files in os.walk(folder):
+        if files:
+            return True
+    return False
 
-    Returns True when a cohort was written. Never touches folders that hold
-    any .npy file: real data is never mixed with the phantom.
+
+def _link_no_clobber(src: Path, dst: Path) -> None:
+    """Put `src` at `dst` without ever replacing an existing `dst`."""
+    try:
+        os.link(src, dst)                     # fails with FileExistsError if dst exists
+    except FileExistsError:
+        raise
+    except OSError:                           # no hard links here: exclusive create + copy
+        with open(src, "rb") as fin, open(dst, "xb") as fout:
+            shutil.copyfileobj(fin, fout)
+
+
+def ensure_demo_cohort(settings: Settings, log=print) -> bool:
+    """Write a synthetic phantom cohort when the input folders hold no files.
+
+    Returns True when a cohort was written. Folders holding any file at all
+    (whatever its name or case: `*.NPY`, a sidecar, a note) are never
+    touched, and no existing file is ever replaced: the cohort is written
+    into a temporary folder and each file is linked into place only if
+    nothing of that name exists (else the run stops with a message).
     """
     vol, seg = settings.volume_path, settings.mask_path
-    has_data = any(vol.glob("*.npy")) if vol.is_dir() else False
-    has_data = has_data or (any(seg.glob("*.npy")) if seg.is_dir() else False)
-    if has_data:
+    if _holds_files(vol) or _holds_files(seg):
         return False
     from clotseg.phantom import write_cohort
 
@@ -37,7 +69,30 @@ def ensure_demo_cohort(settings: Settings, log=print) -> bool:
     log(f"No cases in {vol}: writing a synthetic demo cohort of {DEMO_CASES} phantom CTA/NCCT cases "
         f"({low}-{max_hw} px in-plane) so the pipeline can run. Replace them with your own data "
         "(see README) and delete Processed/ to start over.")
-    write_cohort(vol, seg, DEMO_CASES, seed=settings.random_seed, in_plane=(low, max_hw))
+    vol.mkdir(parents=True, exist_ok=True)
+    seg.mkdir(parents=True, exist_ok=True)
+    stage_vol = Path(tempfile.mkdtemp(dir=vol.parent, prefix=f".{vol.name}.demo-{os.getpid()}-"))
+    stage_seg = stage_vol if seg == vol else Path(tempfile.mkdtemp(dir=seg.parent, prefix=f".{seg.name}.demo-{os.getpid()}-"))
+    try:
+        write_cohort(stage_vol, stage_seg, DEMO_CASES, seed=settings.random_seed, in_plane=(low, max_hw))
+        moves = [(p, vol / p.name) for p in sorted(stage_vol.iterdir())]
+        if stage_seg != stage_vol:
+            moves += [(p, seg / p.name) for p in sorted(stage_seg.iterdir())]
+        clash = [str(dst) for _src, dst in moves if os.path.lexists(dst)]
+        if clash:
+            raise InputDataError(f"not writing the demo cohort: {clash[0]} appeared meanwhile; "
+                                 "nothing was replaced")
+        # masks first: a volume folder with files is what marks the cohort as present
+        for src, dst in sorted(moves, key=lambda m: m[1].parent != seg):
+            try:
+                _link_no_clobber(src, dst)
+            except FileExistsError as exc:
+                raise InputDataError(f"not writing the demo cohort: {dst} appeared meanwhile; "
+                                     "it was left as it is") from exc
+    finally:
+        shutil.rmtree(stage_vol, ignore_errors=True)
+        if stage_seg != stage_vol:
+            shutil.rmtree(stage_seg, ignore_errors=True)
     return True
 
 
@@ -66,37 +121,79 @@ def checked_cases(settings: Settings, cases: list[Case], log=print) -> tuple[dic
                 cache = data.get("cases", {})
         except (OSError, ValueError):
             cache = {}
-    shapes, clot, todo = {}, {}, []
+    shapes, clot, todo, cached = {}, {}, [], []
     for case in cases:
         entry = cache.get(case.case_id)
         if entry and entry.get("signature") == fingerprint(case.signature()) and "has_clot" in entry:
             shapes[case.case_id] = tuple(entry["shape"])
             clot[case.case_id] = entry["has_clot"]
+            cached.append(case)
         else:
             todo.append(case)
+    # sidecars are not part of a case's cached signature: check them every time (cheap)
+    problems = sidecar_problems(cached)
     if todo:
-        shapes.update(check_cohort(todo, settings))
+        new_shapes, more = cohort_problems(todo, settings)
+        problems += more
+        if problems:
+            raise InputDataError(listing("input problem(s); nothing was written", problems))
+        shapes.update(new_shapes)
         clot.update({c.case_id: has_clot(c) for c in todo})
         atomic_write_json(path, {"settings": settings_key, "cases": {
             c.case_id: {"signature": fingerprint(c.signature()), "shape": list(shapes[c.case_id]),
                         "has_clot": clot[c.case_id]} for c in cases}})
+    elif problems:
+        raise InputDataError(listing("input problem(s); nothing was written", problems))
     return shapes, clot
 
 
-def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True) -> dict:
+def check_any_clot(clot: dict, settings: Settings) -> None:
+    """Refuse a cohort whose masks are all empty: training would learn to
+    predict nothing and report a meaningless validation Dice of 1.0."""
+    labelled = [c for c, v in clot.items() if v is not None]
+    if labelled and not any(clot[c] for c in labelled):
+        raise InputDataError(
+            f"every mask of the cohort is empty: none of the {len(labelled)} case(s) in {settings.mask_path} "
+            "marks a clot voxel, so there is nothing to learn (and a validation Dice of 1.0 would mean nothing); "
+            "check MASK_DIR / MASK_PATTERN and that the masks are not blank")
+
+
+def check_labels(cohorts: dict, clot: dict, settings: Settings, log=print) -> None:
+    """Refuse a split whose Training cohort has no clot at all; warn when
+    Validation has none (its Dice then only measures false alarms)."""
+    training = cohorts.get("Training", [])
+    if training and not any(clot.get(c) for c in training):
+        raise InputDataError(
+            f"no Training case has a clot (all {len(training)} Training masks are empty), so there is nothing "
+            "to learn; add clot cases or set STRATIFY_SPLIT = True so clot cases reach every cohort")
+    validation = cohorts.get("Validation", [])
+    if validation and not any(clot.get(c) for c in validation):
+        log(f"warning: no Validation case has a clot ({len(validation)} case(s)); the validation Dice only "
+            "measures false alarms and reads 1.0 for an empty prediction")
+
+
+def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True, lock_wait_s: float | None = None) -> dict:
     """Stages 1-3. Returns {"cases", "cohorts", "shapes", "sliced", "augmented"}.
 
     All cases are checked before any stage writes anything, so bad input
     stops the run with every problem listed and nothing on disk changed.
+    The stages run under the project lock (`clotseg.locking`, a lock file in
+    PROCESSED_DIR): a second run waits up to `lock_wait_s` seconds (default:
+    CLOTSEG_LOCK_WAIT_S or 10 s) and then stops with a message naming the
+    run that holds it.
     """
-    if demo_if_empty:
-        ensure_demo_cohort(settings, log)
-    cases = discover_cases(settings, require_masks=True, warn=log)
-    shapes, clot = checked_cases(settings, cases, log)
-    by_id = {c.case_id: c for c in cases}
-    cohorts = run_split(settings, sorted(by_id), log, strata=clot)
-    sliced = run_slicing(settings, cohorts, by_id, shapes, log)
-    augmented = run_augmentation(settings, sliced, log)
+    check_output_folder(settings.processed_path, "PROCESSED_DIR")
+    with project_lock(settings.processed_path, lock_wait_s, log):
+        if demo_if_empty:
+            ensure_demo_cohort(settings, log)
+        cases = discover_cases(settings, require_masks=True, warn=log)
+        shapes, clot = checked_cases(settings, cases, log)
+        check_any_clot(clot, settings)
+        by_id = {c.case_id: c for c in cases}
+        cohorts = run_split(settings, sorted(by_id), log, strata=clot)
+        check_labels(cohorts, clot, settings, log)
+        sliced = run_slicing(settings, cohorts, by_id, shapes, log)
+        augmented = run_augmentation(settings, sliced, log)
     log(summary_table(cohorts, sliced, augmented))
     return {"cases": cases, "cohorts": cohorts, "shapes": shapes, "sliced": sliced, "augmented": augmented}
 

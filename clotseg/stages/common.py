@@ -19,24 +19,31 @@ from pathlib import Path
 import numpy as np
 
 from clotseg.errors import StageError
-from clotseg.io import atomic_write_text, clean_stale_temps, load_npy, read_manifest
+from clotseg.io import atomic_write_text, clean_stale_temps, load_npy, manifest_problems, read_manifest
 
 IMAGES, MASKS, SAMPLES = "images.npy", "masks.npy", "samples.csv"
 
 
-def decide(flag: bool, flag_name: str, stage_dir: Path, key: str, label: str, log=print) -> dict | None:
+def decide(flag: bool, flag_name: str, stage_dir: Path, key: str, label: str, log=print,
+           required=(IMAGES, MASKS, SAMPLES)) -> dict | None:
     """Return the manifest to reuse, or None when the stage must be built.
 
-    flag True: reuse only an output built from the same inputs and settings
-    (same fingerprint `key`), else rebuild. flag False: reuse whatever
-    complete output exists (warning when stale); none -> StageError naming
-    the flag to set.
+    A stage output counts only when every file its manifest lists is there
+    with its recorded size (`required` must exist for manifests without a
+    file list). flag True: reuse only such an output built from the same
+    inputs and settings (same fingerprint `key`), else rebuild. flag False:
+    reuse whatever complete output exists (warning when stale); none or an
+    incomplete one -> StageError naming the flag to set.
     """
     # A run killed mid-swap may have left only the previous output under a
     # temporary name: put it back (and drop half-built temp folders) first.
     clean_stale_temps(stage_dir)
-    manifest = read_manifest(stage_dir)
+    manifest = read_manifest(stage_dir, verify=False)
+    problems = manifest_problems(stage_dir, manifest, required) if manifest is not None else []
     if flag:
+        if problems:
+            log(f"[{label}] {stage_dir} is incomplete ({'; '.join(problems[:3])}): rebuilding it")
+            return None
         if manifest is not None and manifest.get("fingerprint") == key:
             log(f"[{label}] up to date: {stage_dir} ({manifest.get('n_samples', '?')} samples)")
             return manifest
@@ -44,6 +51,9 @@ def decide(flag: bool, flag_name: str, stage_dir: Path, key: str, label: str, lo
     if manifest is None:
         raise StageError(f"{flag_name} is False but {stage_dir} holds no complete output; "
                          f"set {flag_name} = True in config.py to build it")
+    if problems:
+        raise StageError(f"{flag_name} is False but {stage_dir} is incomplete ({'; '.join(problems[:3])}); "
+                         f"set {flag_name} = True in config.py to rebuild it")
     if manifest.get("fingerprint") != key:
         log(f"[{label}] warning: reusing {stage_dir}, built from other inputs or settings "
             f"(set {flag_name} = True to rebuild)")
@@ -68,8 +78,13 @@ def read_samples_csv(path: Path) -> list[dict]:
 def open_store(store_dir: Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(images, masks) of a complete sample store, memory-mapped by default."""
     store_dir = Path(store_dir)
-    if read_manifest(store_dir) is None:
+    manifest = read_manifest(store_dir, verify=False)
+    if manifest is None:
         raise StageError(f"{store_dir} is not a complete sample store (no manifest); rerun the stage that builds it")
+    problems = manifest_problems(store_dir, manifest, (IMAGES, MASKS, SAMPLES))
+    if problems:
+        raise StageError(f"{store_dir} is not a complete sample store ({'; '.join(problems[:3])}); "
+                         "rerun the stage that builds it")
     images = load_npy(store_dir / IMAGES, mmap=mmap, what=f"sample store {store_dir.name}")
     masks = load_npy(store_dir / MASKS, mmap=mmap, what=f"sample store {store_dir.name}")
     return images, masks

@@ -12,12 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from clotseg.cohort import Case, load_case
 from clotseg.intensity import mask_to_samples, volume_to_samples
-from clotseg.io import fingerprint, staged_dir, write_manifest
+from clotseg.io import create_npy, fingerprint, staged_dir, write_manifest
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, write_samples_csv
 
@@ -55,20 +54,31 @@ def run_slicing(settings: Settings, cohorts: dict, cases_by_id: dict, shapes: di
     return out
 
 
+def store_bytes(n: int, hw, channels: int) -> int:
+    """Disk space of a sample store of n samples: N*H*W*C image bytes +
+    N*H*W mask bytes, plus headers, samples.csv and manifest (generous)."""
+    h, w = hw
+    return n * h * w * channels + n * h * w + n * 64 + 64 * 1024
+
+
 def slice_cohort(settings: Settings, cases: list[Case], shapes: dict, target: Path, key: str,
                  cohort: str = "") -> dict:
     """Write one cohort's sample store atomically; return its manifest.
 
     Memory: one case at a time; the output arrays are written through
-    memory maps, so cohorts larger than RAM slice fine.
+    memory maps, so cohorts larger than RAM slice fine. Disk: the store's
+    size is known in advance; it is checked against the free space and
+    reserved before any sample is written, so a full disk stops the stage
+    with DiskFullError (not SIGBUS) and the previous store stays in place.
     """
     hw = settings.input_shape[:2]
     windows = [settings.windows_hu[m] for m in settings.modalities]
     n_total = sum(shapes[c.case_id][2] for c in cases)
     rows = []
-    with staged_dir(target) as tmp:
-        images = open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n_total, *hw, len(windows)))
-        masks = open_memmap(tmp / MASKS, mode="w+", dtype=np.uint8, shape=(n_total, *hw))
+    with staged_dir(target, store_bytes(n_total, hw, len(windows))) as tmp:
+        what = f"the {cohort or target.name} sample store"
+        images = create_npy(tmp / IMAGES, np.uint8, (n_total, *hw, len(windows)), what)
+        masks = create_npy(tmp / MASKS, np.uint8, (n_total, *hw), what)
         pos = 0
         for case in tqdm(cases, desc=f"Slicing {cohort}", unit="case"):
             vols, mask = load_case(case)
