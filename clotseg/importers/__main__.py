@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text file naming the case folders to import, one per line ('#' comments)")
     p.add_argument("--affine-tol", type=float, default=1e-3, metavar="MM",
                    help="largest geometry difference between a case's series and mask (default 0.001 mm)")
+    p.add_argument("--allow-single-slice", action="store_true",
+                   help="accept a series folder holding one image file (refused by default: usually a scout "
+                        "or key image, or the wrong folder level)")
 
     p = sub.add_parser("slices", parents=[common], formatter_class=fmt, epilog=_EPILOG_SLICES,
                        help="folders of 2D PNG/JPG/TIFF/.npy slices",
@@ -135,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="largest per-channel colour difference still mapped (for JPEG masks; default 0)")
     p.add_argument("--fill-missing-masks", action="store_true",
                    help="slices without a mask file get an empty mask (masks stored only for lesion slices)")
+    p.add_argument("--ignore-unmatched", action="store_true",
+                   help="skip image files the regex does not match (default: stop with exit status 2 and "
+                        "list them)")
     return parser
 
 
@@ -177,7 +183,8 @@ def run(args, log=print):
 
         mods = parse_assignments(args.modality, "--modality")
         report = import_dicom(args.source, mods, opts, mask=args.mask, mask_root=args.mask_root,
-                              series_list=args.series_list, affine_tol_mm=args.affine_tol)
+                              series_list=args.series_list, affine_tol_mm=args.affine_tol,
+                              allow_single_slice=args.allow_single_slice)
     else:
         from clotseg.importers.slices import import_slices
 
@@ -187,7 +194,8 @@ def run(args, log=print):
                 else {k: Path(v) for k, v in parse_assignments(args.modality, "--modality").items()})
         report = import_slices(mods, opts, masks=args.masks, regex=args.regex, mask_regex=args.mask_regex,
                                mask_threshold=args.mask_threshold, rgb_map=args.rgb_map,
-                               rgb_tolerance=args.rgb_tolerance, fill_missing_masks=args.fill_missing_masks)
+                               rgb_tolerance=args.rgb_tolerance, fill_missing_masks=args.fill_missing_masks,
+                               ignore_unmatched=args.ignore_unmatched)
     return report, list(mods), opts
 
 

@@ -498,6 +498,8 @@ def run_import(importer: str, sources: list[CaseSource], loader: Callable[[CaseS
     Returns an ImportReport. Raises InputDataError at the first bad case
     (cases before it stay written; re-running skips identical files), or,
     with `options.skip_bad_cases`, records it in `report.failed` and goes on.
+    `import_map.json` is updated after each case is written, so it only ever
+    names cases whose files exist (a run whose first case fails leaves none).
     """
     options.check_patterns(modalities)
     if not sources:
@@ -517,10 +519,7 @@ def run_import(importer: str, sources: list[CaseSource], loader: Callable[[CaseS
     if not options.dry_run:
         vol_dir.mkdir(parents=True, exist_ok=True)
         options.mask_path.mkdir(parents=True, exist_ok=True)
-        merged = dict(existing)
-        merged.update(ids)
-        if merged != existing:
-            atomic_write_json(vol_dir / IMPORT_MAP, merged)
+    recorded = dict(existing)     # import_map.json: only cases whose files are on disk
     ordered = sorted(sources, key=lambda s: natural_key(s.name))
     for i, src in enumerate(ordered, 1):
         cid = ids[src.name]
@@ -544,6 +543,9 @@ def run_import(importer: str, sources: list[CaseSource], loader: Callable[[CaseS
             continue
         report.shapes[cid] = shape
         (report.unchanged if status == "unchanged" else report.written).append(cid)
+        if not options.dry_run and recorded.get(src.name) != cid:
+            recorded[src.name] = cid
+            atomic_write_json(vol_dir / IMPORT_MAP, recorded)
         sp = "unknown spacing" if case.spacing_mm is None else "x".join(f"{s:.3g}" for s in case.spacing_mm) + " mm"
         label = "labelled" if case.mask is not None else "unlabelled"
         options.log(f"[{i}/{len(ordered)}] {src.name} -> {cid}: {status} "

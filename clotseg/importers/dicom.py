@@ -99,10 +99,12 @@ def _axis_codes(affine: np.ndarray) -> str:
     return "".join(nib.aff2axcodes(affine))
 
 
-def read_dicom_series(folder: Path | str) -> DicomSeries:
+def read_dicom_series(folder: Path | str, allow_single_slice: bool = False) -> DicomSeries:
     """Read, check and stack the DICOM series in one folder.
 
     Raises InputDataError naming the folder (and files) for: no image files,
+    a single image file (a one-slice "series" is usually a scout, a key image
+    or a folder of the wrong level; accepted only with `allow_single_slice`),
     mixed SeriesInstanceUIDs, multi-frame files, missing geometry tags,
     changing orientation/size/pixel spacing, duplicate positions, gantry tilt,
     missing slices and non-uniform slice spacing.
@@ -114,6 +116,10 @@ def read_dicom_series(folder: Path | str) -> DicomSeries:
     if not items:
         raise InputDataError(f"series folder {folder} holds no DICOM image files ({skipped} file(s) skipped as "
                              "not DICOM or without pixel data)")
+    if len(items) == 1 and not allow_single_slice:
+        raise InputDataError(f"series folder {folder} holds a single DICOM image ({items[0][0].name}); a CT series "
+                             "has many slices, so this is probably a scout/key image or the wrong folder level. "
+                             "Pass --allow-single-slice to import it as a one-slice volume")
     uids: dict = {}
     for path, ds in items:
         uids.setdefault(str(ds.get("SeriesInstanceUID", "<none>")), []).append(path.name)
@@ -321,7 +327,7 @@ def discover_dicom_cases(source: Path, modalities: dict, mask: str | None = None
 
 def import_dicom(source: Path | str, modalities: dict, options: ImportOptions, mask: str | None = None,
                  mask_root: Path | str | None = None, series_list: Path | str | None = None,
-                 affine_tol_mm: float = DEFAULT_AFFINE_TOL_MM) -> ImportReport:
+                 affine_tol_mm: float = DEFAULT_AFFINE_TOL_MM, allow_single_slice: bool = False) -> ImportReport:
     """Import DICOM series into the CT-ClotSeg layout.
 
     Args:
@@ -332,6 +338,7 @@ def import_dicom(source: Path | str, modalities: dict, options: ImportOptions, m
         series_list: optional text file naming the case folders to import.
         affine_tol_mm: largest allowed geometry difference between the
             modalities / the mask of a case (mm).
+        allow_single_slice: accept series of one image file (refused by default).
     Returns the ImportReport; raises InputDataError naming the bad series.
     """
     names = read_series_list(Path(series_list)) if series_list is not None else None
@@ -342,7 +349,7 @@ def import_dicom(source: Path | str, modalities: dict, options: ImportOptions, m
         what = f"case {src.name}"
         volumes, ref, info = {}, None, {}
         for modality in modalities:
-            series = read_dicom_series(src.files[modality])
+            series = read_dicom_series(src.files[modality], allow_single_slice)
             if ref is None:
                 ref = series
             else:

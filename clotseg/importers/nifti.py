@@ -43,7 +43,7 @@ def pattern_regex(pattern: str) -> re.Pattern:
     if pattern.count("{case}") != 1:
         raise InputDataError(f"file pattern {pattern!r} must contain {{case}} exactly once")
     before, after = pattern.split("{case}")
-    return re.compile(_literal_regex(before) + r"(?P<case>[^/]+?)" + _literal_regex(after))
+    return re.compile(_literal_regex(before) + r"(?P<case>[^/]*?)" + _literal_regex(after))
 
 
 def _literal_length(pattern: str) -> int:
@@ -76,6 +76,10 @@ def find_pattern_files(root: Path, patterns: dict) -> tuple[dict, list]:
                             f"{patterns[ranked[1][0]]!r}; make them more specific")
             continue
         key, case = ranked[0]
+        if not case.strip():
+            problems.append(f"{path} gives an empty case name with pattern {patterns[key]!r} "
+                            "(nothing where {case} should be); rename or remove it")
+            continue
         found[key].setdefault(case, []).append(path)
     return found, problems
 
@@ -175,7 +179,8 @@ def discover_nifti_cases(source: Path, modalities: dict, mask: str | None = None
         found.update(masks)
         problems += more
     if problems:
-        raise InputDataError("file patterns are ambiguous:\n" + "\n".join(f"  - {p}" for p in problems))
+        raise InputDataError(f"{len(problems)} file(s) cannot be assigned to a case; nothing was written:\n"
+                             + "\n".join(f"  - {p}" for p in problems))
     mask_files = found.pop("\0mask", {})
     names = sorted({c for hits in found.values() for c in hits}, key=natural_key)
     if not names:

@@ -169,7 +169,8 @@ def group_slice_files(folder: Path, regex: str, exclude: set | None = None) -> t
     Returns ({case: {slice key: path}}, unmatched paths). The slice key is
     the `slice` group when the regex has one, else the relative path without
     extension (so masks pair with images of the same name). Raises
-    InputDataError for two files with the same case and slice.
+    InputDataError for two files with the same case and slice, and for files
+    whose `case` group matches an empty text (never skipped silently).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -177,7 +178,7 @@ def group_slice_files(folder: Path, regex: str, exclude: set | None = None) -> t
     rx = _compile(regex, "--regex")
     has_slice = "slice" in rx.groupindex
     groups: dict = {}
-    unmatched = []
+    unmatched, empty = [], []
     for path in sorted(folder.rglob("*"), key=lambda p: natural_key(p.as_posix())):
         rel = path.relative_to(folder)
         if (not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES
@@ -189,6 +190,9 @@ def group_slice_files(folder: Path, regex: str, exclude: set | None = None) -> t
         if not m or m.group("case") is None:
             unmatched.append(path)
             continue
+        if not m.group("case").strip():
+            empty.append(path)
+            continue
         key = m.group("slice") if has_slice and m.group("slice") is not None else rel.with_suffix("").as_posix()
         if has_slice and key.isdigit():
             key = str(int(key))     # '012' and '12' are the same slice
@@ -197,12 +201,37 @@ def group_slice_files(folder: Path, regex: str, exclude: set | None = None) -> t
             raise InputDataError(f"case {m.group('case')}: {slot[key]} and {path} are both slice {key!r}; "
                                  "make --regex tell them apart or remove one")
         slot[key] = path
+    if empty:
+        raise InputDataError(f"{len(empty)} file(s) in {folder} give an empty case name with {regex!r}, e.g. "
+                             f"{empty[0]}; make the (?P<case>...) group match at least one character, or rename "
+                             "or remove these files")
     return groups, unmatched
+
+
+def _unmatched(paths: list, folder, flag: str, regex: str, log, ignore: bool) -> None:
+    shown = ", ".join(str(p) for p in paths[:3]) + (" ..." if len(paths) > 3 else "")
+    if ignore:
+        log(f"note: {len(paths)} file(s) in {folder} do not match {flag} {regex!r} and are ignored "
+            f"(--ignore-unmatched), e.g. {shown}")
+        return
+    raise InputDataError(f"{len(paths)} file(s) in {folder} do not match {flag} {regex!r}: {shown}; "
+                         "fix the regex, or pass --ignore-unmatched to leave them out")
+
+
+def describe_cases(cases: list[CaseSource], modalities: list, limit: int = 50) -> str:
+    """'found 3 case(s): 3 (3 slices, labelled), 12 (2 slices), ...' for the log."""
+    parts = []
+    for case in cases[:limit]:
+        n = len(case.files.get(modalities[0]) or [])
+        label = ", labelled" if case.files.get("mask") is not None else ", unlabelled"
+        parts.append(f"{case.name} ({n} slice{'s' if n != 1 else ''}{label})")
+    more = f" ... and {len(cases) - limit} more" if len(cases) > limit else ""
+    return f"found {len(cases)} case(s): " + ", ".join(parts) + more
 
 
 def discover_slice_cases(images: dict, masks: Path | None, regex: str = DEFAULT_REGEX,
                          mask_regex: str | None = None, fill_missing_masks: bool = False,
-                         log=print) -> list[CaseSource]:
+                         log=print, ignore_unmatched: bool = False) -> list[CaseSource]:
     """Group image (and mask) files into cases.
 
     Args:
@@ -213,25 +242,36 @@ def discover_slice_cases(images: dict, masks: Path | None, regex: str = DEFAULT_
             (datasets such as Cranium only store masks of positive slices);
             without it a partly masked case is refused, a case without any
             mask file is imported unlabelled.
+        ignore_unmatched: image files (or files of a separate mask folder)
+            that the regex does not match are skipped with a note; without
+            it they stop the import (InputDataError listing them).
     CaseSource.files = {modality: [paths in slice order], 'mask': [path or None]}.
     """
     if not images:
         raise InputDataError("no image folder given")
-    mask_groups, mask_files = {}, set()
+    mask_groups, mask_files, mask_unmatched = {}, set(), []
     if masks is not None:
-        mask_groups, _ = group_slice_files(Path(masks), mask_regex or regex)
+        mask_groups, mask_unmatched = group_slice_files(Path(masks), mask_regex or regex)
         mask_files = {p.resolve() for slot in mask_groups.values() for p in slot.values()}
     per_modality = {}
+    image_files = set()
     for modality, folder in images.items():
         groups, unmatched = group_slice_files(Path(folder), regex, exclude=mask_files)
+        image_files |= {p.resolve() for slot in groups.values() for p in slot.values()}
         if unmatched:
-            log(f"note: {len(unmatched)} file(s) in {folder} do not match --regex {regex!r} and are ignored, "
-                f"e.g. {unmatched[0]}")
+            _unmatched(unmatched, folder, "--regex", regex, log, ignore_unmatched)
         if not groups:
             same = masks is not None and Path(masks).resolve() == Path(folder).resolve()
             hint = " (images and masks share the folder: give --mask-regex so masks are told apart)" if same else ""
             raise InputDataError(f"no image file in {folder} matches --regex {regex!r}{hint}")
         per_modality[modality] = groups
+    # a mask folder of its own: its files must all be masks (in a shared folder the images do not match)
+    image_dirs = {Path(f).resolve() for f in images.values()}
+    if masks is not None and Path(masks).resolve() not in image_dirs:
+        stray = [p for p in mask_unmatched if p.resolve() not in image_files]
+        if stray:
+            _unmatched(stray, masks, "--mask-regex" if mask_regex else "--regex", mask_regex or regex, log,
+                       ignore_unmatched)
     modalities = list(images)
     ref = per_modality[modalities[0]]
     names = sorted(set().union(*[set(g) for g in per_modality.values()]), key=natural_key)
@@ -304,7 +344,7 @@ def load_slice_case(files: dict, modalities: list, threshold: float = 127, rgb_m
 def import_slices(images: dict | Path | str, options: ImportOptions, masks: Path | str | None = None,
                   regex: str = DEFAULT_REGEX, mask_regex: str | None = None, mask_threshold: float = 127,
                   rgb_map: dict | str | None = None, rgb_tolerance: int = 0, fill_missing_masks: bool = False,
-                  modality_name: str = "NCCT") -> ImportReport:
+                  modality_name: str = "NCCT", ignore_unmatched: bool = False) -> ImportReport:
     """Import 2D slice folders into the CT-ClotSeg layout (one volume per case).
 
     Args:
@@ -317,7 +357,11 @@ def import_slices(images: dict | Path | str, options: ImportOptions, masks: Path
             Class ids above 1 turn on multiclass masks.
         rgb_tolerance: largest per-channel colour difference still mapped.
         fill_missing_masks: missing mask slices mean 'no lesion'.
-    Returns the ImportReport; raises InputDataError naming the bad files.
+        ignore_unmatched: skip (with a note) files the regex does not match
+            instead of stopping.
+    The cases found and their slice counts are logged before anything is
+    written. Returns the ImportReport; raises InputDataError naming the bad
+    files.
     """
     if not isinstance(images, dict):
         images = {modality_name: Path(images)}
@@ -325,8 +369,9 @@ def import_slices(images: dict | Path | str, options: ImportOptions, masks: Path
     cmap = parse_rgb_map(rgb_map) if rgb_map else None
     multiclass = options.multiclass or (cmap is not None and max(cmap.values()) > 1)
     cases = discover_slice_cases(images, None if masks is None else Path(masks), regex, mask_regex,
-                                 fill_missing_masks, log=options.log)
+                                 fill_missing_masks, log=options.log, ignore_unmatched=ignore_unmatched)
     modalities = list(images)
+    options.log(describe_cases(cases, modalities))
 
     def loader(src: CaseSource) -> LoadedCase:
         return load_slice_case(src.files, modalities, mask_threshold, cmap, rgb_tolerance, multiclass,
