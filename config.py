@@ -61,12 +61,19 @@ INPUT_SHAPE = (256, 256, 2)      # (rows, cols, channels); channels = number of 
 TARGET_SAMPLE_SIZE_AUG_TRAIN = 20000
 TARGET_SAMPLE_SIZE_AUG_VAL = 4000
 AUG_P = 0.8                      # probability that a sample is augmented at all
+AUGMENTATION = "strong"          # "standard": flips, brightness/contrast, gamma, blur, CLAHE;
+                                 # "strong": + rotation/scaling, noise and per-modality HU shifts
 POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices with clot
+HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from hard negatives: slices
+                                 # next to a clot and slices with the most bright (vessel, calcium) pixels
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
+CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below of every modality as
+                                 # channels (0 = plain 2D); edge slices repeat the first/last slice
 
 # --------------------------------------------------------------------------
-# Model (stage 4): 2D U-Net as in CT-ClotSeg
+# Model (stage 4)
 # --------------------------------------------------------------------------
+MODEL = "resunet"                # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (residual encoder, nnU-Net ResEnc style)
 BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
 DROPOUT = 0.1
@@ -77,10 +84,14 @@ NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over clas
 # --------------------------------------------------------------------------
 LOSS = "bce_dice"                # "dice", "bce_dice", "tversky", "focal_tversky"
 LEARNING_RATE = 1e-3
+LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
+                                 # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau
+WARMUP_EPOCHS = 1                # linear warm-up from 1% of LEARNING_RATE ("cosine" only)
 EPOCHS = 100
 BATCH_SIZE = 16
 EARLY_STOPPING_PATIENCE = 15     # epochs without better validation Dice
-REDUCE_LR_PATIENCE = 5
+REDUCE_LR_PATIENCE = 5           # "plateau" schedule only
+MAX_TRAINING_MINUTES = None      # stop after the epoch that would cross this wall-clock budget
 MIXED_PRECISION = "auto"         # "auto" = on when a GPU is present; True / False to force
 JIT_COMPILE = "auto"             # XLA; "auto" = on under TensorFlow and JAX (CPU too), off under torch
 RESUME = False                   # continue the latest unfinished run from its last checkpoint
@@ -90,10 +101,14 @@ DISTRIBUTION = None              # None = one device; "data_parallel" = all loca
 # Testing (testing.py)
 # --------------------------------------------------------------------------
 TEST_RUN = None                  # run folder name under TRAININGS_DIR; None = latest
-THRESHOLD = 0.5                  # probability above which a voxel is clot
-TTA_FLIPS = False                # average predictions over horizontal/vertical flips
-MIN_COMPONENT_VOXELS = 0         # drop predicted 3D components smaller than this
-KEEP_LARGEST_COMPONENT = False
+TUNE_POSTPROCESSING = True       # after training, choose the four settings below on the Validation
+                                 # volumes (saved as <run>/postprocessing.json)
+# None = the run's validation-tuned choice (0.5 / False / 0 / False when the run has none);
+# a value here overrides it.
+THRESHOLD = None                 # probability above which a voxel is clot
+TTA_FLIPS = None                 # average predictions over horizontal/vertical flips
+MIN_COMPONENT_VOXELS = None      # drop predicted 3D components smaller than this
+KEEP_LARGEST_COMPONENT = None    # keep only the largest predicted 3D component
 SAVE_PROBABILITIES = False
 BOOTSTRAP_RESAMPLES = 5000
 

@@ -4,7 +4,8 @@
     python testing.py --run 20261122-101500
     python testing.py --input-dir path/to/new_cases   # unlabeled: predictions only
 
-Writes <run>/Testing/: predictions, metrics.csv, summary.json, overlays, montage.
+Writes <run>/Testing/ (or <run>/Testing_<folder>/ for --input-dir): predictions, metrics.csv,
+summary.json, overlays, montage.
 """
 
 from pathlib import Path
@@ -19,12 +20,14 @@ def main() -> int:
                         help="predict every case in this folder instead of the run's Testing cohort")
     parser.add_argument("--mask-dir", type=Path, default=None,
                         help="masks for --input-dir cases (optional; without masks no metrics are computed)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="output folder (default: <run>/Testing, or <run>/Testing_<input folder> with --input-dir)")
     args = parser.parse_args()
     settings = load_settings(args)
 
     from clotseg.stages.evaluate import run_evaluation
 
-    run_evaluation(settings, run_name=args.run, input_dir=args.input_dir, mask_dir=args.mask_dir)
+    run_evaluation(settings, run_name=args.run, input_dir=args.input_dir, mask_dir=args.mask_dir, output=args.output)
     return 0
 
 

@@ -14,7 +14,7 @@ Measurements (all wall-clock, after the warm-up stated per measurement):
     generator     DataGeneratorUNet2D over a memory-mapped uint8 store,
                   samples/s for image_dtype float32 and uint8
     training      model.fit with the real generator, images/s over epochs 2..n
-    inference     clotseg.stages.inference.predict_volume (testing.py's path),
+    inference     clotseg.inference.predict_volume (testing.py's path),
                   slices/s and s per volume, after one warm-up volume
 Keras, TensorFlow and JAX are imported only after the data stages, so the
 augmentation workers (spawned, they re-import this module) stay light.
@@ -207,7 +207,7 @@ def measure_inference(settings, jit: bool, volume_shape: tuple, n_volumes: int) 
     `volume_shape` (H, W, D). One warm-up volume (compilation) is not timed."""
     import numpy as np
 
-    from clotseg.stages.inference import predict_volume
+    from clotseg.inference import predict_volume
 
     model = compiled_model(settings, jit)
     windows = [settings.windows_hu[m] for m in settings.modalities]

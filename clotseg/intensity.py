@@ -110,3 +110,56 @@ def normalise_mask(mask: np.ndarray) -> np.ndarray:
     if m.size and m.max() == 255:
         m = (m == 255)
     return m.astype(np.uint8)
+
+
+# ------------------------------------------------------------ 2.5D context
+# With CONTEXT_SLICES = k the network sees, for every modality, the slices
+# z-k .. z+k as channels, modality-major: [CTA z-k..z+k, NCCT z-k..z+k].
+# At a volume's first and last slices the missing neighbours repeat the edge
+# slice (nearest-slice padding), so edge slices look like a locally constant
+# volume rather than like air, which would be a strong, false cue.
+
+def context_positions(depth: int, k: int) -> np.ndarray:
+    """(depth, 2k+1) int64 slice indices z-k..z+k, clamped to [0, depth-1]."""
+    z = np.arange(int(depth))[:, None] + np.arange(-int(k), int(k) + 1)[None, :]
+    return np.clip(z, 0, max(int(depth) - 1, 0)).astype(np.int64)
+
+
+def stack_context(gathered: np.ndarray) -> np.ndarray:
+    """(N, 2k+1, H, W, C) neighbour slices -> (N, H, W, C * (2k+1)), modality-major."""
+    n, j, h, w, c = gathered.shape
+    return np.ascontiguousarray(np.moveaxis(gathered, 1, -1).reshape(n, h, w, c * j))
+
+
+def add_context(samples: np.ndarray, k: int) -> np.ndarray:
+    """(D, H, W, C) slices of one volume -> (D, H, W, C * (2k+1)) 2.5D inputs."""
+    if k == 0:
+        return samples
+    return stack_context(samples[context_positions(samples.shape[0], k)])
+
+
+def store_context_rows(case_ids, slices, k: int) -> np.ndarray:
+    """(N, 2k+1) store rows of each sample's neighbour slices in a sample store.
+
+    Args:
+        case_ids, slices: per store row, its case and slice index (samples.csv).
+        k: CONTEXT_SLICES.
+    Neighbours come from the same case only; beyond the case's first/last
+    stored slice the edge slice repeats (as `context_positions`).
+    """
+    case_ids = np.asarray(case_ids)
+    slices = np.asarray(slices, dtype=np.int64)
+    out = np.repeat(np.arange(len(slices), dtype=np.int64)[:, None], 2 * k + 1, axis=1)
+    if k == 0:
+        return out
+    for cid in np.unique(case_ids):
+        rows = np.flatnonzero(case_ids == cid)
+        rows = rows[np.argsort(slices[rows], kind="stable")]
+        pos = context_positions(len(rows), k)
+        out[rows] = rows[pos]
+    return out
+
+
+def centre_channels(n_modalities: int, k: int) -> list[int]:
+    """Channel index of each modality's own (centre) slice in a 2.5D input."""
+    return [m * (2 * k + 1) + k for m in range(n_modalities)]

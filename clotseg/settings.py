@@ -23,6 +23,9 @@ from typing import Any
 from clotseg.errors import ConfigError
 
 LOSSES = ("dice", "bce_dice", "tversky", "focal_tversky")
+MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test keeps them in sync)
+LR_SCHEDULES = ("plateau", "cosine", "poly")
+AUGMENTATIONS = ("standard", "strong")
 _AUTO_BOOL = ("auto", True, False)
 
 
@@ -68,9 +71,13 @@ class Settings:
     target_sample_size_aug_train: int = 20000
     target_sample_size_aug_val: int = 4000
     aug_p: float = 0.8
+    augmentation: str = "strong"
     positive_fraction: float = 0.5
+    hard_negative_fraction: float = 0.25
     num_workers: int = 0
+    context_slices: int = 1
     # model
+    model: str = "resunet"
     base_filters: int = 32
     depth: int = 3
     dropout: float = 0.1
@@ -78,20 +85,24 @@ class Settings:
     # training
     loss: str = "bce_dice"
     learning_rate: float = 1e-3
+    lr_schedule: str = "cosine"
+    warmup_epochs: int = 1
     epochs: int = 100
     batch_size: int = 16
     early_stopping_patience: int = 15
     reduce_lr_patience: int = 5
+    max_training_minutes: float | None = None
     mixed_precision: Any = "auto"
     jit_compile: Any = "auto"
     resume: bool = False
     distribution: str | None = None
     # testing
     test_run: str | None = None
-    threshold: float = 0.5
-    tta_flips: bool = False
-    min_component_voxels: int = 0
-    keep_largest_component: bool = False
+    tune_postprocessing: bool = True
+    threshold: float | None = None
+    tta_flips: bool | None = None
+    min_component_voxels: int | None = None
+    keep_largest_component: bool | None = None
     save_probabilities: bool = False
     bootstrap_resamples: int = 5000
     # presets
@@ -178,8 +189,11 @@ class Settings:
                 p.append(msg)
 
         for name in ("train_test_split", "slice_extract", "data_aug", "model_training", "resume", "stratify_split",
-                     "tta_flips", "keep_largest_component", "save_probabilities"):
+                     "save_probabilities", "tune_postprocessing"):
             check(isinstance(getattr(self, name), bool), f"{name.upper()} must be True or False")
+        for name in ("tta_flips", "keep_largest_component"):
+            check(getattr(self, name) in (None, True, False),
+                  f"{name.upper()} must be None (the run's validation-tuned choice), True or False")
         for name in ("volume_dir", "mask_dir", "processed_dir", "trainings_dir"):
             value = getattr(self, name)
             check(isinstance(value, str) and value.strip() != "", f"{name.upper()} must be a folder path")
@@ -251,9 +265,22 @@ class Settings:
         check(self.distribution in (None, "data_parallel"), "DISTRIBUTION must be None or 'data_parallel'")
         check(self.test_run is None or (isinstance(self.test_run, str) and re.fullmatch(r"[\w.\-]+", self.test_run)),
               "TEST_RUN must be None or a run folder name (no path separators)")
-        check(_is_num(self.threshold) and 0 < self.threshold < 1, "THRESHOLD must be in (0, 1)")
-        check(_is_int(self.min_component_voxels) and self.min_component_voxels >= 0,
-              "MIN_COMPONENT_VOXELS must be a non-negative integer")
+        check(self.threshold is None or (_is_num(self.threshold) and 0 < self.threshold < 1),
+              "THRESHOLD must be None (the run's validation-tuned value) or in (0, 1)")
+        check(self.min_component_voxels is None
+              or (_is_int(self.min_component_voxels) and self.min_component_voxels >= 0),
+              "MIN_COMPONENT_VOXELS must be None (the run's validation-tuned value) or a non-negative integer")
+        check(self.model in MODELS, f"MODEL must be one of {MODELS}, got {self.model!r}")
+        check(self.augmentation in AUGMENTATIONS, f"AUGMENTATION must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
+        check(self.lr_schedule in LR_SCHEDULES, f"LR_SCHEDULE must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        check(_is_int(self.warmup_epochs) and self.warmup_epochs >= 0, "WARMUP_EPOCHS must be a non-negative integer")
+        check(_is_int(self.context_slices) and 0 <= self.context_slices <= 5,
+              "CONTEXT_SLICES must be an integer from 0 to 5 (slices above and below fed as extra channels)")
+        check(_is_num(self.hard_negative_fraction) and 0 <= self.hard_negative_fraction <= 1,
+              "HARD_NEGATIVE_FRACTION must be in [0, 1]")
+        check(self.max_training_minutes is None
+              or (_is_num(self.max_training_minutes) and self.max_training_minutes > 0),
+              "MAX_TRAINING_MINUTES must be None or a positive number of minutes")
         check(_is_int(self.bootstrap_resamples) and self.bootstrap_resamples >= 100,
               "BOOTSTRAP_RESAMPLES must be an integer >= 100")
         if p:
@@ -282,6 +309,16 @@ class Settings:
     @property
     def modalities(self) -> list[str]:
         return list(self.modality_patterns)
+
+    @property
+    def model_channels(self) -> int:
+        """Channels the network sees: every modality at 2 * CONTEXT_SLICES + 1 slices."""
+        return len(self.modality_patterns) * (2 * self.context_slices + 1)
+
+    @property
+    def model_input_shape(self) -> tuple:
+        """(rows, cols, model_channels): INPUT_SHAPE with the 2.5D context channels."""
+        return (*self.input_shape[:2], self.model_channels)
 
     # ---------------------------------------------------------- serialisation
     def to_dict(self) -> dict:

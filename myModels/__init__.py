@@ -22,6 +22,8 @@ from myModels.losses import (
     get_metrics,
     iou_score,
 )
+from myModels.registry import MODELS, build_model, register_model
+from myModels.resunet2D import build_resunet2d
 from myModels.unet2D import build_unet2d
 
 __all__ = [
@@ -31,7 +33,11 @@ __all__ = [
     "FocalTverskyLoss",
     "IoUScore",
     "TverskyLoss",
+    "MODELS",
+    "build_model",
+    "build_resunet2d",
     "build_unet2d",
+    "register_model",
     "dice_coefficient",
     "get_loss",
     "get_metrics",

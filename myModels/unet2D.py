@@ -80,21 +80,7 @@ def build_unet2d(
         ValueError: on non-positive sizes, a rate outside [0, 1) or spatial
         dimensions not divisible by 2**depth.
     """
-    if len(input_shape) != 3:
-        raise ValueError(f"input_shape must be (rows, cols, channels), got {input_shape}")
-    if base_filters < 1 or depth < 1 or num_classes < 1:
-        raise ValueError(
-            f"base_filters, depth and num_classes must be >= 1, got {base_filters}, {depth}, {num_classes}"
-        )
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-    factor = 2**depth
-    for size in input_shape[:2]:
-        if size is not None and size % factor:
-            raise ValueError(
-                f"input_shape {tuple(input_shape)}: rows and cols must be divisible by 2**depth = {factor}"
-            )
-
+    check_arguments(input_shape, base_filters, depth, dropout, num_classes)
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="codes")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
 
@@ -112,11 +98,37 @@ def build_unet2d(
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, dropout, name=f"dec{level}")
 
+    return keras.Model(inputs, output_head(x, num_classes, foreground_prior), name=name)
+
+
+def check_arguments(input_shape, base_filters: int, depth: int, dropout: float, num_classes: int) -> None:
+    """Raise ValueError for sizes the encoder-decoder models cannot build."""
+    if len(input_shape) != 3:
+        raise ValueError(f"input_shape must be (rows, cols, channels), got {input_shape}")
+    if base_filters < 1 or depth < 1 or num_classes < 1:
+        raise ValueError(
+            f"base_filters, depth and num_classes must be >= 1, got {base_filters}, {depth}, {num_classes}"
+        )
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    factor = 2**depth
+    for size in input_shape[:2]:
+        if size is not None and size % factor:
+            raise ValueError(
+                f"input_shape {tuple(input_shape)}: rows and cols must be divisible by 2**depth = {factor}"
+            )
+
+
+def output_head(x, num_classes: int, foreground_prior: float = 0.01):
+    """1x1 conv to `num_classes` float32 probabilities (sigmoid for 1, softmax otherwise).
+
+    The sigmoid bias starts at log(p / (1 - p)) for the clot prior p (see
+    `build_unet2d`); the layer is pinned to float32 under mixed precision.
+    """
     if num_classes == 1:
         activation = "sigmoid"
         bias = keras.initializers.Constant(math.log(foreground_prior / (1.0 - foreground_prior)))
     else:
         activation, bias = "softmax", "zeros"
-    outputs = layers.Conv2D(num_classes, 1, activation=activation, bias_initializer=bias, dtype="float32",
-                            name="probabilities")(x)
-    return keras.Model(inputs, outputs, name=name)
+    return layers.Conv2D(num_classes, 1, activation=activation, bias_initializer=bias, dtype="float32",
+                         name="probabilities")(x)

@@ -55,7 +55,7 @@ def test_prepare_data_writes_expected_stores(project):
     np.testing.assert_array_equal(center_crop(images[3, ..., 0], cta.shape[:2]), encode(cta[..., k], (-100, 600)))
     np.testing.assert_array_equal(center_crop(images[3, ..., 1], cta.shape[:2]), encode(ncct[..., k], (0, 80)))
     aug = np.load(augmented_dir(project, "Training") / "images.npy")
-    assert aug.shape == (40, 64, 64, 2)
+    assert aug.shape == (40, 64, 64, project.model_channels)
     assert np.load(augmented_dir(project, "Validation") / "images.npy").shape[0] == 16
     man = read_json(augmented_dir(project, "Training") / "manifest.json")
     assert man["n_samples"] == 40 and man["complete"] is True

@@ -47,7 +47,7 @@ def test_saved_model_reloads_safely_and_predicts_the_same(trained):
     s, run, _ = trained
     a = load_model(run)
     b = load_model(run)
-    x = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 2)).astype(np.float32)
+    x = np.random.default_rng(0).integers(0, 255, (2, *s.model_input_shape)).astype(np.float32)
     np.testing.assert_allclose(a.predict(x, verbose=0), b.predict(x, verbose=0), atol=1e-6)
 
 
@@ -77,11 +77,15 @@ def test_unlabeled_cases_get_predictions_only(trained, tmp_path):
     new.mkdir()
     for f in s.volume_path.glob("CS1_*.npy"):
         (new / f.name).write_bytes(f.read_bytes())
+    before = {p.name: p.read_bytes() for p in (run / "Testing").glob("*.*")}
     summary = run_evaluation(s, input_dir=new, log=quiet)
-    out = run / "Testing"
+    out = run / "Testing_new_cases"
     assert not (out / "metrics.csv").exists()
     assert (out / "predictions" / "CS1_pred.npy").is_file()
     assert summary["cases"][0]["case_type"] == "unlabeled"
+    # the run's own test results are untouched (they used to be replaced)
+    assert {p.name: p.read_bytes() for p in (run / "Testing").glob("*.*")} == before
+    assert "metrics.csv" in before and "summary.json" in before
 
 
 def test_refuses_run_names_outside_trainings(trained):
@@ -101,3 +105,31 @@ def test_lambda_layer_model_is_refused(trained, tmp_path):
     model.save(evil / "Best_Model" / "model.keras")
     with pytest.raises(StageError, match="refusing to load"):
         load_model(evil)
+
+
+def test_best_model_loads_with_plain_keras_in_a_fresh_interpreter(trained):
+    """The best model needs nothing from ClotSeg: a Python that imports only
+    keras loads it in safe mode and predicts."""
+    import subprocess
+    import sys
+
+    _, run, _ = trained
+    code = ("import sys, keras, numpy as np; m = keras.saving.load_model(sys.argv[1]); "
+            "x = np.zeros((1,) + tuple(m.input_shape[1:]), 'float32'); "
+            "assert not any(k.startswith(('clotseg', 'myModels')) for k in sys.modules); "
+            "print(m.predict(x, verbose=0).shape)")
+    out = subprocess.run([sys.executable, "-c", code, str(run / "Best_Model" / "model.keras")],
+                         capture_output=True, text=True, cwd=str(run), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("(1, 64, 64, 1)")
+
+
+def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
+    s, run, summary = trained
+    record = read_json(run / "postprocessing.json")
+    assert set(record["cases"]) == set(read_json(run / "Relevant_Files" / "split.json")["cohorts"]["Validation"])
+    assert record["validation"]["chosen"]["mean_dice"] >= record["validation"]["default"]["mean_dice"]
+    meta = read_json(run / "Testing" / "summary.json")["meta"]
+    assert meta["postprocessing_source"] == "validation-tuned"
+    for key, value in record["chosen"].items():
+        assert meta[key] == value

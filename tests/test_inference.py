@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clotseg.intensity import encode
-from clotseg.stages.inference import postprocess, predict_volume, to_mask
+from clotseg.inference import postprocess, predict_volume, to_mask
 
 
 class EchoModel:

@@ -50,7 +50,8 @@ def test_png_slice_folder_imported_then_single_channel_pipeline(tmp_path):
     vol = np.load(s.volume_path / "CS1_XRAY.npy")
     assert vol.shape == (40, 48, 6)                       # slices stacked along the last axis
     run, rows = _run_all(s)
-    assert np.load(augmented_dir(s, "Training") / "images.npy", mmap_mode="r").shape[-1] == 1
+    # one modality: its slice and, with CONTEXT_SLICES = k, its 2k neighbours
+    assert np.load(augmented_dir(s, "Training") / "images.npy", mmap_mode="r").shape[-1] == 2 * s.context_slices + 1
     assert rows and all(0 <= float(r["dice"]) <= 1 for r in rows)
     assert (run / "Testing" / "overlays" / f"{rows[0]['case_id']}.png").is_file()
 

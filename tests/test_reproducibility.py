@@ -43,14 +43,14 @@ def test_case_names_cannot_reach_outside_the_data_folders(tmp_path):
 def test_first_epoch_loss_is_reproducible_on_cpu(tmp_path):
     import keras
 
-    from myModels import build_unet2d, get_loss, get_metrics
+    from myModels import build_model, get_loss, get_metrics
     from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
 
     s, _ = _prepared(tmp_path)
     losses = []
     for _ in range(2):
         keras.utils.set_random_seed(s.random_seed)
-        model = build_unet2d(s.input_shape, s.base_filters, s.depth, s.dropout)
+        model = build_model(s.model, s.model_input_shape, s.base_filters, s.depth, s.dropout, s.num_classes)
         model.compile(optimizer=keras.optimizers.Adam(s.learning_rate), loss=get_loss(s.loss),
                       metrics=get_metrics(1))
         gen = DataGeneratorUNet2D(augmented_dir(s, "Training") / "images.npy",

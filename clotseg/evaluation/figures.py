@@ -294,8 +294,9 @@ def _channel_display(img) -> tuple[np.ndarray, float, float]:
     return arr, lo, hi if hi > lo else lo + 1.0
 
 
-def prediction_panel(images, truths, preds, out_png, title: str = "", max_samples: int = 8) -> Path:
-    """Grid of 2D validation samples: rows CTA, NCCT, truth, prediction.
+def prediction_panel(images, truths, preds, out_png, title: str = "", max_samples: int = 8,
+                     names=None) -> Path:
+    """Grid of 2D validation samples: one row per channel, then truth and prediction.
 
     Args:
         images: (N, H, W, C) model inputs, channels in order CTA, NCCT (uint8
@@ -305,6 +306,7 @@ def prediction_panel(images, truths, preds, out_png, title: str = "", max_sample
         preds: (N, H, W) probabilities in [0, 1], masks or class labels.
         out_png: output path. title: figure title (e.g. "epoch 7").
         max_samples: columns drawn at most (the first ones).
+        names: the channels' row titles (default: "CTA", "NCCT", "channel k").
     """
     imgs = np.asarray(images)
     if imgs.ndim == 3:
@@ -319,7 +321,8 @@ def prediction_panel(images, truths, preds, out_png, title: str = "", max_sample
         raise ValueError(f"images {imgs.shape}, truths {truths.shape}, preds {preds.shape} do not match")
     n = min(imgs.shape[0], max_samples)
     label_max = max([1.0] + [float(np.nanmax(a[:n])) for a in (truths, preds) if n > 0])
-    names = ["CTA", "NCCT"] + [f"channel {k}" for k in range(2, imgs.shape[3])]
+    names = list(names or ["CTA", "NCCT"])[:imgs.shape[3]]
+    names += [f"channel {k}" for k in range(len(names), imgs.shape[3])]
     row_titles = names[:imgs.shape[3]] + ["truth", "prediction"]
     nrows = len(row_titles)
     tile = min(2.0, MAX_FIG_INCHES / max(n, 1))

@@ -2,15 +2,25 @@
 
 Produces exactly TARGET_SAMPLE_SIZE_AUG_TRAIN / _VAL samples per cohort.
 POSITIVE_FRACTION of them are drawn from slices with clot (clots sit on few
-slices, so uniform sampling would starve the model of positives); every
-source slice of a group is used once before any is reused. The transform
-(HorizontalFlip, VerticalFlip, RandomBrightnessContrast, RandomGamma,
-AdvancedBlur, CLAHE; applied as a whole with probability AUG_P) sees all
-channels and the mask together, so CTA, NCCT and mask share one geometry,
-and the mask stays binary (flips only; intensity transforms skip masks).
+slices, so uniform sampling would starve the model of positives), and
+HARD_NEGATIVE_FRACTION of the clot-free ones from hard negatives (see
+`hard_negatives`); every source slice of a group is used once before any is
+reused. The transform (AUGMENTATION "standard": HorizontalFlip, VerticalFlip,
+RandomBrightnessContrast, RandomGamma, AdvancedBlur, CLAHE; "strong" adds
+Affine rotation/scaling/shift, GaussNoise and a per-modality intensity
+shift; applied as a whole with probability AUG_P) sees all channels and the
+mask together, so every modality, every 2.5D context slice and the mask
+share one geometry, and the mask stays binary (nearest-neighbour warps;
+intensity transforms skip masks).
+
+With CONTEXT_SLICES = k each sample is (H, W, C * (2k+1)): the neighbour
+slices are gathered from the sliced store (same case, edge slices repeated;
+see clotseg.intensity) before augmentation.
 
 Sample i is augmented with its own seed (RANDOM_SEED, cohort, i), so the
-output is byte-identical whatever the number of worker processes.
+output is byte-identical whatever the number of worker processes. The
+stage's fingerprint holds the transform's serialised form (albumentations
+`to_dict`), so changing a transform rebuilds stale samples.
 Output: Processed/Augmented/<cohort>/ sample stores (see stages/common.py).
 """
 
@@ -30,13 +40,13 @@ from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from clotseg.errors import StageError
+from clotseg.intensity import stack_context, store_context_rows
 from clotseg.io import fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, read_samples_csv, write_samples_csv
 from clotseg.stages.slicing import TRAIN_COHORTS, sliced_dir
 
 STAGE = "augment"
-VERSION = 1
 CHUNK = 128  # samples per worker task: large enough to amortise task overhead
 # Starting spawned workers costs ~3 s (each imports albumentations/OpenCV);
 # one process augments ~1,100 64x64 samples/s on this project's 2-core CI
@@ -48,51 +58,107 @@ def augmented_dir(settings: Settings, cohort: str) -> Path:
     return settings.processed_path / "Augmented" / cohort
 
 
-def build_transform(n_channels: int, p: float):
+# "strong": per-modality intensity shift of the codes, code -> a * code + b,
+# a in 1 +- GAIN, b in +- OFFSET codes: scanners and protocols calibrate HU
+# and contrast timing differently per modality, which a shared brightness
+# change cannot imitate.
+MODALITY_SHIFT = {"p": 0.5, "gain": 0.12, "offset": 15.0}
+
+
+def build_transform(n_channels: int, p: float, strength: str = "standard"):
     """The ClotSeg albumentations pipeline for `n_channels` uint8 (H, W) planes.
 
     Channel 0 is passed as `image`, the others as `image1`, `image2`, ...
     additional targets of type image, so all get the same parameters.
+    strength "strong" adds a small rotation/scaling/shift (Affine, mask
+    nearest-neighbour) and Gaussian noise.
     """
     import albumentations as A
+    import cv2
 
-    return A.Compose(
-        [
-            A.HorizontalFlip(p=0.5),
-            A.VerticalFlip(p=0.5),
-            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-            A.RandomGamma(gamma_limit=(80, 120), p=0.5),
-            A.AdvancedBlur(blur_limit=(3, 5), p=0.2),
-            A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=0.2),
-        ],
-        p=p,
-        additional_targets={f"image{c}": "image" for c in range(1, n_channels)},
-    )
+    transforms = [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+    ]
+    if strength == "strong":
+        transforms.append(A.Affine(rotate=(-20, 20), scale=(0.85, 1.2), translate_percent=(-0.06, 0.06),
+                                   interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
+                                   border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5))
+    transforms += [
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        A.RandomGamma(gamma_limit=(80, 120), p=0.5),
+        A.AdvancedBlur(blur_limit=(3, 5), p=0.2),
+        A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=0.2),
+    ]
+    if strength == "strong":
+        transforms.append(A.GaussNoise(std_range=(0.01, 0.05), p=0.3))
+    return A.Compose(transforms, p=p,
+                     additional_targets={f"image{c}": "image" for c in range(1, n_channels)})
 
 
-def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed) -> tuple[np.ndarray, np.ndarray]:
+def transform_description(n_channels: int, p: float, strength: str) -> dict:
+    """What the augmentation does, for the stage fingerprint: the pipeline's
+    albumentations `to_dict` plus ClotSeg's own per-modality shift."""
+    import albumentations as A
+
+    desc = {"albumentations": A.to_dict(build_transform(n_channels, p, strength))}
+    if strength == "strong":
+        desc["modality_shift"] = MODALITY_SHIFT
+    return desc
+
+
+def modality_shift(image: np.ndarray, n_modalities: int, seed) -> np.ndarray:
+    """Shift each modality's codes by its own random gain and offset.
+
+    image: (H, W, C) uint8 with C = n_modalities * context planes,
+    modality-major; every plane of one modality gets the same shift.
+    """
+    rng = np.random.default_rng(seed)
+    planes = image.shape[-1] // n_modalities
+    out = image.astype(np.float32)
+    for m in range(n_modalities):
+        if rng.random() >= MODALITY_SHIFT["p"]:
+            continue
+        gain = 1.0 + rng.uniform(-MODALITY_SHIFT["gain"], MODALITY_SHIFT["gain"])
+        offset = rng.uniform(-MODALITY_SHIFT["offset"], MODALITY_SHIFT["offset"])
+        sl = slice(m * planes, (m + 1) * planes)
+        out[..., sl] = out[..., sl] * gain + offset
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
+                n_modalities: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Augment one sample: image (H, W, C) uint8, mask (H, W) uint8 -> same shapes.
 
     `seed` (an int or a sequence of ints) fully determines the result.
+    `n_modalities` given: also apply the per-modality shift ("strong") when
+    the transform fires.
     """
     # Compose.set_random_seed hands the *same* seed to every transform, which
     # would make e.g. HorizontalFlip and VerticalFlip fire together; give
     # each transform its own stream instead.
-    states = np.random.SeedSequence(seed).generate_state(1 + len(transform.transforms))
+    states = np.random.SeedSequence(seed).generate_state(2 + len(transform.transforms))
     transform.set_random_seed(int(states[0]))
-    for t, state in zip(transform.transforms, states[1:]):
+    for t, state in zip(transform.transforms, states[2:]):
         t.set_random_seed(int(state))
     planes = {"image": np.ascontiguousarray(image[..., 0])}
     planes.update({f"image{c}": np.ascontiguousarray(image[..., c]) for c in range(1, image.shape[-1])})
     out = transform(mask=mask, **planes)
     stacked = np.stack([out["image"]] + [out[f"image{c}"] for c in range(1, image.shape[-1])], axis=-1)
+    # the per-modality shift fires with the pipeline's probability (AUG_P), drawn from its own stream
+    fired = np.random.default_rng(int(states[1])).random() < transform.p
+    if n_modalities and fired:
+        stacked = modality_shift(stacked, n_modalities, int(states[1]))
     return stacked, out["mask"]
 
 
-def choose_sources(clot_pixels: np.ndarray, n: int, positive_fraction: float, rng: np.random.Generator) -> np.ndarray:
+def choose_sources(clot_pixels: np.ndarray, n: int, positive_fraction: float, rng: np.random.Generator,
+                   hard: np.ndarray | None = None, hard_fraction: float = 0.0) -> np.ndarray:
     """Pick `n` source slice indices, a `positive_fraction` share with clot.
 
-    Within each group (with / without clot) a fresh permutation is used
+    Of the clot-free picks, a `hard_fraction` share comes from the slices
+    flagged in `hard` (bool per slice; see `hard_negatives`), the rest from
+    all clot-free slices. Within each group a fresh permutation is used
     before any slice repeats. Falls back to the other group when one is
     empty. Returns int64 indices in shuffled order.
     """
@@ -103,9 +169,43 @@ def choose_sources(clot_pixels: np.ndarray, n: int, positive_fraction: float, rn
         n_pos = 0
     if neg.size == 0:
         n_pos = n
-    picks = [_cycle(pos, n_pos, rng), _cycle(neg, n - n_pos, rng)]
+    n_neg = n - n_pos
+    hard_neg = np.flatnonzero((clot_pixels == 0) & hard) if hard is not None else np.zeros(0, np.int64)
+    n_hard = int(round(n_neg * hard_fraction)) if hard_neg.size else 0
+    picks = [_cycle(pos, n_pos, rng), _cycle(hard_neg, n_hard, rng), _cycle(neg, n_neg - n_hard, rng)]
     out = np.concatenate(picks)
     return out[rng.permutation(out.size)]
+
+
+def hard_negatives(images: np.ndarray, rows: list[dict], radius: int = 3, bright_code: int = 200,
+                   top_share: float = 0.25) -> np.ndarray:
+    """Flag clot-free slices that look most like clot slices (bool per slice).
+
+    Two kinds, both without clot: (1) slices within `radius` slices of a
+    clot in the same case: the same occluded artery segment, its vessels
+    and the clot's partial-volume edge; (2) the `top_share` of clot-free
+    slices with the most bright pixels (code >= `bright_code` in any
+    channel: contrast-filled arteries, veins, calcifications), where false
+    alarms start. images: the (N, H, W, C) uint8 sliced store.
+    """
+    clot = np.array([int(r["clot_pixels"]) for r in rows], dtype=np.int64)
+    case = np.array([r["case_id"] for r in rows])
+    sl = np.array([int(r["slice"]) for r in rows], dtype=np.int64)
+    neg = clot == 0
+    near = np.zeros(len(rows), dtype=bool)
+    for cid in np.unique(case[~neg]):
+        in_case = case == cid
+        z_clot = sl[in_case & ~neg]
+        near |= in_case & (np.abs(sl[:, None] - z_clot[None, :]).min(axis=1) <= radius)
+    bright = np.zeros(len(rows), dtype=np.int64)
+    for start in range(0, len(rows), 256):  # a memmap read in chunks: bounded memory
+        chunk = np.asarray(images[start:start + 256])
+        bright[start:start + len(chunk)] = (chunk >= bright_code).any(axis=-1).reshape(len(chunk), -1).sum(axis=1)
+    top = np.zeros(len(rows), dtype=bool)
+    if neg.any():
+        cut = np.quantile(bright[neg], 1.0 - top_share)
+        top = neg & (bright >= max(cut, 1))
+    return neg & (near | top)
 
 
 def _cycle(group: np.ndarray, n: int, rng) -> np.ndarray:
@@ -116,12 +216,14 @@ def _cycle(group: np.ndarray, n: int, rng) -> np.ndarray:
 
 
 def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
+    n_channels = settings.model_channels
     return fingerprint({
-        "version": VERSION,
         "sliced": sliced_manifest["fingerprint"],
         "cohort": cohort,
+        "transform": transform_description(n_channels, settings.aug_p, settings.augmentation),
         "settings": settings.subset(["target_sample_size_aug_train", "target_sample_size_aug_val",
-                                     "aug_p", "positive_fraction", "random_seed"]),
+                                     "aug_p", "augmentation", "positive_fraction", "hard_negative_fraction",
+                                     "context_slices", "random_seed"]),
     })
 
 
@@ -135,8 +237,9 @@ def run_augmentation(settings: Settings, sliced: dict, log=print) -> dict:
         if manifest is None:
             n = settings.target_sample_size_aug_train if cohort == "Training" else settings.target_sample_size_aug_val
             manifest = augment_cohort(settings, cohort, n, target, key)
-            log(f"[augment {cohort}] {manifest['n_samples']} samples ({manifest['n_positive']} with clot, "
-                f"{manifest['n_augmented']} transformed) with {manifest['workers']} worker(s) -> {target}")
+            log(f"[augment {cohort}] {manifest['n_samples']} samples of {manifest['channels']} channels "
+                f"({manifest['n_positive']} with clot, {manifest['n_augmented']} transformed) "
+                f"with {manifest['workers']} worker(s) -> {target}")
         out[cohort] = manifest
     return out
 
@@ -148,14 +251,20 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     clot = np.array([int(r["clot_pixels"]) for r in rows], dtype=np.int64)
     cohort_id = TRAIN_COHORTS.index(cohort)
     rng = np.random.default_rng([settings.random_seed, cohort_id, 0])
-    picks = choose_sources(clot, n, settings.positive_fraction, rng)
     src_images = load_npy(source / IMAGES, mmap=True)
-    workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2])
+    hard = hard_negatives(src_images, rows) if settings.hard_negative_fraction > 0 else None
+    picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction)
+    context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
+                                 settings.context_slices)
+    n_channels = src_images.shape[-1] * context.shape[1]
+    workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2] * context.shape[1])
     workers = max(1, min(workers, -(-n // CHUNK)))
     with staged_dir(target) as tmp:
-        open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n, *src_images.shape[1:])).flush()
+        open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n, *src_images.shape[1:3], n_channels)).flush()
         open_memmap(tmp / MASKS, mode="w+", dtype=np.uint8, shape=(n, *src_images.shape[1:3])).flush()
-        jobs = [(str(source), str(tmp), picks[s:s + CHUNK], s, settings.random_seed, cohort_id, settings.aug_p)
+        shift = src_images.shape[-1] if settings.augmentation == "strong" else None
+        jobs = [(str(source), str(tmp), context[picks[s:s + CHUNK]], s, settings.random_seed, cohort_id,
+                 settings.aug_p, settings.augmentation, shift)
                 for s in range(0, n, CHUNK)]
         changed = 0
         bar = tqdm(total=n, desc=f"Augmenting {cohort}", unit="sample")
@@ -183,10 +292,12 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
                           ([i, int(p), rows[p]["case_id"], rows[p]["slice"], int(masks[i].astype(bool).sum())]
                            for i, p in enumerate(picks)))
         del masks
-        manifest = write_manifest(tmp, STAGE, key, cohort=cohort, version=VERSION, n_samples=n,
+        manifest = write_manifest(tmp, STAGE, key, cohort=cohort, n_samples=n,
                                   n_positive=int(out_clot.sum()), n_augmented=int(changed),
                                   n_source_slices=len(rows), workers=workers,
-                                  positive_fraction=settings.positive_fraction, aug_p=settings.aug_p)
+                                  n_hard_negative_sources=int(hard.sum()) if hard is not None else 0,
+                                  positive_fraction=settings.positive_fraction, aug_p=settings.aug_p,
+                                  channels=n_channels, context_slices=settings.context_slices)
     return manifest
 
 
@@ -215,20 +326,24 @@ def _auto_workers(n: int, pixels_per_sample: int) -> int:
     return os.cpu_count() or 1
 
 
-def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: int, cohort_id: int, p: float) -> int:
+def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: int, cohort_id: int, p: float,
+                   strength: str = "standard", n_modalities: int | None = None) -> int:
     """Worker: augment samples start..start+len(picks) into the output memmaps.
 
-    Returns how many samples the transform changed.
+    picks: (n, 2k+1) store rows of each sample's context slices (centre in
+    the middle column). Returns how many samples the transform changed.
     """
     src_images = load_npy(Path(source) / IMAGES, mmap=True)
     src_masks = load_npy(Path(source) / MASKS, mmap=True)
     images = np.load(Path(out) / IMAGES, mmap_mode="r+", allow_pickle=False)
     masks = np.load(Path(out) / MASKS, mmap_mode="r+", allow_pickle=False)
-    transform = build_transform(src_images.shape[-1], p)
+    transform = build_transform(images.shape[-1], p, strength)
+    centre = picks.shape[1] // 2
     changed = 0
-    for k, src in enumerate(picks):
-        img, msk = np.asarray(src_images[src]), np.asarray(src_masks[src])
-        aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k])
+    for k, rows in enumerate(picks):
+        img = stack_context(np.asarray(src_images[rows])[None])[0]
+        msk = np.asarray(src_masks[rows[centre]])
+        aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities)
         images[start + k] = aug_img
         masks[start + k] = aug_msk
         changed += int(not (np.array_equal(aug_img, img) and np.array_equal(aug_msk, msk)))

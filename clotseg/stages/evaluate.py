@@ -25,9 +25,10 @@ from clotseg.evaluation.report import markdown_table, write_report
 from clotseg.intensity import normalise_mask
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, read_json, staged_dir, write_manifest
 from clotseg.settings import Settings
-from clotseg.stages.inference import postprocess, predict_volume, to_mask
+from clotseg.inference import postprocess, predict_volume, to_mask
+from clotseg.postprocessing import resolve as resolve_postprocessing
 from clotseg.stages.split import SPLIT_FILE
-from clotseg.stages.train import list_runs, load_run_settings
+from clotseg.stages.train import POSTPROCESSING_FILE, list_runs, load_run_settings
 
 OUT_DIR = "Testing"
 
@@ -61,7 +62,8 @@ def load_model(run: Path, jit_compile="auto"):
 
     path = run / "Best_Model" / "model.keras"
     try:
-        model = keras.models.load_model(path, safe_mode=True)
+        # compile=False: prediction needs no loss or optimizer (older runs saved them)
+        model = keras.models.load_model(path, safe_mode=True, compile=False)
     except ValueError as exc:
         raise StageError(f"refusing to load {path}: {exc}") from exc
     model.jit_compile = runtime.resolve_jit(jit_compile)
@@ -84,8 +86,20 @@ def select_cases(settings: Settings, run: Path, input_dir: Path | None, mask_dir
     return [by_id[cid] for cid in test_ids]
 
 
+def output_dir(run: Path, input_dir: Path | None, output: Path | None = None) -> Path:
+    """Where a testing command writes: `output` when given; <run>/Testing for
+    the run's own Testing cohort; <run>/Testing_<input folder name> for
+    --input-dir, so predicting other cases never replaces the run's scores."""
+    if output is not None:
+        return Path(output).resolve()
+    if input_dir is None:
+        return run / OUT_DIR
+    name = re.sub(r"[^\w.\-]+", "_", Path(input_dir).resolve().name) or "input"
+    return run / f"{OUT_DIR}_{name}"
+
+
 def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: Path | None = None,
-                   mask_dir: Path | None = None, log=print) -> dict:
+                   mask_dir: Path | None = None, log=print, output: Path | None = None) -> dict:
     """Predict, score and report; return the summary (or {"n_cases": n} unlabeled)."""
     run = resolve_run(settings, run_name)
     trained = load_run_settings(run, settings.root)
@@ -99,21 +113,28 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
     for case in cases:  # every case checked before any prediction is written
         check_case(case, check_settings)
     model = load_model(run, settings.jit_compile)
+    if tuple(model.input_shape[1:]) != tuple(trained.model_input_shape):
+        raise StageError(f"the model in {run / 'Best_Model'} takes inputs {tuple(model.input_shape[1:])} but the "
+                         f"run's Relevant_Files/config.json describes {trained.model_input_shape}")
+    tuned_path = run / POSTPROCESSING_FILE
+    tuned = read_json(tuned_path) if tuned_path.is_file() else None
+    post = resolve_postprocessing(settings, tuned if trained.num_classes == 1 else None)
     windows = [trained.windows_hu[m] for m in trained.modalities]
     hw = trained.input_shape[:2]
     labelled = all(c.mask is not None for c in cases)
     rows, tiles, started = [], [], time.perf_counter()
     n_slices = 0
-    with staged_dir(run / OUT_DIR) as out:
+    target = output_dir(run, input_dir, output)
+    with staged_dir(target) as out:
         (out / "predictions").mkdir()
         (out / "overlays").mkdir()
         for case in tqdm(cases, desc="Testing", unit="case"):
             vols, truth = load_case(case)
             n_slices += vols[0].shape[2]
             prob = predict_volume(model, vols, windows, hw, batch_size=max(settings.batch_size, 32),
-                                  tta_flips=settings.tta_flips)
-            pred = postprocess(to_mask(prob, settings.threshold), settings.min_component_voxels,
-                               settings.keep_largest_component)
+                                  tta_flips=post.tta_flips, context_slices=trained.context_slices)
+            pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels,
+                               post.keep_largest_component)
             atomic_save_npy(out / "predictions" / f"{case.case_id}_pred.npy", pred)
             if settings.save_probabilities:
                 atomic_save_npy(out / "predictions" / f"{case.case_id}_prob.npy",
@@ -133,9 +154,9 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
             tiles.append((case.case_id, cta, second, truth_k, pred[..., k], dice))
         elapsed = time.perf_counter() - started
         montage(tiles, out / "montage.png", windows=tuple(windows))
-        meta = {"run": run.name, "threshold": settings.threshold, "tta_flips": settings.tta_flips,
-                "min_component_voxels": settings.min_component_voxels,
-                "keep_largest_component": settings.keep_largest_component,
+        meta = {"run": run.name, **post.as_dict(),
+                "postprocessing_source": "validation-tuned" if tuned else "default",
+                "model": trained.model, "context_slices": trained.context_slices,
                 "n_cases": len(cases), "n_slices": n_slices, "seconds": round(elapsed, 2),
                 "slices_per_second": round(n_slices / elapsed, 1) if elapsed > 0 else None}
         if labelled:
@@ -145,7 +166,7 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
             summary = {"meta": meta, "cases": rows, "note": "unlabeled cases: predictions only, no metrics"}
             atomic_write_json(out / "predictions.json", summary)
         write_manifest(out, "test", fingerprint([c.signature() for c in cases]), **meta)
-    log(f"[test] {len(cases)} case(s), {n_slices} slices in {elapsed:.1f} s; outputs in {run / OUT_DIR}")
+    log(f"[test] {len(cases)} case(s), {n_slices} slices in {elapsed:.1f} s; outputs in {target}")
     if labelled:
         log(markdown_table(summary))
     return summary

@@ -1,11 +1,14 @@
 """Stage 4: train the 2D U-Net on the augmented samples with `model.fit`.
 
 Each run lives in Trainings/<timestamp>/:
-    Best_Model/model.keras         best validation Dice so far
+    Best_Model/model.keras         best validation Dice so far, saved for inference only (built-in
+                                   layers, no optimizer or custom losses): plain `keras` loads it
     Checkpoint_Files/last.keras    model + optimizer state after the last epoch
     Checkpoint_Files/state.json    epoch counter and callback state, for RESUME
     Relevant_Files/config.json     the settings of the run; split.json; config.py
     Predictions/epoch_NNN.png      validation slices: CTA, NCCT, truth, prediction
+    postprocessing.json            threshold, flip TTA and component filter chosen on the Validation
+                                   volumes after training (clotseg.postprocessing)
     history.csv, training_curves.png, run.json, logs/ (TensorBoard, TF only)
 A run killed at any point resumes from its last completed epoch with the
 optimizer, epoch counter, learning rate and early-stopping state intact.
@@ -23,21 +26,27 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from clotseg import runtime
+from clotseg import postprocessing, runtime
+from clotseg.cohort import discover_cases, load_case
 from clotseg.errors import StageError
 from clotseg.evaluation.figures import plot_training_curves, prediction_panel
+from clotseg.intensity import centre_channels, normalise_mask, stack_context, store_context_rows
 from clotseg.io import atomic_write_json, atomic_write_text, read_json
 from clotseg.settings import Settings
 from clotseg.stages.augment import augmented_dir
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
-from clotseg.stages.inference import predict_samples, to_mask
+from clotseg.inference import predict_samples, predict_volume_members, to_mask
 from clotseg.stages.slicing import sliced_dir
 from clotseg.stages.split import SPLIT_FILE
-from myModels import build_unet2d, get_loss, get_metrics
+from myModels import build_model, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
 
 MONITOR = "val_dice"
 N_PANEL = 4
+POSTPROCESSING_FILE = "postprocessing.json"
+# Settings a run saved before they existed get the value that reproduces
+# how it was trained (plain 2D U-Net), not today's default.
+LEGACY_RUN_DEFAULTS = {"CONTEXT_SLICES": 0, "MODEL": "unet"}
 
 
 # ---------------------------------------------------------------- run folders
@@ -90,7 +99,7 @@ class RunCheckpointer(keras.callbacks.Callback):
         score = logs.get(MONITOR)
         if score is not None and score > self.best:
             self.best, self.best_epoch = float(score), epoch + 1
-            _atomic_save_model(self.model, self.run_dir / "Best_Model" / "model.keras")
+            _atomic_save_model(inference_copy(self.model), self.run_dir / "Best_Model" / "model.keras")
         _atomic_save_model(self.model, self.run_dir / "Checkpoint_Files" / "last.keras")
         state = {"epochs_done": epoch + 1, "best_val_dice": self.best, "best_epoch": self.best_epoch,
                  "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
@@ -131,13 +140,67 @@ class ResumableReduceLROnPlateau(_ResumableCounters, keras.callbacks.ReduceLROnP
     _COUNTERS = {**_ResumableCounters._COUNTERS, "cooldown": ("cooldown_counter", int)}
 
 
-class PredictionPanel(keras.callbacks.Callback):
-    """Each epoch: a PNG of fixed validation slices (CTA, NCCT, truth, prediction)."""
+def inference_copy(model: keras.Model) -> keras.Model:
+    """An uncompiled copy of `model` with its weights: saved without the
+    optimizer, loss and metrics, it needs no ClotSeg class to load."""
+    # from_config, not clone_model: a clone of a compiled model keeps its compile config
+    copy = model.__class__.from_config(model.get_config())
+    copy.set_weights(model.get_weights())
+    return copy
 
-    def __init__(self, images: np.ndarray, masks: np.ndarray, out_dir: Path, batch_size: int):
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training after the epoch at which one more epoch would cross
+    `minutes` of wall-clock time (MAX_TRAINING_MINUTES)."""
+
+    def __init__(self, minutes: float):
+        super().__init__()
+        self.seconds = 60.0 * float(minutes)
+        self.stopped_epoch = 0
+
+    def on_train_begin(self, logs=None):
+        self.start, self.epochs_run = time.monotonic(), 0
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.epochs_run += 1
+        elapsed = time.monotonic() - self.start
+        if elapsed + elapsed / self.epochs_run > self.seconds:
+            self.model.stop_training = True
+            self.stopped_epoch = epoch + 1
+
+
+def learning_rate(settings: Settings, steps_per_epoch: int):
+    """The optimizer's learning rate for LR_SCHEDULE: a float ("plateau",
+    changed by ReduceLROnPlateau) or a Keras schedule over the step budget
+    EPOCHS * steps_per_epoch. The schedule is a function of the optimizer's
+    step counter, which the checkpoint keeps, so a resumed run continues it.
+    """
+    lr = float(settings.learning_rate)
+    total = max(1, settings.epochs * steps_per_epoch)
+    if settings.lr_schedule == "cosine":
+        warmup = min(settings.warmup_epochs * steps_per_epoch, total - 1)
+        return keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=lr * 0.01 if warmup else lr, decay_steps=total - warmup, alpha=0.01,
+            warmup_target=lr if warmup else None, warmup_steps=warmup)
+    if settings.lr_schedule == "poly":  # nnU-Net: lr * (1 - step / total) ** 0.9
+        return keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=total, end_learning_rate=0.0, power=0.9)
+    return lr
+
+
+class PredictionPanel(keras.callbacks.Callback):
+    """Each epoch: a PNG of fixed validation slices (each modality, truth, prediction).
+
+    images are the model inputs; `display_channels` picks the channels drawn
+    (each modality's own slice when the inputs carry 2.5D context).
+    """
+
+    def __init__(self, images: np.ndarray, masks: np.ndarray, out_dir: Path, batch_size: int,
+                 display_channels=None, names=None):
         super().__init__()
         self.images, self.masks, self.out_dir = images, masks, Path(out_dir)
         self.batch_size = batch_size
+        self.display = list(display_channels) if display_channels is not None else list(range(images.shape[-1]))
+        self.names = names
 
     def on_epoch_end(self, epoch, logs=None):
         # fixed, padded batch: a data-parallel model needs batches that split evenly
@@ -146,7 +209,7 @@ class PredictionPanel(keras.callbacks.Callback):
         dice = (logs or {}).get(MONITOR)
         title = f"epoch {epoch + 1}" + (f"  val Dice {dice:.3f}" if dice is not None else "")
         path = self.out_dir / f"epoch_{epoch + 1:03d}.png"
-        prediction_panel(self.images, self.masks, pred, path, title)
+        prediction_panel(self.images[..., self.display], self.masks, pred, path, title, names=self.names)
         shutil.copyfile(path, self.out_dir / "latest.png")
 
 
@@ -175,12 +238,14 @@ def panel_samples(settings: Settings, n: int = N_PANEL) -> tuple[np.ndarray, np.
     """Fixed validation slices for the per-epoch panel: the largest clots first.
 
     Taken from the un-augmented validation slices, so the panel shows what
-    the model will meet at test time. Returns (images (n,H,W,C) uint8,
-    masks (n,H,W) uint8).
+    the model will meet at test time, with their 2.5D context channels.
+    Returns (images (n,H,W,C') uint8, masks (n,H,W) uint8).
     """
     store = sliced_dir(settings, "Validation")
     images, masks = open_store(store)
     rows = read_samples_csv(store / SAMPLES)
+    context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
+                                 settings.context_slices)
     clot = np.array([int(r["clot_pixels"]) for r in rows])
     order = np.argsort(-clot, kind="stable")
     # one slice per case where possible, so the panel is not four neighbours
@@ -192,7 +257,8 @@ def panel_samples(settings: Settings, n: int = N_PANEL) -> tuple[np.ndarray, np.
         if len(chosen) == n:
             break
     chosen = sorted(chosen)
-    return np.asarray(images[chosen]), np.asarray(masks[chosen])
+    return stack_context(np.asarray(images[context[chosen].ravel()]).reshape(
+        len(chosen), context.shape[1], *images.shape[1:])), np.asarray(masks[chosen])
 
 
 def run_training(settings: Settings, resume: bool | None = None, log=print) -> Path | None:
@@ -238,9 +304,10 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         record = {"status": "running", "started": _now(), "resumed": [], **runtime.describe(),
                   "precision": policy, "jit_compile": jit, "replicas": replicas}
         with scope:  # variables must be created where the distribution places them
-            model = build_unet2d(settings.input_shape, settings.base_filters, settings.depth,
-                                 settings.dropout, settings.num_classes)
-            model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate),
+            model = build_model(settings.model, settings.model_input_shape, settings.base_filters,
+                                settings.depth, settings.dropout, settings.num_classes)
+            steps = _steps_per_epoch(settings, replicas)
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, steps)),
                           loss=get_loss(settings.loss), metrics=get_metrics(settings.num_classes),
                           jit_compile=jit)
         initial_epoch = 0
@@ -267,27 +334,39 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
 
     early = ResumableEarlyStopping(initial_state=state.get("early_stopping"), monitor=MONITOR, mode="max",
                                    patience=settings.early_stopping_patience, verbose=1)
+    # a schedule owns the learning rate; the plateau reducer only runs without one
     reduce = ResumableReduceLROnPlateau(initial_state=state.get("reduce_lr"), monitor=MONITOR, mode="max",
                                         factor=0.5, patience=settings.reduce_lr_patience, min_lr=1e-6, verbose=1)
+    plateau = settings.lr_schedule == "plateau"
     checkpointer = RunCheckpointer(
         run, best=state.get("best_val_dice", -np.inf), best_epoch=state.get("best_epoch", -1),
-        extra_state=lambda: {"early_stopping": early.counters(), "reduce_lr": reduce.counters()})
+        extra_state=lambda: {"early_stopping": early.counters(),
+                             **({"reduce_lr": reduce.counters()} if plateau else {})})
     panel_images, panel_masks = panel_samples(settings)
     callbacks = [
         keras.callbacks.CSVLogger(str(run / "history.csv"), append=initial_epoch > 0),
-        early, reduce, checkpointer,
-        PredictionPanel(panel_images, panel_masks, run / "Predictions", settings.batch_size),
+        early, *([reduce] if plateau else []), checkpointer,
+        PredictionPanel(panel_images, panel_masks, run / "Predictions", settings.batch_size,
+                        centre_channels(len(settings.modalities), settings.context_slices), settings.modalities),
         CurvesPlotter(run),
     ]
+    budget = TimeBudget(settings.max_training_minutes) if settings.max_training_minutes else None
+    if budget is not None:
+        callbacks.append(budget)
     if runtime.tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / "logs")))
-    log(f"[train] backend {runtime.backend()}, device {record['device']}, precision {policy}, "
+    log(f"[train] {settings.model} on {settings.model_input_shape} inputs ({model.count_params():,} parameters), "
+        f"LR {settings.lr_schedule}; backend {runtime.backend()}, device {record['device']}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, {replicas} replica(s), {len(train_gen)} batches of {settings.batch_size} "
         "per epoch")
+    started = time.monotonic()
     if initial_epoch < settings.epochs and not state.get("stopped_early"):
         history = model.fit(train_gen, validation_data=val_gen, epochs=settings.epochs,
                             initial_epoch=initial_epoch, callbacks=callbacks, verbose=1)
-        stopped_early = early.stopped_epoch > 0
+        stopped_early = early.stopped_epoch > 0 or (budget is not None and budget.stopped_epoch > 0)
+        if budget is not None and budget.stopped_epoch:
+            log(f"[train] MAX_TRAINING_MINUTES = {settings.max_training_minutes} reached after epoch "
+                f"{budget.stopped_epoch}")
         if stopped_early:
             st = read_json(run / "Checkpoint_Files" / "state.json")
             st["stopped_early"] = True
@@ -295,11 +374,54 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         del history
     final = read_json(run / "Checkpoint_Files" / "state.json")
     record.update(status="finished", finished=_now(), epochs_done=final["epochs_done"],
-                  best_val_dice=final["best_val_dice"], best_epoch=final["best_epoch"])
+                  best_val_dice=final["best_val_dice"], best_epoch=final["best_epoch"],
+                  training_seconds=round(record.get("training_seconds", 0.0) + time.monotonic() - started, 1))
     atomic_write_json(run / "run.json", record)
+    if settings.tune_postprocessing and settings.num_classes == 1:
+        tune_run_postprocessing(settings, run, log)
     log(f"[train] finished: best validation Dice {final['best_val_dice']:.4f} at epoch {final['best_epoch']}; "
         f"model {run / 'Best_Model' / 'model.keras'}")
     return run
+
+
+def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | None:
+    """Choose threshold, flip TTA and component filters on the Validation
+    volumes with the run's best model; write <run>/postprocessing.json.
+
+    Returns the record, or None when the Validation cohort has no labelled case.
+    """
+    split = read_json(run / "Relevant_Files" / SPLIT_FILE) if (run / "Relevant_Files" / SPLIT_FILE).is_file() \
+        else read_json(settings.processed_path / SPLIT_FILE)
+    wanted = set(split["cohorts"]["Validation"])
+    cases = [c for c in discover_cases(settings, require_masks=True, warn=lambda *_: None) if c.case_id in wanted]
+    if not cases:
+        log("[train] no Validation cases found: post-processing left at its defaults")
+        return None
+    model = keras.models.load_model(run / "Best_Model" / "model.keras", safe_mode=True, compile=False)
+    windows = [settings.windows_hu[m] for m in settings.modalities]
+    data = []
+    for case in cases:
+        vols, truth = load_case(case)
+        members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
+                                         batch_size=max(settings.batch_size, 32), tta_flips=True,
+                                         context_slices=settings.context_slices)
+        data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
+    result = postprocessing.tune(data)
+    atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
+    chosen, val = result["chosen"], result["validation"]
+    log(f"[train] post-processing chosen on {len(cases)} Validation volumes: threshold {chosen['threshold']}, "
+        f"TTA {'on' if chosen['tta_flips'] else 'off'}, min component {chosen['min_component_voxels']} voxels, "
+        f"keep largest {'yes' if chosen['keep_largest_component'] else 'no'} (mean Dice "
+        f"{val['default']['mean_dice']:.3f} -> {val['chosen']['mean_dice']:.3f}, FP components per case "
+        f"{val['default']['fp_components_per_case']:.2f} -> {val['chosen']['fp_components_per_case']:.2f}) "
+        f"-> {run / POSTPROCESSING_FILE}")
+    return result
+
+
+def _steps_per_epoch(settings: Settings, replicas: int) -> int:
+    n = read_json(augmented_dir(settings, "Training") / "manifest.json")["n_samples"]
+    n -= n % replicas if replicas > 1 else 0
+    return max(1, -(-n // settings.batch_size))
 
 
 def _write_relevant_files(settings: Settings, run: Path) -> None:
@@ -352,6 +474,8 @@ def load_run_settings(run: Path, root: Path) -> Settings:
     """The settings a run was trained with (paths resolved against `root`)."""
     values = json.loads((run / "Relevant_Files" / "config.json").read_text())
     values.pop("PRESET", None)  # already applied when the run was saved
+    for name, value in LEGACY_RUN_DEFAULTS.items():
+        values.setdefault(name, value)
     return Settings.from_dict(values, root=root)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from clotseg.intensity import center_crop, volume_to_samples
+from clotseg.intensity import add_context, center_crop, volume_to_samples
 
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
@@ -35,8 +35,27 @@ def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndar
     return out
 
 
+def predict_volume_members(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
+                           batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0) -> list[np.ndarray]:
+    """The ensemble members of one case's prediction: plain, then (with
+    `tta_flips`) the un-flipped predictions of the horizontally and the
+    vertically flipped slices. Each is float32 (h, w, D, K); see
+    `predict_volume` for the arguments. Kept apart so the flip average and
+    its spread (uncertainty) come from one set of forward passes.
+    """
+    h, w, _ = volumes[0].shape
+    samples = add_context(volume_to_samples(volumes, windows, input_hw), context_slices)  # (D, H, W, C')
+    members = [predict_samples(model, samples, batch_size)]
+    if tta_flips:
+        for axis in (1, 2):
+            flipped = np.ascontiguousarray(np.flip(samples, axis=axis))
+            members.append(np.flip(predict_samples(model, flipped, batch_size), axis=axis))
+    # (D, H, W, K) -> (h, w, D, K), cropped back to the input's in-plane size
+    return [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), (h, w))) for p in members]
+
+
 def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
-                   batch_size: int = 32, tta_flips: bool = False) -> np.ndarray:
+                   batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0) -> np.ndarray:
     """Probabilities for one case.
 
     Args:
@@ -45,19 +64,13 @@ def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tu
         input_hw: the model's (H, W).
         tta_flips: also predict the horizontally and vertically flipped
             slices and average the (un-flipped) probabilities.
+        context_slices: the run's CONTEXT_SLICES (2.5D neighbours per side;
+            edge slices repeat, as in training).
     Returns:
         float32 (h, w, D, K) probabilities (K = 1 for a sigmoid model).
     """
-    h, w, _ = volumes[0].shape
-    samples = volume_to_samples(volumes, windows, input_hw)          # (D, H, W, C)
-    prob = predict_samples(model, samples, batch_size)
-    if tta_flips:
-        for axis in (1, 2):
-            flipped = np.ascontiguousarray(np.flip(samples, axis=axis))
-            prob += np.flip(predict_samples(model, flipped, batch_size), axis=axis)
-        prob /= 3.0
-    prob = np.moveaxis(prob, 0, 2)                                     # (H, W, D, K)
-    return np.ascontiguousarray(center_crop(prob, (h, w)))
+    members = predict_volume_members(model, volumes, windows, input_hw, batch_size, tta_flips, context_slices)
+    return members[0] if len(members) == 1 else np.mean(members, axis=0, dtype=np.float32)
 
 
 def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:

@@ -1,0 +1,241 @@
+"""ClotSeg quality benchmark: train on one phantom cohort, score on unseen ones.
+
+    python -m bench.quality --scale cpu [--preset cpu] [--set NAME=VALUE ...]
+                            [--repeats 3] [--label TEXT] [--out bench/results/NAME.json]
+
+For each repeat r (seed offset r) it writes, in a temporary project folder:
+  - a training cohort of phantom cases (seed 1000 + r, domain "standard"),
+    split into Training / Validation by the pipeline as a user's would be;
+  - a test cohort of unseen cases (seed 2000 + r, standard domain, at least
+    40 cases including clot-free controls), and a "shifted" test cohort
+    (seed 3000 + r, the phantom's deliberately different domain: other noise,
+    calibre, contrast and blur ranges). Neither test cohort is used for any
+    choice: the post-processing is tuned on the Validation cases only.
+It then runs `python training.py`'s code path (prepare_data, run_training)
+with the preset plus overrides and testing.py's code path (run_evaluation
+on each test cohort), and prints one JSON object and a Markdown table:
+clot-case mean / median / 95% bootstrap CI of Dice, case sensitivity,
+false-positive components per case, specificity on clot-free cases, HD95,
+training seconds and the settings. With several repeats it adds the spread
+(mean and min..max over repeats).
+
+Scales: "cpu" = 128 px cases, the `cpu` preset, a training budget of at
+most 20 minutes on a 2-core machine; "gpu" = up to 256 px cases, the `gpu`
+preset, at most 5 minutes on one H100; "tiny" = seconds, for the test suite
+(plumbing only, the figures mean nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import inspect
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+SCALES = {
+    "cpu": {"preset": "cpu", "train_cases": 50, "test_cases": 48, "in_plane": (96, 128), "slices": (20, 48),
+            "budget_minutes": 20.0},
+    "gpu": {"preset": "gpu", "train_cases": 200, "test_cases": 60, "in_plane": (192, 256), "slices": (24, 64),
+            "budget_minutes": 5.0},
+    "tiny": {"preset": None, "train_cases": 6, "test_cases": 4, "in_plane": (32, 48), "slices": (6, 8),
+             "budget_minutes": 2.0,
+             "overrides": {"INPUT_SHAPE": (64, 64, 2), "BASE_FILTERS": 4, "DEPTH": 2, "EPOCHS": 1,
+                           "TARGET_SAMPLE_SIZE_AUG_TRAIN": 16, "TARGET_SAMPLE_SIZE_AUG_VAL": 8, "BATCH_SIZE": 8,
+                           "NUM_WORKERS": 1, "BOOTSTRAP_RESAMPLES": 100}},
+}
+CLOT_FREE_FRACTION = 0.2
+HEADLINE = ("dice_mean", "dice_median", "dice_ci", "case_sensitivity", "fp_components_per_case",
+            "specificity", "hd95_median", "n_clot_cases", "n_clot_free_cases")
+
+
+def log(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["NAME=VALUE", ...] -> {NAME: python value} (VALUE as a Python literal, else a string)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SystemExit(f"--set expects NAME=VALUE, got {item!r}")
+        name, raw = item.split("=", 1)
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out[name.strip().upper()] = value
+    return out
+
+
+def _write_phantom(volume_dir: Path, mask_dir: Path, n: int, seed: int, scale: dict, domain: str) -> None:
+    from clotseg.phantom import write_cohort
+
+    kwargs = dict(in_plane=scale["in_plane"], slices=scale["slices"], clot_free_fraction=CLOT_FREE_FRACTION,
+                  progress=False)
+    if "domain" in inspect.signature(write_cohort).parameters:
+        kwargs["domain"] = domain
+    elif domain != "standard":
+        raise SystemExit("this phantom has no `domain` option")
+    write_cohort(volume_dir, mask_dir, n, seed=seed, **kwargs)
+
+
+def headline(summary: dict) -> dict:
+    """The benchmark's figures from a testing summary.json."""
+    clot = summary["metrics_clot_cases"]
+    det = summary["detection"]
+    dice, hd95 = clot["dice"], clot.get("hd95", {})
+    return {"dice_mean": dice.get("mean"), "dice_median": dice.get("median"),
+            "dice_ci": [dice.get("ci_low"), dice.get("ci_high")],
+            "case_sensitivity": det["case_sensitivity"], "lesion_sensitivity": det["lesion_sensitivity"],
+            "fp_components_per_case": det["fp_components_per_case"], "specificity": det["specificity"],
+            "hd95_median": hd95.get("median"), "hd95_unit": hd95.get("unit"),
+            "n_clot_cases": det["n_clot_cases"], "n_clot_free_cases": det["n_clot_free_cases"]}
+
+
+def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
+             test_domains=("standard", "shifted")) -> dict:
+    """One training + testing round; returns figures per test cohort."""
+    from clotseg.settings import Settings
+
+    scale = SCALES[scale_name]
+    project = workdir / f"repeat{repeat}"
+    if project.exists():
+        shutil.rmtree(project)
+    project.mkdir(parents=True)
+    values = {**scale.get("overrides", {}), **overrides}
+    base = Settings.from_file(ROOT / "config.py", preset=preset)
+    settings_values = {**base.to_dict(), **values, "PRESET": None, "RANDOM_SEED": base.random_seed + repeat,
+                       "TRAIN_PERC": 0.78, "VAL_PERC": 0.2}
+    settings = Settings.from_dict(settings_values, root=project)
+    if settings.max_training_minutes is None:
+        settings = settings.replace(max_training_minutes=scale["budget_minutes"])
+
+    log(f"[quality] repeat {repeat}: writing cohorts in {project}")
+    _write_phantom(settings.volume_path, settings.mask_path, scale["train_cases"], 1000 + repeat, scale, "standard")
+    tests = {}
+    for domain, seed in (("standard", 2000 + repeat), ("shifted", 3000 + repeat)):
+        if domain in test_domains:
+            folder = project / f"test_{domain}"
+            _write_phantom(folder / "volumes", folder / "masks", scale["test_cases"], seed, scale, domain)
+            tests[domain] = folder
+
+    from clotseg.pipeline import prepare_data
+    from clotseg.stages.evaluate import run_evaluation
+    from clotseg.stages.train import run_training
+    from clotseg.io import read_json
+
+    started = time.perf_counter()
+    prepare_data(settings, log=log, demo_if_empty=False)
+    prep_seconds = time.perf_counter() - started
+    run = run_training(settings, log=log)
+    record = read_json(run / "run.json")
+    post = read_json(run / "postprocessing.json") if (run / "postprocessing.json").is_file() else None
+    result = {"repeat": repeat, "run": run.name, "data_seconds": round(prep_seconds, 1),
+              "training_seconds": record.get("training_seconds"), "epochs_done": record.get("epochs_done"),
+              "best_val_dice": record.get("best_val_dice"),
+              "postprocessing": post["chosen"] if post else None, "cohorts": {}}
+    for domain, folder in tests.items():
+        t0 = time.perf_counter()
+        summary = run_evaluation(settings, run_name=run.name, input_dir=folder / "volumes",
+                                 mask_dir=folder / "masks", output=project / f"Testing_{domain}", log=log)
+        result["cohorts"][domain] = {**headline(summary), "testing_seconds": round(time.perf_counter() - t0, 1)}
+    result["settings"] = {k: v for k, v in settings.to_dict().items()
+                          if k not in ("PRESETS", "VOLUME_DIR", "MASK_DIR", "PROCESSED_DIR", "TRAININGS_DIR")}
+    return result
+
+
+def spread(results: list[dict]) -> dict:
+    """Mean and min..max over repeats of each headline figure, per cohort."""
+    out = {}
+    for domain in results[0]["cohorts"]:
+        out[domain] = {}
+        for key in ("dice_mean", "dice_median", "case_sensitivity", "fp_components_per_case", "specificity",
+                    "hd95_median"):
+            vals = [r["cohorts"][domain][key] for r in results if r["cohorts"][domain][key] is not None]
+            if vals:
+                out[domain][key] = {"mean": sum(vals) / len(vals), "min": min(vals), "max": max(vals)}
+    secs = [r["training_seconds"] for r in results if r["training_seconds"] is not None]
+    out["training_seconds"] = {"mean": sum(secs) / len(secs), "min": min(secs), "max": max(secs)} if secs else None
+    return out
+
+
+def markdown(report: dict) -> str:
+    def f(v, d=3):
+        return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
+
+    lines = [f"### {report['label']} (scale {report['scale']}, preset {report['preset']}, "
+             f"overrides {report['overrides'] or 'none'})", "",
+             "| repeat | test cohort | clot-case Dice mean [95% CI] | median | case sensitivity | "
+             "FP components/case | specificity | HD95 median | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in report["repeats"]:
+        for domain, c in r["cohorts"].items():
+            ci = c["dice_ci"]
+            lines.append(f"| {r['repeat']} | {domain} | {f(c['dice_mean'])} [{f(ci[0])}, {f(ci[1])}] | "
+                         f"{f(c['dice_median'])} | {f(c['case_sensitivity'])} ({c['n_clot_cases']} clot cases) | "
+                         f"{f(c['fp_components_per_case'], 2)} | {f(c['specificity'])} "
+                         f"({c['n_clot_free_cases']} controls) | {f(c['hd95_median'], 1)} {c.get('hd95_unit') or ''} | "
+                         f"{f(r['training_seconds'], 0)} |")
+    if len(report["repeats"]) > 1:
+        lines += ["", "Spread over repeats (mean, min..max):", ""]
+        for domain, figs in report["spread"].items():
+            if domain == "training_seconds" or not figs:
+                continue
+            lines.append(f"- {domain}: " + "; ".join(
+                f"{k} {v['mean']:.3f} ({v['min']:.3f}..{v['max']:.3f})" for k, v in figs.items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", choices=sorted(SCALES), default="cpu")
+    parser.add_argument("--preset", default=None, help="preset of config.py (default: the scale's)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
+                        help="override a setting, e.g. --set CONTEXT_SLICES=0 (repeatable)")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--label", default=None, help="a name for this configuration in the table")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the projects here (default: a temp folder)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--test-domains", default="standard,shifted")
+    args = parser.parse_args(argv)
+
+    scale = SCALES[args.scale]
+    preset = args.preset if args.preset is not None else scale["preset"]
+    overrides = parse_overrides(args.overrides)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clotseg-quality-"))
+    results = []
+    try:
+        for r in range(args.repeats):
+            results.append(run_once(args.scale, preset, overrides, r, workdir,
+                                    tuple(d for d in args.test_domains.split(",") if d)))
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report = {"label": args.label or (", ".join(args.overrides) or "preset"), "scale": args.scale,
+              "preset": preset, "overrides": overrides, "repeats": results,
+              "spread": spread(results) if len(results) > 1 else None}
+    text = json.dumps(report, indent=2, default=str)
+    print(text)
+    print(markdown(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Post-processing chosen on the Validation volumes after training (nnU-Net style).
+
+nnU-Net decides after training, on cases the weights never saw, whether
+removing small or all-but-the-largest connected components helps. ClotSeg
+does the same for the four test-time choices of a sigmoid model: the
+probability threshold, flip test-time augmentation, the minimum 3D
+component size and keep-largest-component. Each combination is scored by
+the mean per-case Dice over every validation case, with the conventions of
+`clotseg.evaluation.metrics` (a clot-free case scores 1 when nothing is
+predicted and 0 for a false alarm, so false alarms on controls count); among
+combinations that do not raise the false-positive components per case above
+the plain choice (0.5, no TTA, no filtering), the best mean Dice wins, ties
+going to the simpler choice. The result is `<run>/postprocessing.json`,
+which testing.py uses unless config.py sets a value.
+
+Scoring a combination costs no relabelling: each (threshold, TTA) mask is
+labelled once (26-connected), and every size filter is evaluated from the
+components' sizes and their overlap with the truth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from itertools import product
+
+import numpy as np
+from scipy import ndimage
+
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MIN_SIZES = (0, 3, 6, 10, 20, 40, 80, 160)
+_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    """The test-time choices for a sigmoid model (see the module docstring)."""
+
+    threshold: float = 0.5
+    tta_flips: bool = False
+    min_component_voxels: int = 0
+    keep_largest_component: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT = PostProcessing()
+
+
+def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
+    """Component sizes and truth overlaps of one case's thresholded mask."""
+    labels, n = ndimage.label(prob > threshold, structure=_STRUCTURE_26)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    overlap = np.bincount(labels[truth].ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
+    return {"sizes": sizes, "overlap": overlap, "n_true": int(truth.sum())}
+
+
+def _score(comp: dict, min_size: int, keep_largest: bool) -> tuple[float, int]:
+    """(Dice, false-positive components) of one case after a size filter."""
+    sizes, overlap = comp["sizes"], comp["overlap"]
+    keep = sizes >= max(min_size, 1)
+    if keep_largest and keep.any():
+        largest = int(np.argmax(np.where(keep, sizes, -1)))
+        keep = np.zeros_like(keep)
+        keep[largest] = True
+    n_pred = int(sizes[keep].sum())
+    tp = int(overlap[keep].sum())
+    n_true = comp["n_true"]
+    fp_components = int(np.count_nonzero(keep & (overlap == 0)))
+    if n_true == 0 and n_pred == 0:
+        return 1.0, 0
+    return 2.0 * tp / (n_pred + n_true), fp_components
+
+
+def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> dict:
+    """Choose the post-processing on labelled validation cases.
+
+    Args:
+        cases: per case (members, truth): members are the float (h, w, D)
+            clot probabilities of the plain prediction followed, optionally,
+            by the flip-TTA members (see clotseg.inference.predict_volume_members);
+            truth is the (h, w, D) bool mask.
+    Returns:
+        {"chosen": PostProcessing dict, "validation": {mean_dice,
+        fp_components_per_case} of the chosen and of the default, "n_cases",
+        "table": every combination's scores}.
+    """
+    if not cases:
+        raise ValueError("no validation cases to tune the post-processing on")
+    with_tta = all(len(members) > 1 for members, _ in cases)
+    tta_options = (False, True) if with_tta else (False,)
+    table = []
+    for tta, threshold in product(tta_options, thresholds):
+        comps = []
+        for members, truth in cases:
+            prob = np.mean(members, axis=0) if tta else members[0]
+            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold))
+        for keep_largest, min_size in product((False, True), min_sizes):
+            scores = [_score(c, min_size, keep_largest) for c in comps]
+            table.append({**PostProcessing(threshold, tta, min_size, keep_largest).as_dict(),
+                          "mean_dice": float(np.mean([s[0] for s in scores])),
+                          "fp_components_per_case": float(np.mean([s[1] for s in scores]))})
+    base = next(r for r in table if _choice(r) == DEFAULT)
+    allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"] + 1e-12]
+
+    def simplicity(r):  # ties: no TTA, no keep-largest, smallest filter, threshold nearest 0.5
+        return (r["tta_flips"], r["keep_largest_component"], r["min_component_voxels"], abs(r["threshold"] - 0.5))
+
+    best = min(allowed, key=lambda r: (-round(r["mean_dice"], 6), simplicity(r)))
+    return {"chosen": _choice(best).as_dict(),
+            "validation": {"chosen": {k: best[k] for k in ("mean_dice", "fp_components_per_case")},
+                           "default": {k: base[k] for k in ("mean_dice", "fp_components_per_case")}},
+            "n_cases": len(cases), "table": table}
+
+
+def _choice(row: dict) -> PostProcessing:
+    return PostProcessing(float(row["threshold"]), bool(row["tta_flips"]), int(row["min_component_voxels"]),
+                          bool(row["keep_largest_component"]))
+
+
+def resolve(settings, tuned: dict | None) -> PostProcessing:
+    """The choices testing uses: a config.py value when set (not None), else
+    the run's tuned value, else the default."""
+    base = PostProcessing(**tuned["chosen"]) if tuned else DEFAULT
+    values = base.as_dict()
+    for name in values:
+        override = getattr(settings, name)
+        if override is not None:
+            values[name] = override
+    return PostProcessing(**values)
