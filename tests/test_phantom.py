@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -146,13 +145,6 @@ def test_write_cohort_rejects_bad_arguments(tmp_path, kwargs):
 def test_make_case_rejects_unknown_domain():
     with pytest.raises(ValueError, match="domain"):
         _case(0, 0, shape=(32, 32, 4), domain="Standard")
-
-
-def test_a_128px_case_is_fast():
-    rng = np.random.default_rng([0, 1])
-    t0 = time.perf_counter()
-    make_case(rng, (128, 128, 32), (0.5, 0.5, 1.5), True)
-    assert time.perf_counter() - t0 < 3.0             # ~0.15 s on one core; loose for busy CI machines
 
 
 # ----------------------------------------------------------------- mask and clot
