@@ -1,0 +1,212 @@
+"""Post-processing tuned on the Validation volumes (clotseg.postprocessing):
+threshold, flip TTA, minimum 3D component size, keep-largest; and how
+testing resolves config.py overrides against the tuned choice."""
+
+import numpy as np
+import pytest
+
+from clotseg.evaluation.metrics import case_metrics
+from clotseg.inference import postprocess, to_mask
+from clotseg.postprocessing import DEFAULT, MIN_SIZES, THRESHOLDS, PostProcessing, resolve, tune
+from tests.conftest import tiny_settings
+
+SHAPE = (24, 24, 10)
+
+
+def _empty():
+    return np.zeros(SHAPE, np.float32), np.zeros(SHAPE, bool)
+
+
+def _box(arr, r, c, z, size, value=True):
+    dr, dc, dz = size
+    arr[r:r + dr, c:c + dc, z:z + dz] = value
+
+
+def _clot_case(prob_value=0.9, blob=None, blob_value=0.8):
+    """A 3x3x3 clot predicted at `prob_value`; optionally a spurious blob
+    (size tuple) far from it at `blob_value`."""
+    prob, truth = _empty()
+    _box(truth, 4, 4, 2, (3, 3, 3))
+    _box(prob, 4, 4, 2, (3, 3, 3), prob_value)
+    if blob is not None:
+        _box(prob, 16, 16, 6, blob, blob_value)
+    return prob, truth
+
+
+def _chosen(result) -> PostProcessing:
+    return PostProcessing(**result["chosen"])
+
+
+def test_min_size_removes_a_small_spurious_blob():
+    cases = [([_clot_case(blob=(2, 2, 1))[0]], _clot_case()[1]),      # 4-voxel false positive
+             ([_clot_case(blob=(1, 2, 2))[0]], _clot_case()[1]),
+             ([_clot_case()[0]], _clot_case()[1])]
+    result = tune(cases)
+    chosen = _chosen(result)
+    # a filter that removes the 4-voxel blobs but keeps the 27-voxel clot
+    assert 4 < chosen.min_component_voxels <= 27
+    assert chosen.min_component_voxels == min(m for m in MIN_SIZES if m > 4)   # the smallest that works
+    assert chosen.keep_largest_component is False and chosen.tta_flips is False
+    assert chosen.threshold == 0.5          # every threshold does as well: the nearest to 0.5 wins
+    val = result["validation"]
+    assert val["chosen"]["mean_dice"] == pytest.approx(1.0)
+    assert val["default"]["mean_dice"] == pytest.approx((2 * 2 * 27 / (27 + 31) + 1) / 3)
+    assert val["chosen"]["mean_dice"] > val["default"]["mean_dice"]
+    assert val["chosen"]["fp_components_per_case"] == 0.0
+    assert val["default"]["fp_components_per_case"] == pytest.approx(2 / 3)
+    assert result["n_cases"] == 3
+
+
+def test_a_faint_false_alarm_on_a_clot_free_case_raises_the_threshold():
+    clot = _clot_case(prob_value=0.9)
+    control_prob, control_truth = _empty()
+    _box(control_prob, 10, 10, 3, (4, 4, 4), 0.55)    # 64 voxels: no size filter removes it without the clot
+    result = tune([([clot[0]], clot[1]), ([control_prob], control_truth)])
+    chosen = _chosen(result)
+    assert chosen.threshold > 0.55
+    assert chosen.threshold == min(t for t in THRESHOLDS if t > 0.55)
+    assert chosen.min_component_voxels == 0 and not chosen.keep_largest_component
+    val = result["validation"]
+    assert val["default"]["mean_dice"] == pytest.approx(0.5)      # the control scores 0 for its false alarm
+    assert val["chosen"]["mean_dice"] == pytest.approx(1.0)
+    assert val["chosen"]["fp_components_per_case"] == 0.0
+
+
+def test_a_dice_gain_that_adds_false_positives_is_refused():
+    """Lowering the threshold to 0.3 recovers the faint half of a clot (mean
+    Dice 0.83 -> 0.88) but also lights up a 40-voxel false positive: not allowed."""
+    prob1, truth1 = _empty()
+    _box(truth1, 2, 2, 1, (4, 4, 4))               # 64-voxel clot ...
+    _box(prob1, 2, 2, 1, (4, 4, 2), 0.9)           # ... half of it confident
+    _box(prob1, 2, 2, 3, (4, 4, 2), 0.35)          # ... half of it faint
+    _box(prob1, 15, 15, 5, (5, 4, 2), 0.35)        # a faint 40-voxel false positive far away
+    prob2, truth2 = _empty()                        # two separate 30-voxel clots (keep-largest would lose one)
+    _box(truth2, 2, 2, 1, (5, 3, 2))
+    _box(truth2, 15, 15, 6, (5, 3, 2))
+    prob2[truth2] = 0.9
+    result = tune([([prob1], truth1), ([prob2], truth2)])
+    table = result["table"]
+    best_unconstrained = max(table, key=lambda r: r["mean_dice"])
+    base = next(r for r in table if PostProcessing(r["threshold"], r["tta_flips"], r["min_component_voxels"],
+                                                   r["keep_largest_component"]) == DEFAULT)
+    assert best_unconstrained["mean_dice"] > base["mean_dice"] + 0.03
+    assert best_unconstrained["fp_components_per_case"] > base["fp_components_per_case"]
+    chosen = result["validation"]["chosen"]
+    assert chosen["fp_components_per_case"] <= base["fp_components_per_case"]
+    assert chosen["mean_dice"] < best_unconstrained["mean_dice"]
+    # among the allowed rows the chosen one is the best
+    allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"]]
+    assert chosen["mean_dice"] == pytest.approx(max(r["mean_dice"] for r in allowed))
+    assert _chosen(result) == DEFAULT     # ties go to the plain choice
+
+
+def test_flip_tta_is_chosen_when_it_removes_a_one_member_artefact():
+    prob, truth = _clot_case()
+    artefact = prob.copy()
+    _box(artefact, 12, 12, 4, (4, 4, 4), 0.95)     # only the plain prediction sees it; 64 voxels > the clot
+    result = tune([([artefact, prob, prob], truth), ([prob, prob, prob], truth)])
+    chosen = _chosen(result)
+    assert chosen.tta_flips is True
+    assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
+    assert len(result["table"]) == 2 * len(THRESHOLDS) * 2 * len(MIN_SIZES)
+
+
+def test_without_tta_members_tta_is_never_offered():
+    prob, truth = _clot_case(blob=(2, 2, 1))
+    result = tune([([prob], truth), ([prob, prob, prob], truth)])    # one case has no flip members
+    assert {r["tta_flips"] for r in result["table"]} == {False}
+    assert len(result["table"]) == len(THRESHOLDS) * 2 * len(MIN_SIZES)
+
+
+def test_tune_needs_cases():
+    with pytest.raises(ValueError, match="no validation cases"):
+        tune([])
+
+
+def test_every_table_row_matches_the_testing_code_path():
+    """The tuner scores without relabelling; each of its rows must equal what
+    testing computes: to_mask -> postprocess -> case_metrics."""
+    rng = np.random.default_rng(7)
+    cases = []
+    for i in range(3):
+        prob = rng.random(SHAPE).astype(np.float32) ** 6          # sparse speckle, some of it above 0.3
+        truth = np.zeros(SHAPE, bool)
+        if i != 2:                                                 # case 2 is clot-free
+            _box(truth, 5 + 3 * i, 6, 2, (5, 4, 3))
+            prob[truth] = rng.uniform(0.45, 0.95, int(truth.sum()))
+        members = [prob, np.clip(prob + rng.normal(0, 0.1, SHAPE), 0, 1).astype(np.float32)]
+        cases.append((members, truth))
+    result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10))
+    assert len(result["table"]) == 2 * 3 * 2 * 3
+    for row in result["table"]:
+        dices, fps = [], []
+        for members, truth in cases:
+            prob = np.mean(members, axis=0) if row["tta_flips"] else members[0]
+            pred = postprocess(to_mask(prob[..., None], row["threshold"]), row["min_component_voxels"],
+                               row["keep_largest_component"])
+            m = case_metrics(pred, truth)
+            dices.append(m["dice"])
+            fps.append(m["n_false_positive_components"])
+        assert row["mean_dice"] == pytest.approx(np.mean(dices), abs=1e-9), row
+        assert row["fp_components_per_case"] == pytest.approx(np.mean(fps), abs=1e-9), row
+
+
+def test_chosen_never_worse_than_default_on_random_cases():
+    rng = np.random.default_rng(11)
+    for trial in range(4):
+        cases = []
+        for i in range(3):
+            prob = (rng.random(SHAPE) ** 4).astype(np.float32)
+            truth = np.zeros(SHAPE, bool)
+            if (trial + i) % 3:
+                _box(truth, rng.integers(0, 18), rng.integers(0, 18), rng.integers(0, 6), (4, 4, 3))
+                prob[truth] = rng.uniform(0.3, 1.0, int(truth.sum()))
+            cases.append(([prob], truth))
+        val = tune(cases)["validation"]
+        assert val["chosen"]["mean_dice"] >= val["default"]["mean_dice"] - 1e-12
+        assert val["chosen"]["fp_components_per_case"] <= val["default"]["fp_components_per_case"] + 1e-12
+
+
+# ------------------------------------------------------------------ resolve
+TUNED = {"chosen": {"threshold": 0.6, "tta_flips": True, "min_component_voxels": 10,
+                    "keep_largest_component": False}}
+
+
+def test_resolve_uses_the_tuned_choice_when_config_leaves_it_open(tmp_path):
+    s = tiny_settings(tmp_path)          # THRESHOLD etc. default to None
+    assert resolve(s, TUNED) == PostProcessing(0.6, True, 10, False)
+
+
+def test_resolve_lets_config_override_each_tuned_value(tmp_path):
+    s = tiny_settings(tmp_path, threshold=0.45, keep_largest_component=True)
+    assert resolve(s, TUNED) == PostProcessing(0.45, True, 10, True)
+    s = tiny_settings(tmp_path, tta_flips=False, min_component_voxels=0)
+    # falsy overrides (False, 0) still override
+    assert resolve(s, TUNED) == PostProcessing(0.6, False, 0, False)
+
+
+def test_resolve_falls_back_to_the_defaults_without_a_tuned_choice(tmp_path):
+    assert resolve(tiny_settings(tmp_path), None) == DEFAULT == PostProcessing(0.5, False, 0, False)
+    s = tiny_settings(tmp_path, min_component_voxels=20)
+    assert resolve(s, None) == PostProcessing(0.5, False, 20, False)
+
+
+@pytest.mark.parametrize("name,value", [("threshold", 1.0), ("threshold", 0), ("min_component_voxels", -1),
+                                        ("tta_flips", "yes"), ("keep_largest_component", "no")])
+def test_postprocessing_overrides_are_validated(tmp_path, name, value):
+    from clotseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=name.upper()):
+        tiny_settings(tmp_path, **{name: value})
+
+
+def test_tuned_choice_round_trips_through_json(tmp_path):
+    import json
+
+    prob, truth = _clot_case(blob=(2, 2, 1))
+    result = tune([([prob], truth)])
+    text = json.dumps(result)                     # what postprocessing.json holds
+    again = json.loads(text)
+    assert resolve(tiny_settings(tmp_path), again) == _chosen(result)
+    assert set(again["chosen"]) == set(DEFAULT.as_dict())
+    assert all(set(r) >= set(DEFAULT.as_dict()) | {"mean_dice", "fp_components_per_case"} for r in again["table"])

@@ -1,0 +1,123 @@
+"""bench/quality.py: its helpers, and its whole machinery at the "tiny" scale
+(plumbing only: the figures of a seconds-long training mean nothing)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bench import quality
+from tests.conftest import ROOT
+
+
+def _summary(dice_mean=0.7, sens=0.9, fp=0.25, spec=0.75):
+    return {"metrics_clot_cases": {"dice": {"mean": dice_mean, "median": dice_mean + 0.05, "ci_low": dice_mean - 0.1,
+                                            "ci_high": dice_mean + 0.1},
+                                   "hd95": {"median": 3.5, "unit": "mm"}},
+            "detection": {"case_sensitivity": sens, "lesion_sensitivity": sens, "fp_components_per_case": fp,
+                          "specificity": spec, "n_clot_cases": 8, "n_clot_free_cases": 2}}
+
+
+def test_parse_overrides_reads_python_literals_and_plain_strings():
+    got = quality.parse_overrides(["CONTEXT_SLICES=0", "model=unet", "INPUT_SHAPE=(64, 64, 2)",
+                                   "MAX_TRAINING_MINUTES=None", "LR_SCHEDULE='poly'", "AUG_P=0.5"])
+    assert got == {"CONTEXT_SLICES": 0, "MODEL": "unet", "INPUT_SHAPE": (64, 64, 2), "MAX_TRAINING_MINUTES": None,
+                   "LR_SCHEDULE": "poly", "AUG_P": 0.5}
+    assert quality.parse_overrides([]) == {} and quality.parse_overrides(None) == {}
+    with pytest.raises(SystemExit, match="NAME=VALUE"):
+        quality.parse_overrides(["CONTEXT_SLICES"])
+
+
+def test_headline_takes_the_clot_case_and_detection_figures():
+    h = quality.headline(_summary())
+    assert set(quality.HEADLINE) <= set(h)
+    assert h["dice_mean"] == 0.7 and h["dice_ci"] == [pytest.approx(0.6), pytest.approx(0.8)]
+    assert h["case_sensitivity"] == 0.9 and h["fp_components_per_case"] == 0.25 and h["specificity"] == 0.75
+    assert h["hd95_median"] == 3.5 and h["hd95_unit"] == "mm"
+    assert (h["n_clot_cases"], h["n_clot_free_cases"]) == (8, 2)
+
+
+def _result(r, dice, seconds):
+    return {"repeat": r, "training_seconds": seconds,
+            "cohorts": {"standard": {**quality.headline(_summary(dice_mean=dice)), "testing_seconds": 1.0}}}
+
+
+def test_spread_and_markdown_over_repeats():
+    results = [_result(0, 0.6, 100.0), _result(1, 0.8, 120.0), _result(2, 0.7, 110.0)]
+    sp = quality.spread(results)
+    assert sp["standard"]["dice_mean"] == {"mean": pytest.approx(0.7), "min": 0.6, "max": 0.8}
+    assert sp["training_seconds"] == {"mean": pytest.approx(110.0), "min": 100.0, "max": 120.0}
+    report = {"label": "ctx0", "scale": "cpu", "preset": "cpu", "overrides": {"CONTEXT_SLICES": 0},
+              "repeats": results, "spread": sp}
+    text = quality.markdown(report)
+    lines = text.splitlines()
+    assert lines[0].startswith("### ctx0 (scale cpu, preset cpu")
+    table = [l for l in lines if l.startswith("| ")]
+    assert len(table) == 2 + 3           # header, rule, one row per repeat
+    assert table[2].startswith("| 0 | standard | 0.600 [0.500, 0.700] |")
+    assert all(row.count("|") == table[0].count("|") for row in table)
+    assert "Spread over repeats" in text and "dice_mean 0.700 (0.600..0.800)" in text
+
+
+def test_markdown_of_one_repeat_has_no_spread_and_prints_missing_values():
+    res = _result(0, 0.5, None)
+    res["cohorts"]["standard"]["specificity"] = None
+    text = quality.markdown({"label": "x", "scale": "tiny", "preset": None, "overrides": {}, "repeats": [res],
+                             "spread": None})
+    assert "Spread" not in text
+    row = [l for l in text.splitlines() if l.startswith("| 0 |")][0]
+    assert "| - (2 controls) |" in row and row.endswith("| - |")
+
+
+@pytest.mark.slow
+def test_tiny_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "result.json"
+    work = tmp_path / "work"
+    cmd = [sys.executable, "-m", "bench.quality", "--scale", "tiny", "--test-domains", "standard",
+           "--set", "CONTEXT_SLICES=0", "--label", "tiny-ctx0", "--workdir", str(work), "--out", str(out)]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    report = json.loads(out.read_text())
+    assert report["label"] == "tiny-ctx0" and report["scale"] == "tiny"
+    assert report["overrides"] == {"CONTEXT_SLICES": 0}
+    assert report["spread"] is None and len(report["repeats"]) == 1
+    rep = report["repeats"][0]
+    assert rep["epochs_done"] == 1 and rep["training_seconds"] > 0
+    assert set(rep["postprocessing"]) == {"threshold", "tta_flips", "min_component_voxels", "keep_largest_component"}
+    assert list(rep["cohorts"]) == ["standard"]                   # --test-domains standard only
+    fig = rep["cohorts"]["standard"]
+    assert set(quality.HEADLINE) <= set(fig)
+    assert fig["n_clot_cases"] + fig["n_clot_free_cases"] == quality.SCALES["tiny"]["test_cases"]
+    for key in ("dice_mean", "dice_median", "case_sensitivity"):
+        assert 0.0 <= fig[key] <= 1.0, key
+    lo, hi = fig["dice_ci"]
+    assert lo <= fig["dice_mean"] <= hi
+    assert fig["fp_components_per_case"] >= 0
+    settings = rep["settings"]
+    assert settings["CONTEXT_SLICES"] == 0                          # the override reached the run
+    assert settings["INPUT_SHAPE"] == [64, 64, 2] and settings["EPOCHS"] == 1
+    assert settings["MAX_TRAINING_MINUTES"] == quality.SCALES["tiny"]["budget_minutes"]
+    assert "PRESETS" not in settings
+
+    # stdout: the same JSON object, then the Markdown table
+    stdout = proc.stdout
+    start = stdout.index("{\n")
+    table_at = stdout.index("### tiny-ctx0")
+    assert json.loads(stdout[start:table_at]) == report
+    rows = [l for l in stdout[table_at:].splitlines() if l.startswith("| ")]
+    assert rows[0].startswith("| repeat | test cohort | clot-case Dice mean [95% CI]")
+    assert rows[2].startswith("| 0 | standard |") and len(rows) == 3
+
+    # the test cohort lives apart from the training project and was scored there
+    project = work / "repeat0"
+    assert (project / "test_standard" / "volumes").is_dir()
+    assert not (project / "test_shifted").exists()
+    assert (project / "Testing_standard" / "summary.json").is_file()
+    run = project / "Trainings" / rep["run"]
+    post = json.loads((run / "postprocessing.json").read_text())
+    split = json.loads((project / "Processed" / "split.json").read_text())
+    assert sorted(post["cases"]) == sorted(split["cohorts"]["Validation"])   # tuned on Validation only
