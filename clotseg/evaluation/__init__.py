@@ -11,6 +11,8 @@
     uncertainty.uncertainty_map / case_uncertainty  voxel and case uncertainty from TTA/MC members
     export.save_nifti_prediction / save_dicom_seg   predictions on the source grid, DICOM-SEG (highdicom)
     html_report.write_html_report(out_dir, ...)     self-contained report.html
+    scoring.score_folder(pred_dir, truth_dir, out)  testing step 2: metrics.csv + summary.json from files
+    rendering.render_report(out_dir, cases)         testing step 3: figures + report.html from files
 
 numpy/scipy/matplotlib (export: nibabel, highdicom); no Keras import, so evaluation runs anywhere.
 `figures` and the modules listed after it are imported on demand (matplotlib,

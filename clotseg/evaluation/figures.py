@@ -205,31 +205,66 @@ def best_slice_index(truth, pred) -> int:
 
 def case_overlay(cta_slice, ncct_slice, truth_slice, pred_slice, out_png, title: str = "",
                  windows=DEFAULT_WINDOWS, names=("CTA", "NCCT")) -> Path:
-    """One case slice: CTA and NCCT (gray, windowed) with truth/prediction contours.
+    """One case slice of a two-channel (or one-channel) cohort; see `modality_overlay`.
 
-    Panels: CTA, NCCT (left out when ncct_slice is None) and, when there is a
-    clot or a prediction that is small against the image, a zoom of the CTA
-    around it: a 1x2 or 1x3 figure (1x1/1x2 without NCCT).
+    Kept for the two-channel call sites: panels are the first channel, the
+    second (left out when ncct_slice is None) and a zoom of the first.
 
     Args:
         cta_slice, ncct_slice: (rows, cols) HU (or uint8 codes); ncct may be None.
         truth_slice: (rows, cols) mask, or None for an unlabeled case.
         pred_slice: (rows, cols) mask.
         out_png: output path. title: figure title.
-        windows: ((CTA low, high), (NCCT low, high)) HU.
+        windows: ((first low, high), (second low, high)) HU.
         names: panel titles of the two channels (the modality names).
     """
-    cta = np.asarray(cta_slice)
-    panels = [(names[0], cta, windows[0], truth_slice, pred_slice)]
-    if ncct_slice is not None:
-        panels.append((names[1], np.asarray(ncct_slice), windows[1], truth_slice, pred_slice))
-    box = _clot_box(cta.shape, [truth_slice, pred_slice])
+    slices = [cta_slice] + ([ncct_slice] if ncct_slice is not None else [])
+    return modality_overlay(slices, truth_slice, pred_slice, out_png, title, windows=windows, names=names)
+
+
+def modality_overlay(slices, truth_slice, pred_slice, out_png, title: str = "", windows=None, names=None,
+                     uncertainty_slice=None, uncertainty_max: float = 0.5) -> Path:
+    """One case slice: every modality (gray, windowed) with truth/prediction contours.
+
+    Panels: one per modality, in channel order and titled with its name; a
+    zoom of the first modality around the clot/prediction when it is small
+    against the image; and, when `uncertainty_slice` is given, the voxel
+    uncertainty map (colour, 0..`uncertainty_max`) with the prediction contour.
+
+    Args:
+        slices: list of (rows, cols) HU arrays (or uint8 codes), one per modality.
+        truth_slice: (rows, cols) mask, or None for an unlabeled case.
+        pred_slice: (rows, cols) mask.
+        windows: one (low, high) HU window (or None: the slice's range) per
+            modality; default: none.
+        names: one name per modality (default "channel 1", ...).
+    """
+    slices = [np.asarray(s) for s in slices]
+    if not slices:
+        raise ValueError("modality_overlay needs at least one image slice")
+    names = list(names) if names is not None else [f"channel {i + 1}" for i in range(len(slices))]
+    windows = list(windows) if windows is not None else [None] * len(slices)
+    if len(names) < len(slices) or len(windows) < len(slices):
+        raise ValueError(f"{len(slices)} slices but {len(names)} names and {len(windows)} windows")
+    panels = [(names[i], img, windows[i], truth_slice, pred_slice) for i, img in enumerate(slices)]
+    first = slices[0]
+    box = _clot_box(first.shape, [truth_slice, pred_slice])
     if box is not None:
-        panels.append((f"{names[0]} zoom", cta[box], windows[0], _crop(truth_slice, box), _crop(pred_slice, box)))
-    fig = _new_figure(4.0 * len(panels), 4.6)
-    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+        panels.append((f"{names[0]} zoom", first[box], windows[0], _crop(truth_slice, box), _crop(pred_slice, box)))
+    n_panels = len(panels) + (uncertainty_slice is not None)
+    fig = _new_figure(min(4.0 * n_panels, MAX_FIG_INCHES), 4.6)
+    axes = np.atleast_1d(fig.subplots(1, n_panels))
     for ax, (name, img, win, t, p) in zip(axes, panels):
         _show(ax, img, win, t, p, title=name)
+    if uncertainty_slice is not None:
+        ax = axes[-1]
+        im = ax.imshow(np.asarray(uncertainty_slice, dtype=np.float32), cmap="magma", vmin=0.0,
+                       vmax=float(uncertainty_max), interpolation="nearest")
+        _contour(ax, pred_slice, "cyan")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("uncertainty (cyan: prediction)", fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.legend(handles=_legend_handles(truth_slice is not None), loc="lower center",
                ncol=2, fontsize=9, frameon=False)
     if title:
@@ -239,14 +274,14 @@ def case_overlay(cta_slice, ncct_slice, truth_slice, pred_slice, out_png, title:
 
 
 def montage(cases, out_png, windows=DEFAULT_WINDOWS, zoom: bool = True, title: str = "") -> Path:
-    """All test cases in one grid: CTA slice with contours, "case_id Dice x.xx".
+    """All test cases in one grid: first-modality slice with contours, "case_id Dice x.xx".
 
     Args:
-        cases: list of (case_id, cta_slice, ncct_slice, truth_slice,
-            pred_slice, dice); ncct_slice is accepted but not drawn; truth may
-            be None and dice None/NaN (shown as "n/a").
+        cases: list of (case_id, first_slice, second_slice, truth_slice,
+            pred_slice, dice); second_slice (may be None) is accepted but not
+            drawn; truth may be None and dice None/NaN (shown as "n/a").
         out_png: output path.
-        windows: ((CTA low, high), (NCCT low, high)) HU.
+        windows: HU windows per modality; only the first is used.
         zoom: crop each tile around its clot/prediction (clots are small).
         title: optional figure title.
     The grid is about square; the figure is capped at 30 x 30 inches (100

@@ -14,7 +14,11 @@
     `#sort=-dice` opens it sorted; each case id links to its overlay;
   * every figure given in `images`: "overlays" = {case_id: PNG} (one per
     case), any other key = a titled figure (a PNG path or a list of them),
-    e.g. {"Training curves": ..., "Bland-Altman: clot volume": ...}.
+    e.g. {"Training curves": ..., "Bland-Altman: clot volume": ...};
+  * with `files`, links to the other outputs beside the report (metrics.csv,
+    summary.json, each case's prediction, uncertainty map, NIfTI, DICOM-SEG):
+    relative links that work wherever the folder is copied; following them
+    is navigation, not a load, so the page itself still fetches nothing.
 
 PNGs are embedded as base64 data URIs, CSS and JavaScript are inline
 (vanilla, no library): the file can be mailed or archived alone and makes no
@@ -36,6 +40,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 from clotseg.evaluation.biomarkers import unit_of
 from clotseg.io import atomic_write_text
@@ -357,20 +362,55 @@ def _figures_section(images: dict) -> str:
     return "<section id=\"figures\"><h2>Figures</h2>" + "".join(parts) + "</section>"
 
 
-def _overlays_section(rows: list[dict], overlays: dict) -> str:
+def _overlays_section(rows: list[dict], overlays: dict, target_name: str = "clot") -> str:
     if not overlays:
         return ""
     order = [str(r.get("case_id")) for r in rows if str(r.get("case_id")) in overlays]
     order += [c for c in overlays if c not in order]
     figs = "".join(_figure(overlays[c], c, _anchor(c)) for c in order)
-    return ("<section id=\"overlays\"><h2>Case overlays</h2><p class=\"note\">Slice with the most clot; truth "
-            f"green, prediction red.</p><div class=\"figs\">{figs}</div></section>")
+    return (f"<section id=\"overlays\"><h2>Case overlays</h2><p class=\"note\">Slice with the most "
+            f"{_esc(target_name)}; truth green, prediction red.</p><div class=\"figs\">{figs}</div></section>")
+
+
+def _href(rel) -> str:
+    return _esc(quote(Path(rel).as_posix()))
+
+
+def _files_section(files: dict | None) -> str:
+    """Links to the outputs: files = {"outputs": [(label, relative path)], "cases": {case_id: [(label, path)]}}."""
+    if not files:
+        return ""
+    parts = ["<section id=\"files\"><h2>Files</h2><p class=\"note\">Relative links to the files beside this "
+             "report.</p>"]
+    outputs = files.get("outputs") or []
+    if outputs:
+        parts.append("<ul class=\"files\">" + "".join(f"<li><a href=\"{_href(rel)}\">{_esc(label)}</a></li>"
+                                                       for label, rel in outputs) + "</ul>")
+    cases = files.get("cases") or {}
+    if cases:
+        labels = []
+        for items in cases.values():
+            for label, _ in items:
+                if label not in labels:
+                    labels.append(label)
+        head = "".join(f"<th class=\"t\">{_esc(lab)}</th>" for lab in labels)
+        body = []
+        for cid, items in cases.items():
+            links = dict(items)
+            cells = "".join(f"<td class=\"t\"><a href=\"{_href(links[lab])}\">{_esc(Path(links[lab]).name)}</a></td>"
+                            if lab in links else "<td class=\"na\">n/a</td>" for lab in labels)
+            body.append(f"<tr><td class=\"t\">{_esc(cid)}</td>{cells}</tr>")
+        parts.append(f"<div class=\"scroll\"><table><thead><tr><th class=\"t\">Case</th>{head}</tr></thead>"
+                     f"<tbody>{''.join(body)}</tbody></table></div>")
+    parts.append("</section>")
+    return "".join(parts)
 
 
 # ------------------------------------------------------------------ public
 def build_html(summary: dict, rows: list[dict], images: dict | None = None, title: str = "ClotSeg test report",
                columns: list[str] | None = None, agreement: dict | None = None,
-               uncertainty_ranking: dict | None = None) -> str:
+               uncertainty_ranking: dict | None = None, files: dict | None = None,
+               target_name: str = "clot") -> str:
     """The report page as a string (see the module docstring)."""
     images = dict(images or {})
     summary = dict(summary or {})
@@ -381,7 +421,9 @@ def build_html(summary: dict, rows: list[dict], images: dict | None = None, titl
     agreement = agreement if agreement is not None else summary.get("biomarker_agreement")
     ranking = uncertainty_ranking if uncertainty_ranking is not None else summary.get("uncertainty_ranking")
     meta = summary.get("meta") or {}
-    subtitle = " · ".join(_esc(f"{k} {meta[k]}") for k in ("run", "model") if meta.get(k)) or ""
+    mods = meta.get("modalities")
+    subtitle = " · ".join([_esc(f"{k} {meta[k]}") for k in ("run", "model") if meta.get(k)]
+                          + ([_esc(f"modalities {', '.join(map(str, mods))}")] if mods else [])) or ""
     return "".join([
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
@@ -394,14 +436,16 @@ def build_html(summary: dict, rows: list[dict], images: dict | None = None, titl
         _agreement_section(agreement, ranking),
         _cases_section(rows, cols, overlays),
         _figures_section(images),
-        _overlays_section(rows, overlays),
+        _overlays_section(rows, overlays, target_name),
+        _files_section(files),
         f"</main><script>{_JS}</script></body></html>\n",
     ])
 
 
 def write_html_report(out_dir, summary: dict, rows: list[dict], images: dict | None = None,
                       title: str = "ClotSeg test report", columns: list[str] | None = None,
-                      agreement: dict | None = None, uncertainty_ranking: dict | None = None) -> Path:
+                      agreement: dict | None = None, uncertainty_ranking: dict | None = None,
+                      files: dict | None = None, target_name: str = "clot") -> Path:
     """Write `<out_dir>/report.html` (atomically) and return its path.
 
     Args:
@@ -414,10 +458,13 @@ def write_html_report(out_dir, summary: dict, rows: list[dict], images: dict | N
         agreement: agreement.agreement_table(...) output; uncertainty_ranking:
             uncertainty.uncertainty_ranking(...) output (both default to the
             summary's "biomarker_agreement" / "uncertainty_ranking").
+        files: links to the outputs beside the report (see `_files_section`).
+        target_name: what is segmented ("clot"), for the page's wording.
     """
     out = Path(out_dir) / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, build_html(summary, rows, images, title, columns, agreement, uncertainty_ranking))
+    atomic_write_text(out, build_html(summary, rows, images, title, columns, agreement, uncertainty_ranking,
+                                      files, target_name))
     return out
 
 

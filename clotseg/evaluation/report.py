@@ -6,7 +6,10 @@
   * metrics.csv   one row per case, case_id first, fixed column order;
   * summary.json  per-metric mean/median/std/bootstrap CI over all labeled
                   cases and over clot cases only, detection rates, case-type
-                  counts, units, scoring conventions and the caller's meta.
+                  counts, units, scoring conventions, the caller's meta and
+                  any extra entries (biomarker agreement, uncertainty ranking).
+
+`read_metrics_csv(path)` reads metrics.csv back with typed values.
 
 Both files are written atomically. NaN is written as JSON null and as an
 empty CSV cell. Unit-bearing metrics (distances, volumes) are never averaged
@@ -201,7 +204,7 @@ def build_summary(rows: list[dict], n_resamples: int = 5000, seed: int = 0, meta
 
 
 def write_report(rows: list[dict], out_dir, n_resamples: int = 5000, seed: int = 0,
-                 meta: dict | None = None) -> dict:
+                 meta: dict | None = None, extra: dict | None = None) -> dict:
     """Write metrics.csv and summary.json into out_dir; return the summary.
 
     Args:
@@ -210,6 +213,8 @@ def write_report(rows: list[dict], out_dir, n_resamples: int = 5000, seed: int =
         out_dir: folder (created if missing).
         n_resamples, seed: bootstrap settings (deterministic for a seed).
         meta: JSON-able run information (run name, threshold, backend, ...).
+        extra: further top-level summary entries (e.g. "biomarker_agreement",
+            "uncertainty_ranking"), JSON-able.
     Returns:
         the summary as written (NaN replaced by None).
     Raises:
@@ -223,10 +228,34 @@ def write_report(rows: list[dict], out_dir, n_resamples: int = 5000, seed: int =
         raise ValueError(f"case ids repeat in the metrics rows: {', '.join(dupes)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = _jsonable(build_summary(rows, n_resamples, seed, meta))
+    summary = _jsonable({**build_summary(rows, n_resamples, seed, meta), **(extra or {})})
     atomic_write_text(out_dir / CSV_NAME, metrics_csv(rows))
     atomic_write_json(out_dir / SUMMARY_NAME, summary)
     return summary
+
+
+def parse_cell(text: str):
+    """A metrics.csv cell back to a value: '' -> None, True/False -> bool, numbers -> int/float, else str."""
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def read_metrics_csv(path) -> list[dict]:
+    """The rows of a metrics.csv as written by `write_report`, values typed
+    back (see `parse_cell`); case_id stays a string."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: (v if k == "case_id" else parse_cell(v)) for k, v in r.items()} for r in rows]
 
 
 def _fmt(value, digits: int) -> str:
