@@ -1,11 +1,13 @@
-"""ClotSeg testing: predict the Testing cohort with a trained run and report.
+"""ClotSeg testing: predict the Testing cohort with a trained run, score it and report.
 
     python testing.py                      # latest run (or TEST_RUN in config.py)
     python testing.py --run 20261122-101500
     python testing.py --input-dir path/to/new_cases   # unlabeled: predictions only
 
-Writes <run>/Testing/ (or <run>/Testing_<folder>/ for --input-dir): predictions, metrics.csv,
-summary.json, overlays, montage.
+Three steps with files between them: predict (predictions/, the only step
+that loads Keras), score (metrics.csv, summary.json; the same code as
+`python -m clotseg.evaluate`), render (figures, report.html). Writes
+<run>/Testing/ (or <run>/Testing_<folder>/ for --input-dir).
 """
 
 from pathlib import Path

@@ -83,6 +83,9 @@ def test_unlabeled_cases_get_predictions_only(trained, tmp_path):
     assert not (out / "metrics.csv").exists()
     assert (out / "predictions" / "CS1_pred.npy").is_file()
     assert summary["cases"][0]["case_type"] == "unlabeled"
+    # the predicted biomarkers and the uncertainty score still come with it, and a report
+    assert "pred_cta_mean_hu" in summary["cases"][0] and "uncertainty_score" in summary["cases"][0]
+    assert (out / "report.html").is_file() and (out / "predictions" / "CS1_unc.npy").is_file()
     # the run's own test results are untouched (they used to be replaced)
     assert {p.name: p.read_bytes() for p in (run / "Testing").glob("*.*")} == before
     assert "metrics.csv" in before and "summary.json" in before
@@ -133,3 +136,52 @@ def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
     assert meta["postprocessing_source"] == "validation-tuned"
     for key, value in record["chosen"].items():
         assert meta[key] == value
+
+
+def test_three_steps_write_uncertainty_biomarkers_and_report(trained):
+    """Issue 14 outputs of the two-channel run: uncertainty map and score per
+    case, pred_/true_ biomarkers with CTA/NCCT attenuation and perviousness,
+    agreement and ranking in summary.json, report.html with every case."""
+    s, run, summary = trained
+    out = run / "Testing"
+    with open(out / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    for key in ("pred_volume_vox", "true_volume_vox", "pred_length_vox", "true_cta_mean_hu", "true_ncct_mean_hu",
+                "true_perviousness_hu", "true_pervious", "uncertainty_score", "member_disagreement"):
+        assert key in rows[0], key
+    for r in rows:
+        unc = np.load(out / "predictions" / f"{r['case_id']}_unc.npy")
+        assert unc.dtype == np.float16 and unc.shape == np.load(out / "predictions" / f"{r['case_id']}_pred.npy").shape
+        assert (out / "predictions" / f"{r['case_id']}_unc.json").is_file()
+        if r["true_voxels"] != "0":      # write_case fills the clot with 80 HU CTA, 65 HU NCCT
+            assert float(r["true_perviousness_hu"]) == pytest.approx(15.0, abs=1e-3)
+    saved = read_json(out / "summary.json")
+    assert "volume_vox" in saved["biomarker_agreement"] and saved["uncertainty_ranking"]["n"] == len(rows)
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "modalities CTA, NCCT" in html and 'href="metrics.csv"' in html
+    for r in rows:
+        assert f'id="case-{r["case_id"]}"' in html and f'href="predictions/{r["case_id"]}_unc.npy"' in html
+    assert (out / "uncertainty_vs_dice.png").is_file() and (out / "bland_altman_volume.png").is_file()
+
+
+def test_prediction_follows_the_resolved_tta_choice(trained):
+    """The flip members are always computed (for the uncertainty), but the
+    saved prediction is their mean only when the post-processing says tta_flips."""
+    from clotseg.cohort import discover_cases, load_case
+    from clotseg.inference import postprocess, predict_volume_members, to_mask
+
+    s, run, _ = trained
+    out = run / "Testing"
+    meta = read_json(out / "summary.json")["meta"]
+    cid = read_json(run / "Relevant_Files" / "split.json")["cohorts"]["Testing"][0]
+    case = next(c for c in discover_cases(s, require_masks=False) if c.case_id == cid)
+    vols, _ = load_case(case)
+    members = predict_volume_members(load_model(run), vols, [s.windows_hu[m] for m in s.modalities],
+                                     s.input_shape[:2], batch_size=max(s.batch_size, 32), tta_flips=True,
+                                     context_slices=s.context_slices)
+    prob = np.mean(members, axis=0) if meta["tta_flips"] else members[0]
+    expected = postprocess(to_mask(prob, meta["threshold"]), meta["min_component_voxels"],
+                           meta["keep_largest_component"])
+    saved = np.load(out / "predictions" / f"{cid}_pred.npy")
+    assert np.mean(saved != expected) < 1e-3         # same forward passes; float noise may flip a border voxel
+    assert meta["prediction_from"] == ("mean of plain and flip members" if meta["tta_flips"] else "plain member")

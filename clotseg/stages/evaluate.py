@@ -1,52 +1,55 @@
-"""Stage 5: predict the Testing cohort (or new, unlabeled cases) and report.
+"""Stage 5: test a trained run, in three steps with files between them (nnU-Net style).
 
-Output: <run>/Testing/ (replaced atomically on every run)
-    predictions/<case>_pred.npy   uint8 (H, W, D) mask, the input's shape
-    predictions/<case>_prob.npy   float16 probabilities (SAVE_PROBABILITIES)
-    metrics.csv, summary.json     per-case metrics and their summary (labelled cases)
-    overlays/<case>.png, montage.png
-    manifest.json
+  1. predict  (this module; the only step that imports Keras): every case is
+     sliced on the fly and predicted plain and with horizontally and
+     vertically flipped slices (`predict_volume_members`); the prediction is
+     the flip average when the resolved post-processing says `tta_flips`,
+     else the plain member, thresholded and filtered as it says. Writes
+     predictions/<case>_pred.npy, _prob.npy (SAVE_PROBABILITIES), the voxel
+     uncertainty map _unc.npy (float16, std of the three members) and the
+     case score _unc.json; for cases imported from NIfTI or DICOM also
+     <case>_pred.nii.gz on the source grid and, from DICOM, <case>_seg.dcm
+     (DICOM-SEG referencing the source series).
+  2. score    `clotseg.evaluation.scoring.score_folder`: the predictions
+     folder against the truth folder -> metrics.csv, summary.json (the same
+     function as `python -m clotseg.evaluate`).
+  3. render   `clotseg.evaluation.rendering.render_report`: overlays,
+     montage, Bland-Altman and uncertainty plots, report.html.
+
+Output: <run>/Testing/ (replaced atomically on every run; see output_dir)
+    predictions/       step 1
+    metrics.csv, summary.json (labelled) or predictions.json (unlabelled)
+    overlays/<case>.png, montage.png, bland_altman_{volume,length}.png,
+    uncertainty_vs_dice.png, report.html, manifest.json
+
+No import of the training stage (run lookup lives in clotseg.runs).
 """
 
 from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from clotseg.cohort import Case, check_case, discover_cases, load_case
-from clotseg.errors import StageError
-from clotseg.evaluation.figures import best_slice_index, case_overlay, montage
-from clotseg.evaluation.metrics import case_metrics
-from clotseg.evaluation.report import markdown_table, write_report
-from clotseg.intensity import normalise_mask
-from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, read_json, staged_dir, write_manifest
-from clotseg.settings import Settings
-from clotseg.inference import postprocess, predict_volume, to_mask
+from clotseg.cohort import Case, check_case, discover_cases, read_sidecar
+from clotseg.errors import ClotSegError, StageError
+from clotseg.inference import postprocess, predict_volume_members, to_mask
+from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
-from clotseg.stages.split import SPLIT_FILE
-from clotseg.stages.train import POSTPROCESSING_FILE, list_runs, load_run_settings
+from clotseg.runs import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TESTING_DIR, load_run_settings,
+                          resolve_run)
+from clotseg.settings import Settings
 
-OUT_DIR = "Testing"
+OUT_DIR = TESTING_DIR
+PREDICTIONS_DIR = "predictions"
+FLIP_MEMBERS = ("plain", "horizontal flip", "vertical flip")
+UNCERTAINTY_METHOD = "std"
 
-
-def resolve_run(settings: Settings, name: str | None = None) -> Path:
-    """The run to test: `name`, else TEST_RUN, else the latest with a best model."""
-    name = name or settings.test_run
-    if name:
-        if not re.fullmatch(r"[\w.\-]+", name) or name in (".", ".."):
-            raise StageError(f"run name {name!r} must be a folder name under {settings.trainings_path}")
-        run = settings.trainings_path / name
-        if not (run / "Best_Model" / "model.keras").is_file():
-            raise StageError(f"run {name!r} has no Best_Model/model.keras under {settings.trainings_path}")
-        return run
-    runs = [r for r in list_runs(settings) if (r / "Best_Model" / "model.keras").is_file()]
-    if not runs:
-        raise StageError(f"no trained model under {settings.trainings_path}; run `python training.py` first")
-    return runs[-1]
+__all__ = ["load_model", "output_dir", "predict_cases", "resolve_run", "run_evaluation", "select_cases"]
 
 
 def load_model(run: Path, jit_compile="auto"):
@@ -60,7 +63,7 @@ def load_model(run: Path, jit_compile="auto"):
     import myModels  # noqa: F401  (registers the custom losses and metrics)
     from clotseg import runtime
 
-    path = run / "Best_Model" / "model.keras"
+    path = run / BEST_MODEL
     try:
         # compile=False: prediction needs no loss or optimizer (older runs saved them)
         model = keras.models.load_model(path, safe_mode=True, compile=False)
@@ -75,9 +78,9 @@ def select_cases(settings: Settings, run: Path, input_dir: Path | None, mask_dir
     if input_dir is not None:
         custom = settings.replace(volume_dir=str(input_dir), mask_dir=str(mask_dir or input_dir))
         return discover_cases(custom, require_masks=False)
-    split_path = run / "Relevant_Files" / SPLIT_FILE
+    split_path = run / RUN_SPLIT
     if not split_path.is_file():
-        raise StageError(f"run {run.name} has no Relevant_Files/{SPLIT_FILE}; name the cases with --input-dir")
+        raise StageError(f"run {run.name} has no {RUN_SPLIT.as_posix()}; name the cases with --input-dir")
     test_ids = read_json(split_path)["cohorts"]["Testing"]
     by_id = {c.case_id: c for c in discover_cases(settings, require_masks=False)}
     missing = [cid for cid in test_ids if cid not in by_id]
@@ -98,10 +101,116 @@ def output_dir(run: Path, input_dir: Path | None, output: Path | None = None) ->
     return run / f"{OUT_DIR}_{name}"
 
 
+def target_name(settings: Settings) -> str:
+    """What is segmented, for logs and reports (TARGET_NAME when config.py has it, else "clot")."""
+    return str(getattr(settings, "target_name", None) or "clot")
+
+
+# ------------------------------------------------------------------ step 1
+def _foreground(members: list[np.ndarray]) -> list[np.ndarray]:
+    """Foreground probability of each member: p for a sigmoid, 1 - p(background) for a softmax."""
+    return [m[..., 0] if m.shape[-1] == 1 else 1.0 - m[..., 0] for m in members]
+
+
+def _export(case: Case, pred: np.ndarray, prob_fg: np.ndarray | None, pred_dir: Path, num_classes: int,
+            target: str, log) -> tuple[list[str], list[str]]:
+    """NIfTI (and DICOM-SEG) of an imported case; ([written file names], [problems]). Never raises for
+    a case that cannot be exported: the problem is logged and the case keeps its .npy prediction."""
+    if case.sidecar is None:
+        return [], []
+    side = read_sidecar(case.sidecar, case.case_id)
+    importer = side.get("importer")
+    if importer not in ("nifti", "dicom"):
+        return [], []
+    from clotseg.evaluation.export import ExportError, save_dicom_seg, save_nifti_prediction
+
+    written, problems = [], []
+    jobs = [(f"{case.case_id}_pred.nii.gz", lambda out: save_nifti_prediction(pred, side, out))]
+    if prob_fg is not None:
+        jobs.append((f"{case.case_id}_prob.nii.gz",
+                     lambda out: save_nifti_prediction(prob_fg.astype(np.float32), side, out)))
+    if importer == "dicom":
+        modalities = side.get("modalities") or list(case.volumes)
+        series = (side.get("source_files") or {}).get(modalities[0]) if modalities else None
+        labels = ({1: target.capitalize()} if num_classes == 1
+                  else {k: f"{target.capitalize()} class {k}" for k in range(1, num_classes)})
+
+        def dicom_seg(out, series=series, labels=labels):
+            if not series or not Path(series).is_dir():
+                raise ExportError(f"the source DICOM series {series} is not available")
+            return save_dicom_seg(pred, series, out, sidecar=side, segment_labels=labels)
+
+        jobs.append((f"{case.case_id}_seg.dcm", dicom_seg))
+    for name, job in jobs:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                job(pred_dir / name)
+                written.append(name)
+            except (ExportError, ClotSegError, OSError, ValueError) as exc:
+                problems.append(f"case {case.case_id}: {name} not written: {exc}")
+        for w in caught:
+            if issubclass(w.category, UserWarning):
+                problems.append(f"case {case.case_id}: {name}: {w.message}")
+    for p in problems:
+        log(f"warning: {p}")
+    return written, problems
+
+
+def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: Path, *, batch_size: int = 32,
+                  save_probabilities: bool = False, target: str = "clot", log=print) -> dict:
+    """Step 1: predictions, uncertainty maps/scores and exports of every case into `pred_dir`.
+
+    Returns {"n_slices", "seconds", "exports": {case: [files]}, "export_problems": [...]}.
+    """
+    from clotseg.evaluation.uncertainty import case_uncertainty, uncertainty_map
+
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    windows = [trained.windows_hu[m] for m in trained.modalities]
+    hw = trained.input_shape[:2]
+    n_slices, exports, problems = 0, {}, []
+    started = time.perf_counter()
+    for case in tqdm(cases, desc="Predicting", unit="case"):
+        vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
+        n_slices += vols[0].shape[2]
+        members = predict_volume_members(model, vols, windows, hw, batch_size=batch_size, tta_flips=True,
+                                         context_slices=trained.context_slices)
+        prob = np.mean(members, axis=0, dtype=np.float32) if post.tta_flips else members[0]
+        pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component)
+        cid = case.case_id
+        atomic_save_npy(pred_dir / f"{cid}_pred.npy", pred)
+        prob_fg = None
+        if save_probabilities:
+            atomic_save_npy(pred_dir / f"{cid}_prob.npy",
+                            (prob[..., 0] if prob.shape[-1] == 1 else prob).astype(np.float16))
+            prob_fg = _foreground([prob])[0]
+        fg = _foreground(members)
+        umap = uncertainty_map(fg, UNCERTAINTY_METHOD)
+        atomic_save_npy(pred_dir / f"{cid}_unc.npy", umap.astype(np.float16))
+        score = case_uncertainty(fg, threshold=post.threshold, method=UNCERTAINTY_METHOD, unc_map=umap)
+        atomic_write_json(pred_dir / f"{cid}_unc.json", {"case_id": cid, **score, "members": list(FLIP_MEMBERS),
+                                                         "threshold": post.threshold})
+        written, bad = _export(case, pred, prob_fg, pred_dir, trained.num_classes, target, log)
+        if written:
+            exports[cid] = written
+        problems += bad
+    elapsed = time.perf_counter() - started
+    return {"n_slices": n_slices, "seconds": round(elapsed, 2),
+            "slices_per_second": round(n_slices / elapsed, 1) if elapsed > 0 else None,
+            "exports": exports, "export_problems": problems}
+
+
+# ------------------------------------------------------------ all three
 def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: Path | None = None,
                    mask_dir: Path | None = None, log=print, output: Path | None = None) -> dict:
-    """Predict, score and report; return the summary (or {"n_cases": n} unlabeled)."""
+    """Predict, score and render; return the summary (or {"cases": ..., "note"} unlabeled)."""
+    from clotseg.evaluation.rendering import render_report
+    from clotseg.evaluation.report import markdown_table
+    from clotseg.evaluation.scoring import score_folder
+
     run = resolve_run(settings, run_name)
+    if not (run / RUN_CONFIG).is_file():
+        raise StageError(f"run {run.name} has no {RUN_CONFIG.as_posix()}; it cannot be tested")
     trained = load_run_settings(run, settings.root)
     if trained.modalities != settings.modalities:
         raise StageError(f"run {run.name} was trained on modalities {trained.modalities} "
@@ -114,70 +223,44 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
         check_case(case, check_settings)
     model = load_model(run, settings.jit_compile)
     if tuple(model.input_shape[1:]) != tuple(trained.model_input_shape):
-        raise StageError(f"the model in {run / 'Best_Model'} takes inputs {tuple(model.input_shape[1:])} but the "
-                         f"run's Relevant_Files/config.json describes {trained.model_input_shape}")
+        raise StageError(f"the model in {run / BEST_MODEL.parent} takes inputs {tuple(model.input_shape[1:])} but "
+                         f"the run's {RUN_CONFIG.as_posix()} describes {trained.model_input_shape}")
     tuned_path = run / POSTPROCESSING_FILE
     tuned = read_json(tuned_path) if tuned_path.is_file() else None
     post = resolve_postprocessing(settings, tuned if trained.num_classes == 1 else None)
-    windows = [trained.windows_hu[m] for m in trained.modalities]
-    hw = trained.input_shape[:2]
     labelled = all(c.mask is not None for c in cases)
-    rows, tiles, started = [], [], time.perf_counter()
-    n_slices = 0
-    target = output_dir(run, input_dir, output)
-    with staged_dir(target) as out:
-        (out / "predictions").mkdir()
-        (out / "overlays").mkdir()
-        for case in tqdm(cases, desc="Testing", unit="case"):
-            vols, truth = load_case(case)
-            n_slices += vols[0].shape[2]
-            prob = predict_volume(model, vols, windows, hw, batch_size=max(settings.batch_size, 32),
-                                  tta_flips=post.tta_flips, context_slices=trained.context_slices)
-            pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels,
-                               post.keep_largest_component)
-            atomic_save_npy(out / "predictions" / f"{case.case_id}_pred.npy", pred)
-            if settings.save_probabilities:
-                atomic_save_npy(out / "predictions" / f"{case.case_id}_prob.npy",
-                                (prob[..., 0] if prob.shape[-1] == 1 else prob).astype(np.float16))
-            spacing = case.spacing_mm(settings.voxel_spacing_mm)
-            truth_labels = None if truth is None else normalise_mask(truth)
-            metrics = _score(pred, truth_labels, spacing, trained.num_classes)
-            rows.append({"case_id": case.case_id, **metrics})
-            k = best_slice_index(truth_labels if truth_labels is not None else pred, pred)
-            cta = vols[0][..., k]
-            second = vols[1][..., k] if len(vols) > 1 else None
-            truth_k = truth_labels[..., k] if truth_labels is not None else None
-            dice = metrics.get("dice")
-            title = f"{case.case_id} slice {k}" + (f"  Dice {dice:.2f}" if dice is not None else "")
-            case_overlay(cta, second, truth_k, pred[..., k], out / "overlays" / f"{case.case_id}.png", title,
-                         windows=tuple(windows), names=tuple(trained.modalities))
-            tiles.append((case.case_id, cta, second, truth_k, pred[..., k], dice))
-        elapsed = time.perf_counter() - started
-        montage(tiles, out / "montage.png", windows=tuple(windows))
+    target = target_name(settings)
+    out_path = output_dir(run, input_dir, output)
+    volumes_dir = next(iter(cases[0].volumes.values())).parent
+    truth_dir = cases[0].mask.parent if labelled else None
+    with staged_dir(out_path) as out:
+        pred_dir = out / PREDICTIONS_DIR
+        predicted = predict_cases(model, cases, trained, post, pred_dir, batch_size=max(settings.batch_size, 32),
+                                  save_probabilities=settings.save_probabilities, target=target, log=log)
+        log(f"[test] predict: {len(cases)} case(s), {predicted['n_slices']} slices in {predicted['seconds']:.1f} s "
+            f"(plain + 2 flip members each; prediction from the {'flip average' if post.tta_flips else 'plain member'})")
         meta = {"run": run.name, **post.as_dict(),
                 "postprocessing_source": "validation-tuned" if tuned else "default",
-                "model": trained.model, "context_slices": trained.context_slices,
-                "n_cases": len(cases), "n_slices": n_slices, "seconds": round(elapsed, 2),
-                "slices_per_second": round(n_slices / elapsed, 1) if elapsed > 0 else None}
-        if labelled:
-            summary = write_report(rows, out, n_resamples=settings.bootstrap_resamples,
-                                   seed=settings.random_seed, meta=meta)
-        else:
-            summary = {"meta": meta, "cases": rows, "note": "unlabeled cases: predictions only, no metrics"}
-            atomic_write_json(out / "predictions.json", summary)
-        write_manifest(out, "test", fingerprint([c.signature() for c in cases]), **meta)
-    log(f"[test] {len(cases)} case(s), {n_slices} slices in {elapsed:.1f} s; outputs in {target}")
+                "prediction_from": "mean of plain and flip members" if post.tta_flips else "plain member",
+                "uncertainty": f"{UNCERTAINTY_METHOD} over members {', '.join(FLIP_MEMBERS)}",
+                "model": trained.model, "context_slices": trained.context_slices, "target_name": target,
+                "n_cases": len(cases), **predicted}
+        summary, scored = score_folder(pred_dir, truth_dir, out, volumes_dir, mask_pattern=settings.mask_pattern,
+                                       modality_patterns={m: settings.modality_patterns[m] for m in trained.modalities},
+                                       windows=dict(trained.windows_hu), default_spacing=settings.voxel_spacing_mm,
+                                       num_classes=trained.num_classes, case_ids=[c.case_id for c in cases],
+                                       n_resamples=settings.bootstrap_resamples, seed=settings.random_seed,
+                                       meta=meta, log=log)
+        log(f"[test] score: {'metrics.csv, summary.json' if labelled else 'predictions.json (unlabelled)'}")
+        report = render_report(out, scored, modalities=trained.modalities, windows=dict(trained.windows_hu),
+                               run_dir=run, title=f"ClotSeg test report: {run.name}", target_name=target, log=log)
+        log(f"[test] render: figures and {report.name}")
+        write_manifest(out, "test", fingerprint([c.signature() for c in cases]),
+                       **{k: v for k, v in meta.items() if k not in ("exports", "export_problems")})
+    log(f"[test] {len(cases)} case(s); outputs in {out_path} (open {out_path / 'report.html'})")
     if labelled:
         log(markdown_table(summary))
+        rank = summary.get("uncertainty_ranking") or {}
+        if rank.get("spearman_rho") is not None:
+            log(f"Uncertainty score vs Dice: Spearman rho {rank['spearman_rho']:.2f} (n = {rank['n']})")
     return summary
-
-
-def _score(pred: np.ndarray, truth, spacing, num_classes: int) -> dict:
-    """Binary metrics for a 1-class model; per-class metrics (suffix _c<k>) otherwise."""
-    if num_classes == 1:
-        return case_metrics(pred > 0, None if truth is None else truth > 0, spacing)
-    out = {}
-    for c in range(1, num_classes):
-        m = case_metrics(pred == c, None if truth is None else truth == c, spacing)
-        out.update({f"{k}_c{c}": v for k, v in m.items()})
-    return out
