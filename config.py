@@ -114,7 +114,9 @@ BOOTSTRAP_RESAMPLES = 5000
 
 # --------------------------------------------------------------------------
 # Presets: named overlays selected with --preset NAME (or PRESET below).
-# "demo" runs every stage on a 2-core CPU in about 10 minutes.
+# "demo" runs every stage on a 2-core CPU in under 10 minutes; "cpu" and
+# "gpu" are the two scales of bench/quality.py (about 10 minutes of training
+# on 2 CPU cores; 256 px and the full model on one GPU).
 # --------------------------------------------------------------------------
 PRESET = None
 PRESETS = {
@@ -128,5 +130,27 @@ PRESETS = {
         "LEARNING_RATE": 2e-3,
         "EARLY_STOPPING_PATIENCE": 6,
         "REDUCE_LR_PATIENCE": 3,
+    },
+    "cpu": {
+        "INPUT_SHAPE": (128, 128, 2),
+        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1600,
+        "TARGET_SAMPLE_SIZE_AUG_VAL": 320,
+        "BASE_FILTERS": 12,
+        "DEPTH": 4,
+        "EPOCHS": 8,
+        "BATCH_SIZE": 16,
+        "LEARNING_RATE": 2e-3,
+        "EARLY_STOPPING_PATIENCE": 8,
+    },
+    "gpu": {
+        "INPUT_SHAPE": (256, 256, 2),
+        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 20000,
+        "TARGET_SAMPLE_SIZE_AUG_VAL": 4000,
+        "BASE_FILTERS": 32,
+        "DEPTH": 4,
+        "EPOCHS": 12,
+        "BATCH_SIZE": 32,
+        "LEARNING_RATE": 2e-3,
+        "EARLY_STOPPING_PATIENCE": 12,
     },
 }

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import inspect
 import json
 import os
@@ -107,7 +108,7 @@ def headline(summary: dict) -> dict:
 
 
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
-             test_domains=("standard", "shifted")) -> dict:
+             test_domains=("standard", "shifted"), untuned: bool = False) -> dict:
     """One training + testing round; returns figures per test cohort."""
     from clotseg.settings import Settings
 
@@ -153,6 +154,12 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
         summary = run_evaluation(settings, run_name=run.name, input_dir=folder / "volumes",
                                  mask_dir=folder / "masks", output=project / f"Testing_{domain}", log=log)
         result["cohorts"][domain] = {**headline(summary), "testing_seconds": round(time.perf_counter() - t0, 1)}
+        if untuned:  # the same model without the validation-tuned post-processing (0.5, no TTA, no filter)
+            plain = settings.replace(threshold=0.5, tta_flips=False, min_component_voxels=0,
+                                     keep_largest_component=False)
+            summary = run_evaluation(plain, run_name=run.name, input_dir=folder / "volumes",
+                                     mask_dir=folder / "masks", output=project / f"Testing_{domain}_untuned", log=log)
+            result["cohorts"][f"{domain} (untuned post-processing)"] = headline(summary)
     result["settings"] = {k: v for k, v in settings.to_dict().items()
                           if k not in ("PRESETS", "VOLUME_DIR", "MASK_DIR", "PROCESSED_DIR", "TRAININGS_DIR")}
     return result
@@ -211,6 +218,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the projects here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--test-domains", default="standard,shifted")
+    parser.add_argument("--untuned", action="store_true",
+                        help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
 
     scale = SCALES[args.scale]
@@ -219,9 +228,11 @@ def main(argv=None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clotseg-quality-"))
     results = []
     try:
-        for r in range(args.repeats):
-            results.append(run_once(args.scale, preset, overrides, r, workdir,
-                                    tuple(d for d in args.test_domains.split(",") if d)))
+        # Keras progress bars go to stdout: keep stdout for the JSON and the table
+        with contextlib.redirect_stdout(sys.stderr):
+            for r in range(args.repeats):
+                results.append(run_once(args.scale, preset, overrides, r, workdir,
+                                        tuple(d for d in args.test_domains.split(",") if d), args.untuned))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

