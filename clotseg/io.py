@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -18,13 +19,15 @@ import socket
 import stat
 import tempfile
 import time
+import zipfile
+import zlib
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from clotseg.errors import DiskFullError, FolderError, InputDataError
+from clotseg.errors import DiskFullError, FolderError, InputDataError, StageError
 
 MANIFEST = "manifest.json"
 
@@ -317,6 +320,197 @@ def atomic_save_npy(path: Path | str, arr: np.ndarray) -> None:
 def read_json(path: Path | str):
     with open(path, encoding="utf-8") as fh:
         return json.load(fh)
+
+
+def read_json_file(path: Path | str, what: str = "file", expect: type | None = dict):
+    """Read a JSON file ClotSeg wrote itself (a run's config.json, run.json,
+    state.json), checking it as it is loaded.
+
+    Raises StageError with one line naming the file and the problem: missing
+    (or not a regular file), not UTF-8, not valid JSON (truncated or edited),
+    or not of the type `expect` (a JSON object by default).
+    """
+    path = Path(path)
+    label = f"{what} {path}"
+    problem = special_file_problem(path)
+    if problem is not None:
+        raise StageError(f"{label} {problem}")
+    try:
+        with open(path, "rb") as fh:
+            text = fh.read().decode("utf-8")
+        data = json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise StageError(f"{label} is not UTF-8 text (truncated or overwritten?): {exc.reason}") from exc
+    except json.JSONDecodeError as exc:
+        cut = " (it is empty)" if not text.strip() else ""
+        raise StageError(f"{label} is not valid JSON{cut} (truncated or edited?): {exc.msg} at line {exc.lineno} "
+                         f"column {exc.colno}") from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        raise StageError(f"{label} cannot be read: {exc}") from exc
+    if expect is not None and not isinstance(data, expect):
+        kind = {dict: "a JSON object {...}", list: "a JSON list [...]"}.get(expect, expect.__name__)
+        raise StageError(f"{label} must hold {kind}, not {_json_kind(data)}")
+    return data
+
+
+def _json_kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "text", int: "a number", float: "a number",
+            bool: "true/false", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _is_number(v, finite: bool = False) -> bool:
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return not finite or math.isfinite(v)
+    except OverflowError:
+        return False
+
+
+def _is_count(v, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+# ------------------------------------------------------------ run records
+# What `clotseg.stages.train` writes and reads back on a resume; keys not
+# listed here are left alone (a newer version may add some).
+_STATE_FIELDS = {
+    "epochs_done": ("a whole number >= 0", lambda v: _is_count(v, 0)),
+    "best_val_dice": ("a number", lambda v: _is_number(v) and not math.isnan(v)),
+    "best_epoch": ("a whole number >= -1", lambda v: _is_count(v, -1)),
+    "learning_rate": ("a positive number", lambda v: _is_number(v, finite=True) and v > 0),
+    "stopped_early": ("true or false", lambda v: isinstance(v, bool)),
+}
+_STATE_REQUIRED = ("epochs_done", "best_val_dice", "best_epoch")
+_COUNTER_FIELDS = {"wait": lambda v: _is_count(v, 0), "best": _is_number, "cooldown": lambda v: _is_count(v, 0)}
+_RECORD_FIELDS = {
+    "status": ("text", lambda v: isinstance(v, str)),
+    "resumed": ("a list", lambda v: isinstance(v, list)),
+    "device": ("text", lambda v: isinstance(v, str)),
+    "training_seconds": ("a number >= 0", lambda v: _is_number(v, finite=True) and v >= 0),
+    "epochs_done": ("a whole number >= 0", lambda v: _is_count(v, 0)),
+}
+
+
+def read_run_state(path: Path | str) -> dict:
+    """A run's Checkpoint_Files/state.json, checked: a JSON object whose
+    epoch counter, best score/epoch, learning rate and early-stopping /
+    LR-plateau counters have the types the resume needs. StageError (one
+    line naming the file) otherwise."""
+    path = Path(path)
+    data = read_json_file(path, "the checkpoint state", dict)
+    bad = [f"{k} is missing" for k in _STATE_REQUIRED if k not in data]
+    for key, (kind, ok) in _STATE_FIELDS.items():
+        if key in data and not ok(data[key]):
+            bad.append(f"{key} must be {kind}, got {json.dumps(data[key])[:40]}")
+    for key in ("early_stopping", "reduce_lr"):
+        if key in data:
+            counters = data[key]
+            if not isinstance(counters, dict):
+                bad.append(f"{key} must be an object, got {json.dumps(counters)[:40]}")
+                continue
+            for name, value in counters.items():
+                check = _COUNTER_FIELDS.get(name)
+                if check is not None and not check(value):
+                    bad.append(f"{key}.{name} must be a number, got {json.dumps(value)[:40]}")
+    if not bad and data["best_epoch"] > data["epochs_done"]:
+        bad.append(f"best_epoch {data['best_epoch']} is after epochs_done {data['epochs_done']}")
+    if bad:
+        raise StageError(f"the checkpoint state {path} is not valid (edited or from another version?): "
+                         f"{'; '.join(bad)}; restore it or start a new run (RESUME = False)")
+    return data
+
+
+def read_run_record(path: Path | str, required=("status",)) -> dict:
+    """A run's run.json, checked: a JSON object with a text `status` and
+    well-typed known fields (`required` must be present). StageError (one
+    line naming the file) otherwise."""
+    path = Path(path)
+    data = read_json_file(path, "the run record", dict)
+    bad = [f"{k} is missing" for k in required if k not in data]
+    for key, (kind, ok) in _RECORD_FIELDS.items():
+        if key in data and not ok(data[key]):
+            bad.append(f"{key} must be {kind}, got {json.dumps(data[key])[:40]}")
+    if bad:
+        raise StageError(f"the run record {path} is not valid (edited or from another version?): {'; '.join(bad)}")
+    return data
+
+
+# ------------------------------------------------------------ model files
+def check_keras_file(path: Path | str, input_shape=None, num_classes: int | None = None, what: str = "model",
+                     expected_from: str = "the run's settings") -> dict:
+    """Check a `.keras` model file without loading it (no Keras import).
+
+    The file must be a regular file and a complete zip archive (every
+    member's CRC checked: a truncated or corrupt file is caught) holding a
+    Keras model config and weights. When `input_shape` (rows, cols,
+    channels) or `num_classes` is given, the model's input layer and output
+    layer must agree with them. Returns {"input_shape": tuple | None,
+    "num_classes": int | None} as read from the file.
+
+    Raises StageError with one line naming the file and the problem, and
+    `expected_from` (where the expected values come from) on a mismatch.
+    """
+    path = Path(path)
+    label = f"{what} {path}"
+    problem = special_file_problem(path)
+    if problem is not None:
+        raise StageError(f"{label} {problem}")
+    hint = "; it was probably cut short by a full disk or a kill: retrain, or restore it from a backup"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            bad = zf.testzip()
+            if bad is not None:
+                raise StageError(f"{label} is corrupt ({bad} inside it fails its checksum){hint}")
+            if "config.json" not in names or not any(n.startswith("model.weights.") for n in names):
+                raise StageError(f"{label} is not a Keras model file (no config.json and model weights inside; "
+                                 f"found {sorted(names)[:5]})")
+            config = json.loads(zf.read("config.json").decode("utf-8"))
+    except StageError:
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise StageError(f"{label} is not a readable .keras model (truncated or corrupt?): {exc}{hint}") from exc
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise StageError(f"{label} holds an unreadable model config (corrupt?): {exc}{hint}") from exc
+    except OSError as exc:
+        raise StageError(f"{label} cannot be read: {exc.strerror or exc}") from exc
+    found_shape, found_classes = _keras_io(config)
+    if input_shape is not None and found_shape is not None and tuple(found_shape) != tuple(input_shape):
+        raise StageError(f"{label} takes inputs of shape {tuple(found_shape)} (rows, cols, channels) but "
+                         f"{expected_from} give {tuple(input_shape)}; it belongs to other settings (INPUT_SHAPE, "
+                         "CONTEXT_SLICES, MODALITY_PATTERNS)")
+    if num_classes is not None and found_classes is not None and found_classes != num_classes:
+        raise StageError(f"{label} predicts {found_classes} class(es) but {expected_from} give NUM_CLASSES = "
+                         f"{num_classes}; it belongs to other settings")
+    return {"input_shape": found_shape, "num_classes": found_classes}
+
+
+def _keras_io(config) -> tuple[tuple | None, int | None]:
+    """(input shape without the batch axis, output channels) from a saved
+    functional model's config.json; None where the config does not say."""
+    try:
+        inner = config["config"]
+        layers = {layer.get("name") or layer["config"].get("name"): layer for layer in inner["layers"]}
+        shape = None
+        inputs = inner.get("input_layers") or []
+        if inputs and isinstance(inputs[0], str):     # a single input: ["name", 0, 0]
+            inputs = [inputs]
+        if len(inputs) == 1:
+            batch_shape = layers[inputs[0][0]]["config"].get("batch_shape")
+            if batch_shape:
+                shape = tuple(batch_shape[1:])
+        classes = None
+        outputs = inner.get("output_layers") or []
+        if outputs and isinstance(outputs[0], str):
+            outputs = [outputs]
+        if len(outputs) == 1:
+            out_cfg = layers[outputs[0][0]]["config"]
+            value = out_cfg.get("filters", out_cfg.get("units"))
+            classes = value if isinstance(value, int) else None
+        return shape, classes
+    except (KeyError, TypeError, IndexError, AttributeError):
+        return None, None
 
 
 def fingerprint(obj) -> str:

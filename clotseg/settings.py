@@ -20,13 +20,24 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from clotseg.errors import ConfigError
+from clotseg.errors import ConfigError, StageError
 
 LOSSES = ("dice", "bce_dice", "tversky", "focal_tversky")
 MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test keeps them in sync)
 LR_SCHEDULES = ("plateau", "cosine", "poly")
 AUGMENTATIONS = ("standard", "strong")
 _AUTO_BOOL = ("auto", True, False)
+# Limits of what the consumers accept (or what could ever fit in memory/disk).
+MAX_HU = 1e6                # windows: beyond float32 precision of the HU arithmetic
+MIN_WINDOW_WIDTH = 1e-3     # narrower windows make every voxel 0 or 255
+MAX_SPACING_MM = 1000.0
+MAX_SIDE = 4096             # INPUT_SHAPE rows/cols (a CT slice is 512)
+MAX_SAMPLES = 10_000_000    # TARGET_SAMPLE_SIZE_AUG_*: index arrays are built in memory before the store
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 65_536
+MAX_FILTERS = 8192          # BASE_FILTERS * 2**DEPTH: a 3x3 conv of that width is already ~600M weights
+MAX_WORKERS = 256
+MAX_RESAMPLES = 1_000_000   # bootstrap: resamples x cases indices are drawn at once
 
 
 def _default_modalities():
@@ -126,6 +137,9 @@ class Settings:
         problems = []
         kwargs = {}
         for name, value in values.items():
+            if not isinstance(name, str):
+                problems.append(f"setting names must be text, got {name!r}")
+                continue
             key = name.lower()
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
@@ -133,24 +147,63 @@ class Settings:
                 problems.append(f"unknown setting {name}{extra}")
                 continue
             kwargs[key] = value
+        presets = kwargs.get("presets", {})
+        if presets is None:
+            presets = {}
+        overlays = _preset_overlays(presets, known, problems)
+        base = {k: v for k, v in kwargs.items() if k != "preset"}
         chosen = preset if preset is not None else kwargs.get("preset")
         if chosen is not None:
-            presets = kwargs.get("presets", {}) or {}
-            if chosen not in presets:
-                problems.append(f"PRESET {chosen!r} is not in PRESETS (known: {sorted(presets)})")
-            else:
-                for name, value in presets[chosen].items():
-                    if name.lower() not in known:
-                        problems.append(f"PRESETS[{chosen!r}] sets unknown setting {name}")
-                    else:
-                        kwargs[name.lower()] = value
+            if not isinstance(chosen, str):
+                problems.append(f"PRESET must be None or the name (text) of an entry of PRESETS, got {chosen!r}")
+            elif isinstance(presets, dict) and chosen not in presets:
+                known_names = sorted(str(k) for k in presets)
+                problems.append(f"PRESET {chosen!r} is not in PRESETS (known: {known_names})")
+            elif chosen in overlays:
+                kwargs.update(overlays[chosen])
             kwargs["preset"] = chosen
         if problems:
             raise ConfigError(problems)
-        kwargs = _normalise(kwargs)
-        settings = cls(root=Path(root).resolve(), **kwargs)
-        settings.validate()
+        root = Path(root).resolve()
+        settings = cls(root=root, **_normalise(kwargs))
+        problems = _problems_of(settings)
+        # Every preset must be usable, not only the chosen one: each is checked
+        # overlaid on the file's own values; problems those values have on
+        # their own are not repeated under a preset's name.
+        others = {name: overlay for name, overlay in overlays.items() if name != chosen}
+        if others:
+            own = set(_problems_of(cls(root=root, **_normalise(base))))
+            for name, overlay in others.items():
+                for problem in _problems_of(cls(root=root, **_normalise({**base, **overlay}))):
+                    if problem not in own:
+                        problems.append(f"PRESETS[{name!r}]: {problem}")
+        if problems:
+            raise ConfigError(problems)
         return settings
+
+    @classmethod
+    def from_run_config(cls, path: Path | str, root: Path | str = ".", defaults: dict | None = None) -> "Settings":
+        """The settings a run saved as JSON (Trainings/<run>/Relevant_Files/config.json).
+
+        Checked as they are loaded: a missing, truncated or edited file, an
+        unknown key or an invalid value stops with StageError, one line that
+        names this file (not config.py). PRESET/PRESETS are dropped (the
+        preset was applied when the run was saved); `defaults` fill in
+        settings that runs saved before they existed.
+        """
+        from clotseg.io import read_json_file
+
+        path = Path(path)
+        values = read_json_file(path, "the run's settings", dict)
+        values.pop("PRESET", None)
+        values.pop("PRESETS", None)
+        for name, value in (defaults or {}).items():
+            values.setdefault(name, value)
+        try:
+            return cls.from_dict(values, root=root)
+        except ConfigError as exc:
+            raise StageError(f"the run's settings {path} are not valid (edited, or saved by another version?): "
+                             f"{'; '.join(exc.problems)}") from exc
 
     @classmethod
     def from_module(cls, module: ModuleType, preset: str | None = None) -> "Settings":
@@ -181,7 +234,14 @@ class Settings:
 
     # ------------------------------------------------------------- validation
     def validate(self) -> None:
-        """Raise ConfigError listing every invalid value (none: return)."""
+        """Raise ConfigError listing every invalid value (none: return).
+
+        Each value is checked against what its consumer accepts (types as
+        well as ranges), so a value that passes never fails later inside a
+        library call: e.g. RANDOM_SEED below 2**32 (NumPy's legacy seeding
+        in keras.utils.set_random_seed), INPUT_SHAPE rows/cols divisible by
+        2**DEPTH (both models), NUM_CLASSES below 256 (uint8 masks).
+        """
         p: list[str] = []
 
         def check(ok, msg):
@@ -192,45 +252,68 @@ class Settings:
                      "save_probabilities", "tune_postprocessing"):
             check(isinstance(getattr(self, name), bool), f"{name.upper()} must be True or False")
         for name in ("tta_flips", "keep_largest_component"):
-            check(getattr(self, name) in (None, True, False),
+            value = getattr(self, name)
+            check(value is None or isinstance(value, bool),
                   f"{name.upper()} must be None (the run's validation-tuned choice), True or False")
+        folders_ok = True
         for name in ("volume_dir", "mask_dir", "processed_dir", "trainings_dir"):
             value = getattr(self, name)
-            check(isinstance(value, str) and value.strip() != "", f"{name.upper()} must be a folder path")
-        check(isinstance(self.case_prefix, str) and re.fullmatch(r"[A-Za-z0-9]*", self.case_prefix or "") is not None,
-              "CASE_PREFIX must be letters/digits")
+            ok = isinstance(value, str) and value.strip() != "" and "\0" not in value
+            folders_ok &= ok
+            check(ok, f"{name.upper()} must be a folder path (text), got {_short(value)}")
+        if folders_ok:
+            p += self._folder_overlaps()
+        prefix_ok = isinstance(self.case_prefix, str) and re.fullmatch(r"[A-Za-z0-9]*", self.case_prefix) is not None
+        check(prefix_ok, "CASE_PREFIX must be letters/digits")
 
         mods = self.modality_patterns
         if not isinstance(mods, dict) or not mods:
             p.append("MODALITY_PATTERNS must be a non-empty dict {name: file pattern}")
             mods = {}
+        patterns_ok = True
         for name, pat in mods.items():
-            check(isinstance(pat, str) and pat.count("<ID>") == 1 and pat.lower().endswith(".npy")
-                  and "/" not in pat and "\\" not in pat,
-                  f"MODALITY_PATTERNS[{name!r}] must be a file name with one <ID> ending in .npy, got {pat!r}")
-        check(isinstance(self.mask_pattern, str) and self.mask_pattern.count("<ID>") == 1
-              and self.mask_pattern.lower().endswith(".npy") and "/" not in self.mask_pattern,
-              f"MASK_PATTERN must be a file name with one <ID> ending in .npy, got {self.mask_pattern!r}")
-        patterns = [pt.lower() for pt in mods.values() if isinstance(pt, str)] + [str(self.mask_pattern).lower()]
-        check(len(set(patterns)) == len(patterns), "MODALITY_PATTERNS and MASK_PATTERN must all differ")
+            if not (isinstance(name, str) and name.strip() and not re.search(r"[/\\\x00-\x1f]", name)):
+                p.append(f"MODALITY_PATTERNS names must be non-empty text without slashes, got {_short(name)}")
+                patterns_ok = False
+            ok = _is_pattern(pat)
+            patterns_ok &= ok
+            check(ok, f"MODALITY_PATTERNS[{_short(name)}] must be a file name with one <ID> ending in .npy, "
+                      f"got {_short(pat)}")
+        mask_ok = _is_pattern(self.mask_pattern)
+        check(mask_ok, f"MASK_PATTERN must be a file name with one <ID> ending in .npy, got {_short(self.mask_pattern)}")
+        if patterns_ok and mask_ok:
+            patterns = [pt.lower() for pt in mods.values()] + [self.mask_pattern.lower()]
+            check(len(set(patterns)) == len(patterns), "MODALITY_PATTERNS and MASK_PATTERN must all differ")
+            # a case id is the text before <ID> (less trailing _/-) + the id: it must be the same in every
+            # pattern, or no volume ever finds its partners or its mask
+            prefixes = {pt: pt.split("<ID>")[0].rstrip("_-") for pt in list(mods.values()) + [self.mask_pattern]}
+            if len(set(prefixes.values())) > 1:
+                p.append("MODALITY_PATTERNS and MASK_PATTERN must have the same case prefix before <ID> "
+                         f"(case ids are that prefix + the id), got {sorted(set(prefixes.values()))}")
+            elif prefix_ok and mods and next(iter(prefixes.values())).lower() != self.case_prefix.lower():
+                p.append(f"CASE_PREFIX {self.case_prefix!r} must be the text before <ID> in the file patterns "
+                         f"({next(iter(prefixes.values()))!r})")
 
         wins = self.windows_hu if isinstance(self.windows_hu, dict) else {}
         check(isinstance(self.windows_hu, dict), "WINDOWS_HU must be a dict {modality: (low, high) or None}")
         for name in mods:
-            check(name in wins, f"WINDOWS_HU has no entry for modality {name!r} (use None if already normalised)")
+            check(name in wins, f"WINDOWS_HU has no entry for modality {_short(name)} (use None if already normalised)")
         for name, win in wins.items():
-            check(name in mods, f"WINDOWS_HU[{name!r}] names no modality of MODALITY_PATTERNS")
+            check(name in mods, f"WINDOWS_HU[{_short(name)}] names no modality of MODALITY_PATTERNS")
             if win is not None:
-                ok = (isinstance(win, (tuple, list)) and len(win) == 2
-                      and all(isinstance(v, (int, float)) and math.isfinite(v) for v in win) and win[0] < win[1])
-                check(ok, f"WINDOWS_HU[{name!r}] must be (low, high) with low < high, or None; got {win!r}")
+                ok = (isinstance(win, (tuple, list)) and len(win) == 2 and all(_is_num(v) for v in win)
+                      and all(abs(v) <= MAX_HU for v in win) and win[1] - win[0] >= MIN_WINDOW_WIDTH)
+                check(ok, f"WINDOWS_HU[{_short(name)}] must be (low, high) with low < high (at least "
+                          f"{MIN_WINDOW_WIDTH:g} apart, within +-{MAX_HU:g}), or None; got {_short(win)}")
         if self.voxel_spacing_mm is not None:
             sp = self.voxel_spacing_mm
             ok = (isinstance(sp, (tuple, list)) and len(sp) == 3
-                  and all(isinstance(v, (int, float)) and v > 0 and math.isfinite(v) for v in sp))
-            check(ok, f"VOXEL_SPACING_MM must be None or three positive numbers (mm), got {sp!r}")
+                  and all(_is_num(v) and 0 < v <= MAX_SPACING_MM for v in sp))
+            check(ok, f"VOXEL_SPACING_MM must be None or three positive numbers (mm, at most {MAX_SPACING_MM:g}), "
+                      f"got {_short(sp)}")
 
-        check(_is_int(self.random_seed) and self.random_seed >= 0, "RANDOM_SEED must be a non-negative integer")
+        check(_is_int(self.random_seed) and 0 <= self.random_seed < 2**32,
+              "RANDOM_SEED must be an integer from 0 to 2**32 - 1 (NumPy's seed range)")
         check(_is_num(self.train_perc) and 0 < self.train_perc < 1, "TRAIN_PERC must be in (0, 1)")
         check(_is_num(self.val_perc) and 0 < self.val_perc < 1, "VAL_PERC must be in (0, 1)")
         if _is_num(self.train_perc) and _is_num(self.val_perc):
@@ -238,42 +321,70 @@ class Settings:
                   f"TRAIN_PERC + VAL_PERC must be below 1 so some cases are left for testing "
                   f"(got {self.train_perc} + {self.val_perc} = {self.train_perc + self.val_perc:g})")
 
+        depth_ok = _is_int(self.depth) and 1 <= self.depth <= 6
+        check(depth_ok, "DEPTH must be an integer from 1 to 6")
         shape = self.input_shape
         shape_ok = isinstance(shape, tuple) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)
-        check(shape_ok, f"INPUT_SHAPE must be (rows, cols, channels) of positive integers, got {shape!r}")
+        check(shape_ok, f"INPUT_SHAPE must be (rows, cols, channels) of positive integers, got {_short(shape)}")
         if shape_ok:
             check(shape[2] == len(mods),
                   f"INPUT_SHAPE has {shape[2]} channel(s) but MODALITY_PATTERNS names {len(mods)} modalities")
-            if _is_int(self.depth) and 1 <= self.depth <= 6:
+            check(max(shape[:2]) <= MAX_SIDE, f"INPUT_SHAPE rows and cols must be at most {MAX_SIDE}, got {shape[:2]}")
+            if depth_ok:
+                # both models (unet: max pooling, resunet: stride-2 blocks) halve rows/cols DEPTH times
                 step = 2 ** self.depth
                 check(shape[0] % step == 0 and shape[1] % step == 0,
                       f"INPUT_SHAPE rows and cols must be multiples of 2**DEPTH = {step}, got {shape[:2]}")
+        counts = {}
         for name in ("target_sample_size_aug_train", "target_sample_size_aug_val", "epochs", "batch_size",
                      "base_filters", "early_stopping_patience", "reduce_lr_patience"):
             value = getattr(self, name)
-            check(_is_int(value) and value >= 1, f"{name.upper()} must be a positive integer, got {value!r}")
+            ok = _is_int(value) and value >= 1
+            check(ok, f"{name.upper()} must be a positive integer, got {_short(value)}")
+            counts[name] = value if ok else None
+        for name in ("target_sample_size_aug_train", "target_sample_size_aug_val"):
+            if counts[name] is not None:
+                check(counts[name] <= MAX_SAMPLES, f"{name.upper()} must be at most {MAX_SAMPLES:,}")
+        if counts["epochs"] is not None:
+            check(counts["epochs"] <= MAX_EPOCHS, f"EPOCHS must be at most {MAX_EPOCHS:,}")
+        if counts["batch_size"] is not None:
+            check(counts["batch_size"] <= MAX_BATCH, f"BATCH_SIZE must be at most {MAX_BATCH}")
+            if counts["target_sample_size_aug_train"] is not None:
+                check(counts["batch_size"] <= counts["target_sample_size_aug_train"],
+                      f"BATCH_SIZE {counts['batch_size']} is larger than TARGET_SAMPLE_SIZE_AUG_TRAIN "
+                      f"{counts['target_sample_size_aug_train']}: one batch must fit in the training samples")
+        if counts["base_filters"] is not None and depth_ok:
+            check(counts["base_filters"] * 2 ** self.depth <= MAX_FILTERS,
+                  f"BASE_FILTERS * 2**DEPTH (the bottleneck's filters) must be at most {MAX_FILTERS}, got "
+                  f"{counts['base_filters']} * {2 ** self.depth}")
         check(_is_num(self.aug_p) and 0 <= self.aug_p <= 1, "AUG_P must be in [0, 1]")
         check(_is_num(self.positive_fraction) and 0 <= self.positive_fraction <= 1, "POSITIVE_FRACTION must be in [0, 1]")
-        check(_is_int(self.num_workers) and self.num_workers >= 0, "NUM_WORKERS must be 0 (all cores) or a positive integer")
-        check(_is_int(self.depth) and 1 <= self.depth <= 6, "DEPTH must be an integer from 1 to 6")
+        check(_is_int(self.num_workers) and 0 <= self.num_workers <= MAX_WORKERS,
+              f"NUM_WORKERS must be 0 (all cores) or a positive integer up to {MAX_WORKERS}")
         check(_is_num(self.dropout) and 0 <= self.dropout < 1, "DROPOUT must be in [0, 1)")
-        check(_is_int(self.num_classes) and self.num_classes >= 1, "NUM_CLASSES must be a positive integer")
-        check(self.loss in LOSSES, f"LOSS must be one of {LOSSES}, got {self.loss!r}")
+        check(_is_int(self.num_classes) and 1 <= self.num_classes <= 255,
+              "NUM_CLASSES must be an integer from 1 to 255 (masks are stored as uint8 class ids)")
+        check(_one_of(self.loss, LOSSES), f"LOSS must be one of {LOSSES}, got {_short(self.loss)}")
         check(_is_num(self.learning_rate) and 0 < self.learning_rate < 1, "LEARNING_RATE must be in (0, 1)")
-        check(self.mixed_precision in _AUTO_BOOL, "MIXED_PRECISION must be 'auto', True or False")
-        check(self.jit_compile in _AUTO_BOOL, "JIT_COMPILE must be 'auto', True or False")
-        check(self.distribution in (None, "data_parallel"), "DISTRIBUTION must be None or 'data_parallel'")
-        check(self.test_run is None or (isinstance(self.test_run, str) and re.fullmatch(r"[\w.\-]+", self.test_run)),
+        check(_auto_bool(self.mixed_precision), "MIXED_PRECISION must be 'auto', True or False")
+        check(_auto_bool(self.jit_compile), "JIT_COMPILE must be 'auto', True or False")
+        check(self.distribution is None or _one_of(self.distribution, ("data_parallel",)),
+              "DISTRIBUTION must be None or 'data_parallel'")
+        check(self.test_run is None or (isinstance(self.test_run, str) and re.fullmatch(r"[\w.\-]+", self.test_run)
+                                        and self.test_run not in (".", "..")),
               "TEST_RUN must be None or a run folder name (no path separators)")
         check(self.threshold is None or (_is_num(self.threshold) and 0 < self.threshold < 1),
               "THRESHOLD must be None (the run's validation-tuned value) or in (0, 1)")
         check(self.min_component_voxels is None
               or (_is_int(self.min_component_voxels) and self.min_component_voxels >= 0),
               "MIN_COMPONENT_VOXELS must be None (the run's validation-tuned value) or a non-negative integer")
-        check(self.model in MODELS, f"MODEL must be one of {MODELS}, got {self.model!r}")
-        check(self.augmentation in AUGMENTATIONS, f"AUGMENTATION must be one of {AUGMENTATIONS}, got {self.augmentation!r}")
-        check(self.lr_schedule in LR_SCHEDULES, f"LR_SCHEDULE must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        check(_is_int(self.warmup_epochs) and self.warmup_epochs >= 0, "WARMUP_EPOCHS must be a non-negative integer")
+        check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")
+        check(_one_of(self.augmentation, AUGMENTATIONS),
+              f"AUGMENTATION must be one of {AUGMENTATIONS}, got {_short(self.augmentation)}")
+        check(_one_of(self.lr_schedule, LR_SCHEDULES),
+              f"LR_SCHEDULE must be one of {LR_SCHEDULES}, got {_short(self.lr_schedule)}")
+        check(_is_int(self.warmup_epochs) and 0 <= self.warmup_epochs <= MAX_EPOCHS,
+              "WARMUP_EPOCHS must be a non-negative integer")
         check(_is_int(self.context_slices) and 0 <= self.context_slices <= 5,
               "CONTEXT_SLICES must be an integer from 0 to 5 (slices above and below fed as extra channels)")
         check(_is_num(self.hard_negative_fraction) and 0 <= self.hard_negative_fraction <= 1,
@@ -281,10 +392,30 @@ class Settings:
         check(self.max_training_minutes is None
               or (_is_num(self.max_training_minutes) and self.max_training_minutes > 0),
               "MAX_TRAINING_MINUTES must be None or a positive number of minutes")
-        check(_is_int(self.bootstrap_resamples) and self.bootstrap_resamples >= 100,
-              "BOOTSTRAP_RESAMPLES must be an integer >= 100")
+        check(_is_int(self.bootstrap_resamples) and 100 <= self.bootstrap_resamples <= MAX_RESAMPLES,
+              f"BOOTSTRAP_RESAMPLES must be an integer from 100 to {MAX_RESAMPLES:,}")
+        check(self.preset is None or isinstance(self.preset, str), "PRESET must be None or a preset name (text)")
+        check(isinstance(self.presets, dict), "PRESETS must be a dict {name: {SETTING: value, ...}}")
+        if not p:
+            try:  # the run saves its settings as JSON (Relevant_Files/config.json)
+                json.dumps(self.to_dict(), allow_nan=False)
+            except (TypeError, ValueError) as exc:
+                p.append(f"settings must be plain Python values (numbers, text, lists, dicts, None): {exc}")
         if p:
             raise ConfigError(p)
+
+    def _folder_overlaps(self) -> list[str]:
+        """Outputs written inside an input folder (or the reverse) would change the user's data."""
+        out = []
+        inputs = {"VOLUME_DIR": self.volume_path, "MASK_DIR": self.mask_path}
+        outputs = {"PROCESSED_DIR": self.processed_path, "TRAININGS_DIR": self.trainings_path}
+        for oname, opath in outputs.items():
+            for iname, ipath in inputs.items():
+                if opath == ipath or ipath in opath.parents:
+                    out.append(f"{oname} {opath} must not be or lie inside {iname} {ipath}: ClotSeg writes "
+                               "there, and it never changes its input folders")
+                    break
+        return out
 
     # ------------------------------------------------------------------ paths
     def path(self, relative: str) -> Path:
@@ -336,12 +467,87 @@ class Settings:
         return {n.upper(): _jsonable(getattr(self, n.lower())) for n in names}
 
 
+def _problems_of(settings: "Settings") -> list[str]:
+    try:
+        settings.validate()
+    except ConfigError as exc:
+        return list(exc.problems)
+    return []
+
+
+_NOT_IN_PRESETS = {"preset", "presets"}
+
+
+def _preset_overlays(presets, known: set, problems: list) -> dict:
+    """{preset name: {setting (lower case): value}} of the well-formed PRESETS
+    entries; what is malformed (not a dict of dicts, names that are not text,
+    unknown settings, PRESET/PRESETS inside a preset) goes to `problems`."""
+    if not isinstance(presets, dict):
+        problems.append("PRESETS must be a dict {name: {SETTING: value, ...}}, got a "
+                        f"{type(presets).__name__}")
+        return {}
+    out = {}
+    for name, entry in presets.items():
+        if not isinstance(name, str) or not name:
+            problems.append(f"PRESETS names must be non-empty text, got {name!r}")
+            continue
+        if not isinstance(entry, dict):
+            problems.append(f"PRESETS[{name!r}] must be a dict {{SETTING: value}}, got a {type(entry).__name__}")
+            continue
+        overlay, ok = {}, True
+        for key, value in entry.items():
+            if not isinstance(key, str):
+                problems.append(f"PRESETS[{name!r}] has a setting name that is not text: {key!r}")
+                ok = False
+            elif key.lower() in _NOT_IN_PRESETS:
+                problems.append(f"PRESETS[{name!r}] cannot set {key} (presets do not nest)")
+                ok = False
+            elif key.lower() not in known:
+                hint = difflib.get_close_matches(key.lower(), known, n=1)
+                extra = f" (did you mean {hint[0].upper()}?)" if hint else ""
+                problems.append(f"PRESETS[{name!r}] sets unknown setting {key}{extra}")
+                ok = False
+            else:
+                overlay[key.lower()] = value
+        if ok:
+            out[name] = overlay
+    return out
+
+
+def _short(value, limit: int = 60) -> str:
+    """repr of a value for a message, cut to `limit` characters."""
+    try:
+        text = repr(value)
+    except Exception:  # a user object whose repr fails
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _one_of(value, options) -> bool:
+    """`value in options` for text options, safe for any value (arrays, unhashables)."""
+    return isinstance(value, str) and value in options
+
+
+def _auto_bool(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, str) and value == "auto")
+
+
+def _is_pattern(pat) -> bool:
+    return (isinstance(pat, str) and pat.count("<ID>") == 1 and pat.lower().endswith(".npy")
+            and "/" not in pat and "\\" not in pat and "\0" not in pat and not pat.startswith("."))
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _normalise(kwargs: dict) -> dict:

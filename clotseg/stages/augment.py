@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -36,15 +38,14 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # no network check at import
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from tqdm import tqdm
 
 from clotseg.errors import StageError
 from clotseg.intensity import stack_context, store_context_rows
-from clotseg.io import fingerprint, load_npy, staged_dir, write_manifest
+from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, read_samples_csv, write_samples_csv
-from clotseg.stages.slicing import TRAIN_COHORTS, sliced_dir
+from clotseg.stages.slicing import TRAIN_COHORTS, sliced_dir, store_bytes
 
 STAGE = "augment"
 CHUNK = 128  # samples per worker task: large enough to amortise task overhead
@@ -132,23 +133,25 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
 
     `seed` (an int or a sequence of ints) fully determines the result.
     `n_modalities` given: also apply the per-modality shift ("strong") when
-    the transform fires.
+    the sample is augmented (probability transform.p).
     """
     # Compose.set_random_seed hands the *same* seed to every transform, which
     # would make e.g. HorizontalFlip and VerticalFlip fire together; give
-    # each transform its own stream instead.
-    states = np.random.SeedSequence(seed).generate_state(2 + len(transform.transforms))
+    # each transform its own stream instead. Whether the sample is augmented
+    # at all (probability transform.p = AUG_P) is drawn here, so that the
+    # per-modality shift goes with the albumentations pipeline.
+    states = np.random.SeedSequence(seed).generate_state(3 + len(transform.transforms))
+    if np.random.default_rng(int(states[1])).random() >= transform.p:
+        return image.copy(), mask.copy()
     transform.set_random_seed(int(states[0]))
-    for t, state in zip(transform.transforms, states[2:]):
+    for t, state in zip(transform.transforms, states[3:]):
         t.set_random_seed(int(state))
     planes = {"image": np.ascontiguousarray(image[..., 0])}
     planes.update({f"image{c}": np.ascontiguousarray(image[..., c]) for c in range(1, image.shape[-1])})
-    out = transform(mask=mask, **planes)
+    out = transform(mask=mask, force_apply=True, **planes)
     stacked = np.stack([out["image"]] + [out[f"image{c}"] for c in range(1, image.shape[-1])], axis=-1)
-    # the per-modality shift fires with the pipeline's probability (AUG_P), drawn from its own stream
-    fired = np.random.default_rng(int(states[1])).random() < transform.p
-    if n_modalities and fired:
-        stacked = modality_shift(stacked, n_modalities, int(states[1]))
+    if n_modalities:
+        stacked = modality_shift(stacked, n_modalities, int(states[2]))
     return stacked, out["mask"]
 
 
@@ -259,33 +262,35 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     n_channels = src_images.shape[-1] * context.shape[1]
     workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2] * context.shape[1])
     workers = max(1, min(workers, -(-n // CHUNK)))
-    with staged_dir(target) as tmp:
-        open_memmap(tmp / IMAGES, mode="w+", dtype=np.uint8, shape=(n, *src_images.shape[1:3], n_channels)).flush()
-        open_memmap(tmp / MASKS, mode="w+", dtype=np.uint8, shape=(n, *src_images.shape[1:3])).flush()
+    hw = tuple(src_images.shape[1:3])
+    # the store's size is known: free space checked, blocks reserved before the workers write
+    # through memory maps (a full disk is then a message, not SIGBUS in a worker)
+    with staged_dir(target, store_bytes(n, hw, n_channels)) as tmp:
+        what = f"the augmented {cohort} sample store"
+        for name, shape in ((IMAGES, (n, *hw, n_channels)), (MASKS, (n, *hw))):
+            store = create_npy(tmp / name, np.uint8, shape, what)
+            store.flush()
+            del store
         shift = src_images.shape[-1] if settings.augmentation == "strong" else None
         jobs = [(str(source), str(tmp), context[picks[s:s + CHUNK]], s, settings.random_seed, cohort_id,
                  settings.aug_p, settings.augmentation, shift)
                 for s in range(0, n, CHUNK)]
         changed = 0
         bar = tqdm(total=n, desc=f"Augmenting {cohort}", unit="sample")
-        if workers == 1:
-            for job in jobs:
-                changed += _augment_chunk(*job)
-                bar.update(len(job[2]))
-        else:
-            try:
-                with ProcessPoolExecutor(workers, mp_context=_pool_context(),
-                                         initializer=_single_threaded_worker) as pool:
-                    futures = {pool.submit(_augment_chunk, *job): len(job[2]) for job in jobs}
-                    for fut in as_completed(futures):
-                        changed += fut.result()
-                        bar.update(futures[fut])
-            except BrokenProcessPool as exc:
-                raise StageError(
-                    "an augmentation worker process died (out of memory, killed, or a script that calls "
-                    "ClotSeg without an `if __name__ == \"__main__\":` guard); set NUM_WORKERS = 1 "
-                    "to augment in one process") from exc
-        bar.close()
+        try:
+            if workers == 1:
+                for job in jobs:
+                    changed += _augment_chunk(*job)
+                    bar.update(len(job[2]))
+            else:
+                changed += _run_pool(workers, jobs, bar)
+        except BrokenProcessPool as exc:
+            raise StageError(
+                "an augmentation worker process died (out of memory, killed, or a script that calls "
+                "ClotSeg without an `if __name__ == \"__main__\":` guard); set NUM_WORKERS = 1 "
+                "to augment in one process") from exc
+        finally:
+            bar.close()
         masks = load_npy(tmp / MASKS, mmap=True)
         out_clot = masks.reshape(n, -1).astype(bool).any(axis=1)
         write_samples_csv(tmp / SAMPLES, ["sample", "source_sample", "case_id", "slice", "clot_pixels"],
@@ -301,6 +306,56 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     return manifest
 
 
+def _run_pool(workers: int, jobs: list, bar) -> int:
+    """Run `jobs` through `_augment_chunk` in `workers` processes; return
+    the number of changed samples.
+
+    On any exception, Ctrl-C (KeyboardInterrupt) included, queued chunks are
+    cancelled and the worker processes terminated and reaped before the
+    exception propagates, so the caller removes its temporary store within
+    about a second and no worker outlives the run or keeps writing into it.
+    (Leaving the pool's `with` block instead would wait for every queued
+    chunk to finish.) The workers ignore SIGINT: a Ctrl-C in the terminal
+    reaches the whole process group, and only the main process handles it.
+    """
+    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
+    futures = {}
+    try:
+        futures = {pool.submit(_augment_chunk, *job): len(job[2]) for job in jobs}
+        changed = 0
+        for fut in as_completed(futures):
+            changed += fut.result()
+            bar.update(futures[fut])
+    except BaseException:
+        _stop_pool(pool, futures)
+        raise
+    pool.shutdown(wait=True)
+    return changed
+
+
+def _stop_pool(pool: ProcessPoolExecutor, futures, grace_s: float = 1.0) -> None:
+    """Cancel what is queued, terminate the workers and reap them (SIGKILL
+    after `grace_s` seconds for any that ignores SIGTERM)."""
+    for fut in futures:
+        fut.cancel()
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        try:
+            proc.terminate()
+        except (OSError, ValueError, AttributeError):
+            pass
+    deadline = time.monotonic() + grace_s
+    for proc in processes:
+        try:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1.0)
+        except (OSError, ValueError, AssertionError, AttributeError):
+            pass
+
+
 def _pool_context():
     """fork when no threaded runtime is loaded (fast start, no re-import of
     the caller's script); spawn otherwise: forking a process whose OpenCV,
@@ -309,6 +364,14 @@ def _pool_context():
     if sys.platform.startswith("linux") and not loaded:
         return mp.get_context("fork")
     return mp.get_context("spawn")
+
+
+def _init_worker():
+    """Worker start-up: Ctrl-C is the main process's to handle (it stops the
+    pool, see `_run_pool`); one OpenCV thread per worker, as the pool
+    already uses every core."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _single_threaded_worker()
 
 
 def _single_threaded_worker():

@@ -31,7 +31,8 @@ from clotseg.cohort import discover_cases, load_case
 from clotseg.errors import StageError
 from clotseg.evaluation.figures import plot_training_curves, prediction_panel
 from clotseg.intensity import centre_channels, normalise_mask, stack_context, store_context_rows
-from clotseg.io import atomic_write_json, atomic_write_text, read_json
+from clotseg.io import (atomic_write_json, atomic_write_text, check_keras_file, disk_full_error, is_no_space,
+                        read_json, read_manifest, read_run_record, read_run_state)
 from clotseg.settings import Settings
 from clotseg.stages.augment import augmented_dir
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
@@ -51,14 +52,29 @@ LEGACY_RUN_DEFAULTS = {"CONTEXT_SLICES": 0, "MODEL": "unet"}
 
 # ---------------------------------------------------------------- run folders
 def new_run_dir(settings: Settings) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    run = settings.trainings_path / stamp
-    n = 1
-    while run.exists():  # two runs in one second
-        run = settings.trainings_path / f"{stamp}-{n}"
-        n += 1
-    for sub in ("Best_Model", "Checkpoint_Files", "Relevant_Files", "Predictions"):
-        (run / sub).mkdir(parents=True, exist_ok=True)
+    """Create and claim a new run folder Trainings/<YYYYmmdd-HHMMSS>[-n].
+
+    The folder is claimed with an exclusive mkdir (it fails if the name
+    exists), so two runs started in the same second never share a folder.
+    """
+    root = settings.trainings_path
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        n = 0
+        while True:
+            run = root / (stamp if n == 0 else f"{stamp}-{n}")
+            try:
+                run.mkdir()
+                break
+            except FileExistsError:  # another run claimed this name first (or a file has it)
+                n += 1
+        for sub in ("Best_Model", "Checkpoint_Files", "Relevant_Files", "Predictions"):
+            (run / sub).mkdir()
+    except OSError as exc:
+        if is_no_space(exc):
+            raise disk_full_error(root, None, "a new run folder", exc) from exc
+        raise
     return run
 
 
@@ -71,11 +87,31 @@ def list_runs(settings: Settings) -> list[Path]:
 
 
 def find_resumable(settings: Settings) -> Path | None:
-    """Latest run that did not finish and has a last checkpoint."""
+    """Latest run that did not finish and has a last checkpoint.
+
+    Every file the resume reads is checked first: run.json (of each run
+    looked at), Checkpoint_Files/state.json, Relevant_Files/config.json and
+    Checkpoint_Files/last.keras (complete, and of the run's input shape and
+    class count), and the current settings must describe the same model
+    inputs and classes. A bad file stops with StageError naming it.
+    """
     for run in reversed(list_runs(settings)):
-        record = read_json(run / "run.json")
-        if record.get("status") != "finished" and (run / "Checkpoint_Files" / "state.json").is_file():
-            return run
+        record = read_run_record(run / "run.json")
+        state_path = run / "Checkpoint_Files" / "state.json"
+        if record["status"] == "finished" or not os.path.lexists(state_path):
+            continue
+        read_run_record(run / "run.json", required=("status", "device"))
+        read_run_state(state_path)
+        trained = load_run_settings(run, settings.root)
+        check_keras_file(run / "Checkpoint_Files" / "last.keras", trained.model_input_shape, trained.num_classes,
+                         "the checkpoint", f"the run's settings {run / 'Relevant_Files' / 'config.json'}")
+        now = (tuple(settings.model_input_shape), settings.num_classes)
+        then = (tuple(trained.model_input_shape), trained.num_classes)
+        if now != then:
+            raise StageError(f"cannot resume run {run.name}: it was trained on inputs {then[0]} with NUM_CLASSES = "
+                             f"{then[1]}, but config.py now gives inputs {now[0]} with NUM_CLASSES = {now[1]}; set "
+                             "INPUT_SHAPE, CONTEXT_SLICES and NUM_CLASSES back, or start a new run (RESUME = False)")
+        return run
     return None
 
 
@@ -227,10 +263,47 @@ class CurvesPlotter(keras.callbacks.Callback):
 
 
 def _atomic_save_model(model, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Save `model` to a temp file beside `path`, then rename it into place.
+
+    A failed save (a full disk, a kill) never leaves a half-written model
+    under `path`, and the temp file is removed; a full disk becomes
+    DiskFullError naming the folder and about the space the model needs.
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(tmp)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if _no_space(exc):
+            raise disk_full_error(path.parent, _model_bytes(model), f"saving {path.name}", exc) from exc
+        raise
+
+
+def _no_space(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT, also when a library (zipfile, h5py) wrapped or re-raised it."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if is_no_space(exc) or "No space left on device" in str(exc) or "Disk quota exceeded" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def _model_bytes(model) -> int | None:
+    """About what a .keras file of `model` takes: its weights and optimizer
+    variables, plus the zip's config (generous)."""
+    try:
+        variables = list(model.weights)
+        optimizer = getattr(model, "optimizer", None)
+        if optimizer is not None:
+            variables += list(getattr(optimizer, "variables", []))
+        return int(sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in variables)) + 1_000_000
+    except Exception:  # an estimate only: the message then says "needs more space"
+        return None
 
 
 # --------------------------------------------------------------------- stage
@@ -282,7 +355,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
             if state["epochs_done"] >= settings.epochs:
                 log(f"[train] run {run.name} already completed {state['epochs_done']} epochs")
     for cohort in ("Training", "Validation"):
-        if not (augmented_dir(settings, cohort) / "manifest.json").is_file():
+        if read_manifest(augmented_dir(settings, cohort)) is None:
             raise StageError(f"no augmented {cohort} samples at {augmented_dir(settings, cohort)}; "
                              "set DATA_AUG = True (and SLICE_EXTRACT = True) and rerun")
     keras.utils.set_random_seed(settings.random_seed)
@@ -436,9 +509,9 @@ def _write_relevant_files(settings: Settings, run: Path) -> None:
     manifests = {}
     for stage in ("Sliced", "Augmented"):
         for cohort in ("Training", "Validation"):
-            m = settings.processed_path / stage / cohort / "manifest.json"
-            if m.is_file():
-                manifests[f"{stage}/{cohort}"] = read_json(m)
+            m = read_manifest(settings.processed_path / stage / cohort)
+            if m is not None:
+                manifests[f"{stage}/{cohort}"] = m
     atomic_write_json(rel / "data_manifests.json", manifests)
 
 
@@ -471,12 +544,12 @@ def _now() -> str:
 
 
 def load_run_settings(run: Path, root: Path) -> Settings:
-    """The settings a run was trained with (paths resolved against `root`)."""
-    values = json.loads((run / "Relevant_Files" / "config.json").read_text())
-    values.pop("PRESET", None)  # already applied when the run was saved
-    for name, value in LEGACY_RUN_DEFAULTS.items():
-        values.setdefault(name, value)
-    return Settings.from_dict(values, root=root)
+    """The settings a run was trained with (paths resolved against `root`).
+
+    A missing, truncated or edited Relevant_Files/config.json (an unknown
+    key or an invalid value included) stops with StageError naming that file.
+    """
+    return Settings.from_run_config(Path(run) / "Relevant_Files" / "config.json", root, LEGACY_RUN_DEFAULTS)
 
 
 if __name__ == "__main__":  # pragma: no cover
