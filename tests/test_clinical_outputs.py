@@ -147,3 +147,37 @@ def test_scoring_cli_reproduces_the_testing_scores(tested, tmp_path):
         assert r == by_id[r["case_id"]]
     again = json.loads((tmp_path / "scores" / "summary.json").read_text())
     assert again["biomarker_agreement"] == json.loads((out / "summary.json").read_text())["biomarker_agreement"]
+
+
+def test_predict_step_exports_dicom_seg_and_survives_a_moved_series(tmp_path):
+    """The predict step's export of a DICOM-imported case: NIfTI + DICOM-SEG read
+    back with highdicom; a series that moved away is a logged problem, not a crash."""
+    import shutil
+
+    from clotseg.cohort import Case
+    from clotseg.importers.dicom import import_dicom
+    from clotseg.stages.evaluate import _export
+    from tests.test_export import _dicom_series, _read_seg
+
+    _dicom_series(tmp_path / "dicom" / "caseA" / "ct")
+    opts = ImportOptions(out_root=tmp_path / "proj", log=quiet)
+    import_dicom(tmp_path / "dicom", {"NCCT": "ct"}, opts)
+    vol = opts.volume_path
+    case = Case("CS1", {"NCCT": vol / "CS1_NCCT_Reg_Binary.npy"}, None, vol / "CS1.json")
+    pred = np.zeros((6, 5, 5), np.uint8)
+    pred[1:3, 2:4, 1] = 1
+    out = tmp_path / "predictions"
+    out.mkdir()
+    logged = []
+    written, problems = _export(case, pred, pred * 0.8, out, 1, "clot", logged.append)
+    assert written == ["CS1_pred.nii.gz", "CS1_prob.nii.gz", "CS1_seg.dcm"] and problems == []
+    seg, back = _read_seg(out / "CS1_seg.dcm", read_json(vol / "CS1.json")["source_files"]["NCCT"])
+    assert np.array_equal(back, pred) and seg.SegmentSequence[0].SegmentLabel == "Clot"
+    assert np.array_equal(np.asarray(nib.load(str(out / "CS1_pred.nii.gz")).dataobj), pred)
+
+    shutil.rmtree(tmp_path / "dicom")
+    again = tmp_path / "again"
+    again.mkdir()
+    written, problems = _export(case, pred, None, again, 1, "clot", logged.append)
+    assert written == ["CS1_pred.nii.gz"] and len(problems) == 1 and "CS1_seg.dcm not written" in problems[0]
+    assert any(line.startswith("warning: case CS1") for line in logged)
