@@ -167,6 +167,10 @@ class Settings:
         root = Path(root).resolve()
         settings = cls(root=root, **_normalise(kwargs))
         problems = _problems_of(settings)
+        if not problems:
+            # config.py's own folders only: `replace` (e.g. testing.py --input-dir) may point VOLUME_DIR
+            # at any folder, and prediction never writes into it
+            problems = settings._folder_overlaps()
         # Every preset must be usable, not only the chosen one: each is checked
         # overlaid on the file's own values; problems those values have on
         # their own are not repeated under a preset's name.
@@ -255,14 +259,10 @@ class Settings:
             value = getattr(self, name)
             check(value is None or isinstance(value, bool),
                   f"{name.upper()} must be None (the run's validation-tuned choice), True or False")
-        folders_ok = True
         for name in ("volume_dir", "mask_dir", "processed_dir", "trainings_dir"):
             value = getattr(self, name)
             ok = isinstance(value, str) and value.strip() != "" and "\0" not in value
-            folders_ok &= ok
             check(ok, f"{name.upper()} must be a folder path (text), got {_short(value)}")
-        if folders_ok:
-            p += self._folder_overlaps()
         prefix_ok = isinstance(self.case_prefix, str) and re.fullmatch(r"[A-Za-z0-9]*", self.case_prefix) is not None
         check(prefix_ok, "CASE_PREFIX must be letters/digits")
 
@@ -405,7 +405,8 @@ class Settings:
             raise ConfigError(p)
 
     def _folder_overlaps(self) -> list[str]:
-        """Outputs written inside an input folder (or the reverse) would change the user's data."""
+        """PROCESSED_DIR / TRAININGS_DIR equal to or inside VOLUME_DIR / MASK_DIR: the runs would
+        write into the user's input folders (checked by `from_dict`, for the settings of a file)."""
         out = []
         inputs = {"VOLUME_DIR": self.volume_path, "MASK_DIR": self.mask_path}
         outputs = {"PROCESSED_DIR": self.processed_path, "TRAININGS_DIR": self.trainings_path}
