@@ -378,7 +378,7 @@ _STATE_FIELDS = {
     "epochs_done": ("a whole number >= 0", lambda v: _is_count(v, 0)),
     "best_val_dice": ("a number", lambda v: _is_number(v) and not math.isnan(v)),
     "best_epoch": ("a whole number >= -1", lambda v: _is_count(v, -1)),
-    "learning_rate": ("a positive number", lambda v: _is_number(v, finite=True) and v > 0),
+    "learning_rate": ("a number >= 0", lambda v: _is_number(v, finite=True) and v >= 0),  # poly decays to 0
     "stopped_early": ("true or false", lambda v: isinstance(v, bool)),
 }
 _STATE_REQUIRED = ("epochs_done", "best_val_dice", "best_epoch")
