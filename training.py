@@ -21,7 +21,11 @@ def main() -> int:
 
     prepare_data(settings)
     if args.prepare_only:
+        print(f"[prepare] data ready in {settings.processed_path}; train with: python training.py")
         return 0
+    from clotseg.quiet import load_backend
+
+    load_backend()  # Keras and its backend start here, without their C++ start-up lines
     from clotseg.stages.train import run_training
 
     run_training(settings, resume=True if args.resume else None)

@@ -1,13 +1,16 @@
 """Backend, device and precision detection for Keras 3 (TensorFlow, JAX, torch).
 
-Importing this module imports keras, so the data stages never import it.
+Importing this module imports keras (quietly, through clotseg.quiet), so the
+data stages never import it.
 """
 
 from __future__ import annotations
 
 import platform
 
-import keras
+from clotseg.quiet import load_backend
+
+keras = load_backend()
 
 
 def backend() -> str:

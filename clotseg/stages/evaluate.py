@@ -58,8 +58,9 @@ def load_model(run: Path, jit_compile="auto"):
     `jit_compile` ("auto", True, False) sets XLA for prediction as
     `clotseg.runtime.resolve_jit` decides for training.
     """
-    import keras
+    from clotseg.quiet import load_backend
 
+    keras = load_backend()  # the only Keras import of testing: fd 2 quiet while the backend starts
     import myModels  # noqa: F401  (registers the custom losses and metrics)
     from clotseg import runtime
 
@@ -257,10 +258,11 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
         log(f"[test] render: figures and {report.name}")
         write_manifest(out, "test", fingerprint([c.signature() for c in cases]),
                        **{k: v for k, v in meta.items() if k not in ("exports", "export_problems")})
-    log(f"[test] {len(cases)} case(s); outputs in {out_path} (open {out_path / 'report.html'})")
     if labelled:
         log(markdown_table(summary))
         rank = summary.get("uncertainty_ranking") or {}
         if rank.get("spearman_rho") is not None:
             log(f"Uncertainty score vs Dice: Spearman rho {rank['spearman_rho']:.2f} (n = {rank['n']})")
+    # last line of the run: where its outputs are
+    log(f"[test] {len(cases)} case(s); outputs in {out_path} (open {out_path / 'report.html'})")
     return summary

@@ -453,7 +453,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     if settings.tune_postprocessing and settings.num_classes == 1:
         tune_run_postprocessing(settings, run, log)
     log(f"[train] finished: best validation Dice {final['best_val_dice']:.4f} at epoch {final['best_epoch']}; "
-        f"model {run / 'Best_Model' / 'model.keras'}")
+        f"model {run / 'Best_Model' / 'model.keras'}; outputs in {run}")
     return run
 
 
