@@ -78,6 +78,7 @@ BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
 DROPOUT = 0.1
 NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
+TARGET_NAME = "clot"             # what the masks mark, used in logs and reports ("hemorrhage" for an ICH cohort)
 
 # --------------------------------------------------------------------------
 # Training (stage 4)

@@ -154,7 +154,7 @@ def check_any_clot(clot: dict, settings: Settings) -> None:
     if labelled and not any(clot[c] for c in labelled):
         raise InputDataError(
             f"every mask of the cohort is empty: none of the {len(labelled)} case(s) in {settings.mask_path} "
-            "marks a clot voxel, so there is nothing to learn (and a validation Dice of 1.0 would mean nothing); "
+            f"marks a {settings.target_name} voxel, so there is nothing to learn (and a validation Dice of 1.0 would mean nothing); "
             "check MASK_DIR / MASK_PATTERN and that the masks are not blank")
 
 
@@ -164,11 +164,12 @@ def check_labels(cohorts: dict, clot: dict, settings: Settings, log=print) -> No
     training = cohorts.get("Training", [])
     if training and not any(clot.get(c) for c in training):
         raise InputDataError(
-            f"no Training case has a clot (all {len(training)} Training masks are empty), so there is nothing "
-            "to learn; add clot cases or set STRATIFY_SPLIT = True so clot cases reach every cohort")
+            f"no Training case has a {settings.target_name} (all {len(training)} Training masks are empty), so "
+            f"there is nothing to learn; add {settings.target_name} cases or set STRATIFY_SPLIT = True so "
+            f"{settings.target_name} cases reach every cohort")
     validation = cohorts.get("Validation", [])
     if validation and not any(clot.get(c) for c in validation):
-        log(f"warning: no Validation case has a clot ({len(validation)} case(s)); the validation Dice only "
+        log(f"warning: no Validation case has a {settings.target_name} ({len(validation)} case(s)); the validation Dice only "
             "measures false alarms and reads 1.0 for an empty prediction")
 
 
@@ -194,12 +195,12 @@ def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True, lock
         check_labels(cohorts, clot, settings, log)
         sliced = run_slicing(settings, cohorts, by_id, shapes, log)
         augmented = run_augmentation(settings, sliced, log)
-    log(summary_table(cohorts, sliced, augmented))
+    log(summary_table(cohorts, sliced, augmented, settings.target_name))
     return {"cases": cases, "cohorts": cohorts, "shapes": shapes, "sliced": sliced, "augmented": augmented}
 
 
-def summary_table(cohorts: dict, sliced: dict, augmented: dict) -> str:
-    lines = ["", "| cohort | cases | slices (with clot) | augmented samples (with clot) |",
+def summary_table(cohorts: dict, sliced: dict, augmented: dict, target_name: str = "clot") -> str:
+    lines = ["", f"| cohort | cases | slices (with {target_name}) | augmented samples (with {target_name}) |",
              "| --- | --- | --- | --- |"]
     for name in ("Training", "Validation", "Testing"):
         s = sliced.get(name)

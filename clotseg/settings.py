@@ -77,6 +77,8 @@ class Settings:
     train_perc: float = 0.6
     val_perc: float = 0.2
     stratify_split: bool = True
+    split_file: str | None = None
+    group_by: str | None = None
     # slicing and augmentation
     input_shape: tuple = (256, 256, 2)
     target_sample_size_aug_train: int = 20000
@@ -93,6 +95,7 @@ class Settings:
     depth: int = 3
     dropout: float = 0.1
     num_classes: int = 1
+    target_name: str = "clot"
     # training
     loss: str = "bce_dice"
     learning_rate: float = 1e-3
@@ -364,6 +367,13 @@ class Settings:
         check(_is_num(self.dropout) and 0 <= self.dropout < 1, "DROPOUT must be in [0, 1)")
         check(_is_int(self.num_classes) and 1 <= self.num_classes <= 255,
               "NUM_CLASSES must be an integer from 1 to 255 (masks are stored as uint8 class ids)")
+        check(isinstance(self.target_name, str) and 0 < len(self.target_name.strip()) <= 40
+              and self.target_name.isprintable(),
+              "TARGET_NAME must be a short name of what is segmented (1 to 40 printable characters), e.g. 'clot'")
+        check(self.split_file is None or (isinstance(self.split_file, str) and self.split_file.strip() != ""),
+              "SPLIT_FILE must be None (ClotSeg splits) or the path of a JSON or CSV file {case: cohort}")
+        check(self.group_by is None or (isinstance(self.group_by, str) and re.fullmatch(r"\w[\w.\-]{0,63}", self.group_by)),
+              "GROUP_BY must be None or the name of a sidecar field (such as 'source' or 'site')")
         check(_one_of(self.loss, LOSSES), f"LOSS must be one of {LOSSES}, got {_short(self.loss)}")
         check(_is_num(self.learning_rate) and 0 < self.learning_rate < 1, "LEARNING_RATE must be in (0, 1)")
         check(_auto_bool(self.mixed_precision), "MIXED_PRECISION must be 'auto', True or False")
@@ -437,6 +447,11 @@ class Settings:
     @property
     def trainings_path(self) -> Path:
         return self.path(self.trainings_dir)
+
+    @property
+    def split_file_path(self) -> Path | None:
+        """SPLIT_FILE resolved against the config's folder (None: ClotSeg splits)."""
+        return None if self.split_file is None else self.path(self.split_file)
 
     @property
     def modalities(self) -> list[str]:

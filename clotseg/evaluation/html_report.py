@@ -228,7 +228,7 @@ def _summary_metrics_table(block: dict, title: str) -> str:
     return "".join(out)
 
 
-def _detection(det: dict) -> str:
+def _detection(det: dict, target_name: str = "clot") -> str:
     if not det:
         return ""
 
@@ -241,19 +241,20 @@ def _detection(det: dict) -> str:
               f"({fmt(det.get('n_detected_lesions'))}/{fmt(det.get('n_true_lesions'))})"),
              ("Case sensitivity [95% Wilson CI]", rate("case_sensitivity", "case_sensitivity_ci",
                                                         "n_clot_cases_detected", "n_clot_cases")),
-             ("Specificity on clot-free cases [95% Wilson CI]", rate("specificity", "specificity_ci",
+             (f"Specificity on {target_name}-free cases [95% Wilson CI]", rate("specificity", "specificity_ci",
                                                                      "n_clot_free_cases_clean", "n_clot_free_cases")),
              ("False-positive components per case", fmt(det.get("fp_components_per_case")))]
     body = "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(v)}</dd>" for k, v in items)
     return f"<h3>Detection</h3><dl class=\"kv\">{body}</dl>"
 
 
-def _summary_section(summary: dict) -> str:
+def _summary_section(summary: dict, target_name: str = "clot") -> str:
+    title = target_name[:1].upper() + target_name[1:]
     if not summary:
         return "<section><h2>Summary</h2><p class=\"note\">no summary given</p></section>"
     parts = ["<section id=\"summary\"><h2>Summary</h2>"]
     counts = [("Cases", summary.get("n_cases")), ("Labelled", summary.get("n_labeled")),
-              ("Unlabelled", summary.get("n_unlabeled")), ("Clot cases", summary.get("n_clot_cases"))]
+              ("Unlabelled", summary.get("n_unlabeled")), (f"{title} cases", summary.get("n_clot_cases"))]
     types = summary.get("case_types") or {}
     counts += [(f"type: {k}", v) for k, v in types.items()]
     parts.append("<dl class=\"kv\">" + "".join(f"<dt>{_esc(k)}</dt><dd>{_esc(fmt(v))}</dd>"
@@ -267,12 +268,12 @@ def _summary_section(summary: dict) -> str:
         for name, block in classes.items():
             parts.append(f"<h3>Class {_esc(name)}</h3>")
             parts.append(_summary_metrics_table(block.get("metrics") or {}, "All labelled cases"))
-            parts.append(_summary_metrics_table(block.get("metrics_clot_cases") or {}, "Clot cases"))
-            parts.append(_detection(block.get("detection") or {}))
+            parts.append(_summary_metrics_table(block.get("metrics_clot_cases") or {}, f"{title} cases"))
+            parts.append(_detection(block.get("detection") or {}, target_name))
     else:
         parts.append(_summary_metrics_table(summary.get("metrics") or {}, "All labelled cases"))
-        parts.append(_summary_metrics_table(summary.get("metrics_clot_cases") or {}, "Clot cases only"))
-        parts.append(_detection(summary.get("detection") or {}))
+        parts.append(_summary_metrics_table(summary.get("metrics_clot_cases") or {}, f"{title} cases only"))
+        parts.append(_detection(summary.get("detection") or {}, target_name))
     for w in summary.get("warnings") or []:
         parts.append(f"<p class=\"warn\">warning: {_esc(w)}</p>")
     conv = summary.get("conventions") or {}
@@ -432,7 +433,7 @@ def build_html(summary: dict, rows: list[dict], images: dict | None = None, titl
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
         f"<header><h1>{_esc(title)}</h1><p>{subtitle} {len(rows)} case(s)</p></header><main>",
-        _summary_section(summary),
+        _summary_section(summary, target_name),
         _agreement_section(agreement, ranking),
         _cases_section(rows, cols, overlays),
         _figures_section(images),

@@ -273,17 +273,20 @@ def _pct(value) -> str:
     return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else f"{100 * value:.1f}%"
 
 
-def markdown_table(summary: dict, scope: str = "metrics") -> str:
+def markdown_table(summary: dict, scope: str = "metrics", target_name: str | None = None) -> str:
     """Markdown table (metric | mean | median | std | 95% CI | n) plus detection lines.
 
     Args:
         summary: as returned by `write_report`/`build_summary` or read back
             from summary.json.
         scope: "metrics" (all labeled cases) or "metrics_clot_cases".
+        target_name: what is segmented, for the wording (default: the
+            summary's meta "target_name", else "clot").
     A multi-class summary gives one table per class, headed "Class <k>".
     """
+    target = target_name or str((summary.get("meta") or {}).get("target_name") or "clot")
     if "classes" in summary:
-        return "\n".join(f"Class {name[1:]}\n\n" + markdown_table(sub, scope)
+        return "\n".join(f"Class {name[1:]}\n\n" + markdown_table(sub, scope, target)
                          for name, sub in summary["classes"].items())
     lines = ["| metric | mean | median | std | 95% CI | n |", "| --- | --- | --- | --- | --- | --- |"]
     for name, s in summary.get(scope, {}).items():
@@ -302,8 +305,8 @@ def markdown_table(summary: dict, scope: str = "metrics") -> str:
         lines.append(f"- Lesion sensitivity: {_pct(det.get('lesion_sensitivity'))} "
                      f"({det.get('n_detected_lesions', 0)}/{det.get('n_true_lesions', 0)} lesions)")
         lines.append(f"- Case sensitivity: {_pct(det.get('case_sensitivity'))} "
-                     f"({det.get('n_clot_cases_detected', 0)}/{det.get('n_clot_cases', 0)} clot cases)")
-        lines.append(f"- Specificity (clot-free cases without prediction): {_pct(det.get('specificity'))} "
+                     f"({det.get('n_clot_cases_detected', 0)}/{det.get('n_clot_cases', 0)} {target} cases)")
+        lines.append(f"- Specificity ({target}-free cases without prediction): {_pct(det.get('specificity'))} "
                      f"({det.get('n_clot_free_cases_clean', 0)}/{det.get('n_clot_free_cases', 0)})")
         lines.append(f"- False-positive components per case: {_fmt(det.get('fp_components_per_case'), 2)}")
     n_fail = summary.get("n_distance_failure_values")

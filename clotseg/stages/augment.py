@@ -241,7 +241,7 @@ def run_augmentation(settings: Settings, sliced: dict, log=print) -> dict:
             n = settings.target_sample_size_aug_train if cohort == "Training" else settings.target_sample_size_aug_val
             manifest = augment_cohort(settings, cohort, n, target, key)
             log(f"[augment {cohort}] {manifest['n_samples']} samples of {manifest['channels']} channels "
-                f"({manifest['n_positive']} with clot, {manifest['n_augmented']} transformed) "
+                f"({manifest['n_positive']} with {settings.target_name}, {manifest['n_augmented']} transformed) "
                 f"with {manifest['workers']} worker(s) -> {target}")
         out[cohort] = manifest
     return out

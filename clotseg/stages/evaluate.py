@@ -103,8 +103,8 @@ def output_dir(run: Path, input_dir: Path | None, output: Path | None = None) ->
 
 
 def target_name(settings: Settings) -> str:
-    """What is segmented, for logs and reports (TARGET_NAME when config.py has it, else "clot")."""
-    return str(getattr(settings, "target_name", None) or "clot")
+    """What is segmented, for logs and reports (TARGET_NAME, "clot" by default)."""
+    return settings.target_name
 
 
 # ------------------------------------------------------------------ step 1

@@ -49,7 +49,7 @@ def run_slicing(settings: Settings, cohorts: dict, cases_by_id: dict, shapes: di
         if manifest is None:
             manifest = slice_cohort(settings, cases, shapes, target, key, cohort)
             log(f"[slice {cohort}] {manifest['n_samples']} slices from {manifest['n_cases']} cases "
-                f"({manifest['n_positive']} with clot) -> {target}")
+                f"({manifest['n_positive']} with {settings.target_name}) -> {target}")
         out[cohort] = manifest
     return out
 
