@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +18,13 @@ import numpy as np
 from tqdm import tqdm
 
 from clotseg.errors import InputDataError
+from clotseg.helpers import natural_key, pattern_regex  # noqa: F401  (one definition each; names kept here)
 from clotseg.io import available_memory_bytes, file_signature, human_bytes, load_npy, special_file_problem
 from clotseg.settings import Settings
 
 # Integer HU outside this range means a wrapped-around (overflowed) type,
 # e.g. -1000 HU saved as uint16 reads 64536.
 _HU_PLAUSIBLE = (-2048.0, 16384.0)
-_ID = r"(?P<id>[A-Za-z0-9-]+)"
 
 
 @dataclass(frozen=True)
@@ -83,12 +82,6 @@ def read_sidecar(path: Path, case_id: str = "") -> dict:
             raise InputDataError(f"{who}sidecar {path}: spacing_mm must be three finite positive numbers "
                                  f"[row, col, slice] in mm, got {json.dumps(sp)[:80]}")
     return data
-
-
-def pattern_regex(pattern: str) -> re.Pattern:
-    """'CS<ID>_CTA_Binary.npy' -> case-insensitive regex with group 'id'."""
-    before, after = pattern.split("<ID>")
-    return re.compile("^" + re.escape(before) + _ID + re.escape(after) + "$", re.IGNORECASE)
 
 
 def case_id_for(pattern: str, raw_id: str) -> str:
@@ -206,11 +199,6 @@ def discover_cases(settings: Settings, require_masks: bool = True, warn=print) -
     if problems:
         raise InputDataError(listing("cohort problems", problems))
     return cases
-
-
-def natural_key(case_id: str):
-    """Sort key: CS2 before CS10."""
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", case_id)]
 
 
 def listing(title: str, problems: list[str]) -> str:

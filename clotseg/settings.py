@@ -21,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from clotseg.errors import ConfigError, StageError
+from clotseg.helpers import jsonable
 
 LOSSES = ("dice", "bce_dice", "tversky", "focal_tversky")
 MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test keeps them in sync)
@@ -579,10 +580,6 @@ def _normalise(kwargs: dict) -> dict:
 
 
 def _jsonable(value):
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
+    """Settings as JSON values; NaN and non-text keys are kept so that validation's
+    json.dumps(allow_nan=False) still reports them."""
+    return jsonable(value, finite_only=False, str_keys=False)

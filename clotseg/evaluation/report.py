@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 from clotseg.evaluation.stats import detection_summary, summarize
+from clotseg.helpers import jsonable as _jsonable
 from clotseg.io import atomic_write_json, atomic_write_text
 
 CSV_NAME = "metrics.csv"
@@ -126,19 +127,6 @@ def metrics_csv(rows: list[dict]) -> str:
     for r in rows:
         writer.writerow([_cell(r.get(c)) for c in cols])
     return buf.getvalue()
-
-
-def _jsonable(obj):
-    """NaN/inf -> None, numpy scalars -> Python, recursively (strict JSON)."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _metric_block(rows: list[dict], n_resamples: int, seed: int, warnings: list[str], scope: str) -> dict:

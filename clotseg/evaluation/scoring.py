@@ -67,12 +67,14 @@ from pathlib import Path
 
 import numpy as np
 
-from clotseg.cohort import case_id_for, listing, natural_key, pattern_regex, read_sidecar
+from clotseg.cohort import case_id_for, listing, read_sidecar
 from clotseg.errors import InputDataError
 from clotseg.evaluation.agreement import agreement_table
 from clotseg.evaluation.biomarkers import BIOMARKER_UNITS, biomarker_row, modality_key, unit_of
 from clotseg.evaluation.metrics import case_metrics
-from clotseg.evaluation.report import SUMMARY_NAME, _jsonable, split_by_class, write_report
+from clotseg.evaluation.report import SUMMARY_NAME, split_by_class, write_report
+from clotseg.helpers import jsonable as _jsonable
+from clotseg.helpers import natural_key, pattern_regex
 from clotseg.evaluation.uncertainty import uncertainty_ranking
 from clotseg.intensity import normalise_mask
 from clotseg.io import atomic_write_json, load_npy

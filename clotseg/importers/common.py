@@ -17,7 +17,6 @@ identical files are left alone, so re-running an import is safe.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +26,8 @@ import cv2
 import numpy as np
 
 from clotseg.errors import InputDataError
+from clotseg.helpers import jsonable as _jsonable
+from clotseg.helpers import natural_key  # noqa: F401  (imported from here by the importers)
 from clotseg.io import atomic_save_npy, atomic_write_json, load_npy, read_json
 
 IMPORT_MAP = "import_map.json"
@@ -168,11 +169,6 @@ class ImportReport:
     unchanged: list = field(default_factory=list)
     failed: dict = field(default_factory=dict)     # source name -> message
     shapes: dict = field(default_factory=dict)     # case id -> (H, W, D)
-
-
-def natural_key(text: str) -> list:
-    """Sort key that orders 'case2' before 'case10'."""
-    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", text) if t != ""]
 
 
 def parse_assignments(items, what: str) -> dict:
@@ -402,20 +398,6 @@ def _same_json(path: Path, obj) -> bool:
         return read_json(path) == json.loads(json.dumps(obj, sort_keys=True))
     except (OSError, json.JSONDecodeError):
         return False
-
-
-def _jsonable(value):
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def build_sidecar(case_id: str, source_name: str, importer: str, case: LoadedCase, shape) -> dict:

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from clotseg.errors import InputDataError
+from clotseg.helpers import pattern_regex as _pattern_regex
 from clotseg.importers.common import (CaseSource, ImportOptions, ImportReport, LoadedCase, mask_to_labels,
                                       natural_key, run_import)
 
@@ -25,25 +26,11 @@ DEFAULT_AFFINE_TOL_MM = 1e-3
 
 
 # --------------------------------------------------------------- patterns
-def _literal_regex(text: str) -> str:
-    """Glob text (with * and ?) -> regex; neither wildcard crosses a '/'."""
-    out = []
-    for ch in text:
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        else:
-            out.append(re.escape(ch))
-    return "".join(out)
-
-
 def pattern_regex(pattern: str) -> re.Pattern:
     """'{case}_cta.nii.gz' -> regex matching relative paths, group 'case'."""
     if pattern.count("{case}") != 1:
         raise InputDataError(f"file pattern {pattern!r} must contain {{case}} exactly once")
-    before, after = pattern.split("{case}")
-    return re.compile(_literal_regex(before) + r"(?P<case>[^/]*?)" + _literal_regex(after))
+    return _pattern_regex(pattern, "{case}", "case", r"[^/]*?", wildcards=True, ignore_case=False)
 
 
 def _literal_length(pattern: str) -> int:

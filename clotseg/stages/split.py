@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clotseg.cohort import natural_key
+from clotseg.helpers import natural_key
 from clotseg.errors import InputDataError, StageError
 from clotseg.io import atomic_write_json, fingerprint, read_json
 from clotseg.settings import Settings

@@ -1,0 +1,70 @@
+"""Small helpers shared by the stages, importers and evaluation: one
+definition each of natural sort, file-name pattern to regex, and conversion
+to JSON-ready values. Imports nothing from ClotSeg, numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+# What <ID> in a config pattern (MODALITY_PATTERNS, MASK_PATTERN) stands for.
+ID_REGEX = r"[A-Za-z0-9-]+"
+
+
+def natural_key(text) -> list:
+    """Sort key that orders 'CS2' before 'CS10' (digit runs compare as numbers,
+    text case-insensitively; never compares a number with text)."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t.lower()) for t in re.split(r"(\d+)", str(text)) if t != ""]
+
+
+def _literal_regex(text: str, wildcards: bool) -> str:
+    """Literal pattern text -> regex; with `wildcards`, * and ? are globs that never cross a '/'."""
+    if not wildcards:
+        return re.escape(text)
+    out = []
+    for ch in text:
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
+def pattern_regex(pattern: str, placeholder: str = "<ID>", group: str = "id", group_regex: str = ID_REGEX,
+                  wildcards: bool = False, ignore_case: bool = True) -> re.Pattern:
+    """A file-name pattern with one placeholder -> compiled regex with a named group.
+
+    Config patterns (the default): 'CS<ID>_CTA_Binary.npy' -> '^CS(?P<id>[A-Za-z0-9-]+)_CTA_Binary\\.npy$',
+    case-insensitive. Importer patterns: `pattern_regex('{case}_cta.nii.gz', '{case}', 'case',
+    r'[^/]*?', wildcards=True, ignore_case=False)` (use with fullmatch on relative paths).
+    The caller checks that `placeholder` occurs exactly once.
+    """
+    before, after = pattern.split(placeholder)
+    return re.compile("^" + _literal_regex(before, wildcards) + f"(?P<{group}>{group_regex})"
+                      + _literal_regex(after, wildcards) + "$", re.IGNORECASE if ignore_case else 0)
+
+
+def jsonable(value, finite_only: bool = True, str_keys: bool = True):
+    """`value` as plain JSON-ready Python, recursively: tuples -> lists, Paths -> text,
+    numpy scalars and 0-d arrays -> Python numbers, dict keys -> text (unless
+    `str_keys` is False), NaN/inf -> None (unless `finite_only` is False, for
+    callers that want json.dumps(allow_nan=False) to catch them)."""
+    if isinstance(value, dict):
+        return {(str(k) if str_keys else k): jsonable(v, finite_only, str_keys) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v, finite_only, str_keys) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.ndarray) and value.ndim > 0:
+        return jsonable(value.tolist(), finite_only, str_keys)
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.item()
+    if finite_only and isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
