@@ -40,8 +40,8 @@ from clotseg.errors import ClotSegError, StageError
 from clotseg.inference import postprocess, predict_volume_members, to_mask
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
-from clotseg.runs import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TESTING_DIR, load_run_settings,
-                          resolve_run)
+from clotseg.runs import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TESTING_DIR, check_best_model,
+                          load_run_settings, resolve_run)
 from clotseg.settings import Settings
 
 OUT_DIR = TESTING_DIR
@@ -222,6 +222,7 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
     check_settings = trained.replace(volume_dir=settings.volume_dir, mask_dir=settings.mask_dir)
     for case in cases:  # every case checked before any prediction is written
         check_case(case, check_settings)
+    check_best_model(run, trained)  # truncated/corrupt file or other inputs/classes: one line, before Keras
     model = load_model(run, settings.jit_compile)
     if tuple(model.input_shape[1:]) != tuple(trained.model_input_shape):
         raise StageError(f"the model in {run / BEST_MODEL.parent} takes inputs {tuple(model.input_shape[1:])} but "
