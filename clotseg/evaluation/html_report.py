@@ -136,7 +136,17 @@ _JS = r"""
 """
 
 
+_METRIC_ORDER = ["dice", "iou", "precision", "recall", "hd95", "assd", "hd", "true_volume", "pred_volume",
+                 "abs_volume_diff", "signed_volume_diff"]
+
+
 # ------------------------------------------------------------------ format
+def _order(name: str, order: list[str]) -> tuple:
+    """Sort key: known names in `order` (also "name [unit]" / "name (c1)" variants), then the rest by name."""
+    base = re.split(r" [\[(]", str(name))[0]
+    return (order.index(base) if base in order else len(order), str(name))
+
+
 def _esc(value) -> str:
     return html.escape(str(value), quote=True)
 
@@ -156,7 +166,9 @@ def fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return "n/a"
-        if value != 0 and abs(value) < 10 ** -digits:
+        if abs(value) < 1e-12:
+            return "0"                      # float noise (a Wilson bound of 5.6e-17)
+        if abs(value) < 10 ** -digits:
             return f"{value:.{digits - 1}e}"
         if abs(value) >= 10 ** digits:
             return f"{value:.0f}"
@@ -217,7 +229,7 @@ def _summary_metrics_table(block: dict, title: str) -> str:
         return ""
     out = [f"<h3>{_esc(title)}</h3>", '<table class="metrics"><thead><tr><th class="t">Metric</th><th>n</th>'
            "<th>Mean</th><th>95% CI</th><th>Median</th><th>SD</th><th class=\"t\">Unit</th></tr></thead><tbody>"]
-    for name, s in block.items():
+    for name, s in sorted(block.items(), key=lambda kv: _order(kv[0], _METRIC_ORDER)):
         if not isinstance(s, dict):
             continue
         ci = f"[{fmt(s.get('ci_low'))}, {fmt(s.get('ci_high'))}]" if s.get("ci_low") is not None else "n/a"
@@ -295,7 +307,7 @@ def _agreement_section(table: dict | None, ranking: dict | None) -> str:
         parts.append("<h3>Biomarker agreement, predicted vs true</h3><table class=\"metrics\"><thead><tr>"
                      "<th class=\"t\">Biomarker</th><th>n</th><th>Pearson r</th><th>Spearman rho</th>"
                      "<th>ICC(2,1)</th><th>Bias (pred - true)</th><th>95% limits of agreement</th></tr></thead><tbody>")
-        for name, a in table.items():
+        for name, a in sorted(table.items(), key=lambda kv: _order(kv[0], _BIOMARKER_ORDER)):
             loa = (f"[{fmt(a.get('loa_low'))}, {fmt(a.get('loa_high'))}]" if a.get("loa_low") is not None else "n/a")
             parts.append(f"<tr><td class=\"t\">{_esc(_label(name))}</td>"
                          f"<td>{_esc(fmt(a.get('n')))}</td><td>{_esc(fmt(a.get('pearson_r')))}</td>"
@@ -424,7 +436,8 @@ def build_html(summary: dict, rows: list[dict], images: dict | None = None, titl
     meta = summary.get("meta") or {}
     mods = meta.get("modalities")
     subtitle = " · ".join([_esc(f"{k} {meta[k]}") for k in ("run", "model") if meta.get(k)]
-                          + ([_esc(f"modalities {', '.join(map(str, mods))}")] if mods else [])) or ""
+                          + ([_esc(f"modalities {', '.join(map(str, mods))}")] if mods else [])
+                          + [f"{len(rows)} case(s)"])
     return "".join([
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
@@ -432,7 +445,7 @@ def build_html(summary: dict, rows: list[dict], images: dict | None = None, titl
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
         "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">",
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
-        f"<header><h1>{_esc(title)}</h1><p>{subtitle} {len(rows)} case(s)</p></header><main>",
+        f"<header><h1>{_esc(title)}</h1><p>{subtitle}</p></header><main>",
         _summary_section(summary, target_name),
         _agreement_section(agreement, ranking),
         _cases_section(rows, cols, overlays),
