@@ -28,8 +28,7 @@ import numpy as np
 from numpy.lib.format import open_memmap
 
 from clotseg.errors import DiskFullError, FolderError, InputDataError, StageError
-
-MANIFEST = "manifest.json"
+from clotseg.layout import MANIFEST  # noqa: F401  (the on-disk names live in clotseg.layout)
 
 
 def load_npy(path: Path | str, mmap: bool = False, what: str = "") -> np.ndarray:

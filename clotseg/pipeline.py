@@ -16,13 +16,13 @@ import numpy as np
 from clotseg.cohort import Case, cohort_problems, discover_cases, listing, sidecar_problems
 from clotseg.errors import InputDataError
 from clotseg.io import atomic_write_json, check_output_folder, fingerprint, load_npy, read_json
+from clotseg.layout import CHECK_CACHE, COHORTS, TRAIN_COHORTS, TRAINING, VALIDATION, check_cache_path  # noqa: F401
 from clotseg.locking import project_lock
 from clotseg.settings import Settings
 from clotseg.stages.augment import run_augmentation
-from clotseg.stages.slicing import TRAIN_COHORTS, run_slicing
+from clotseg.stages.slicing import run_slicing
 from clotseg.stages.split import run_split
 
-CHECK_CACHE = "checked_cases.json"
 DEMO_CASES = 20
 
 
@@ -111,7 +111,7 @@ def checked_cases(settings: Settings, cases: list[Case], log=print) -> tuple[dic
     The cache lets a cohort of thousands of cases start in seconds on a
     rerun; any replaced or edited file is checked again.
     """
-    path = settings.processed_path / CHECK_CACHE
+    path = check_cache_path(settings)
     settings_key = fingerprint(settings.subset(["modality_patterns", "windows_hu", "input_shape", "num_classes"]))
     cache = {}
     if path.is_file():
@@ -161,13 +161,13 @@ def check_any_clot(clot: dict, settings: Settings) -> None:
 def check_labels(cohorts: dict, clot: dict, settings: Settings, log=print) -> None:
     """Refuse a split whose Training cohort has no clot at all; warn when
     Validation has none (its Dice then only measures false alarms)."""
-    training = cohorts.get("Training", [])
+    training = cohorts.get(TRAINING, [])
     if training and not any(clot.get(c) for c in training):
         raise InputDataError(
             f"no Training case has a {settings.target_name} (all {len(training)} Training masks are empty), so "
             f"there is nothing to learn; add {settings.target_name} cases or set STRATIFY_SPLIT = True so "
             f"{settings.target_name} cases reach every cohort")
-    validation = cohorts.get("Validation", [])
+    validation = cohorts.get(VALIDATION, [])
     if validation and not any(clot.get(c) for c in validation):
         log(f"warning: no Validation case has a {settings.target_name} ({len(validation)} case(s)); the validation Dice only "
             "measures false alarms and reads 1.0 for an empty prediction")
@@ -202,7 +202,7 @@ def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True, lock
 def summary_table(cohorts: dict, sliced: dict, augmented: dict, target_name: str = "clot") -> str:
     lines = ["", f"| cohort | cases | slices (with {target_name}) | augmented samples (with {target_name}) |",
              "| --- | --- | --- | --- |"]
-    for name in ("Training", "Validation", "Testing"):
+    for name in COHORTS:
         s = sliced.get(name)
         a = augmented.get(name)
         lines.append(f"| {name} | {len(cohorts[name])} | "

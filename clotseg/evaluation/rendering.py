@@ -39,6 +39,7 @@ from clotseg.evaluation.report import CSV_NAME, SUMMARY_NAME, read_metrics_csv
 from clotseg.evaluation.scoring import PREDICTIONS_JSON, CaseFiles, as_labels, case_dice, load_array, read_summary
 from clotseg.evaluation.uncertainty import uncertainty_scatter_plot
 from clotseg.io import load_npy
+from clotseg.layout import HISTORY, TRAINING_CURVES
 
 OVERLAYS = "overlays"
 MONTAGE = "montage.png"
@@ -128,10 +129,10 @@ def render_report(out_dir, cases: list[CaseFiles], *, modalities=(), windows: di
             tiles, out_dir / MONTAGE, windows=tuple(windows.get(m) for m in modalities),
             title=f"{modalities[0]}: truth green, prediction red")
     if run_dir is not None:
-        curves = Path(run_dir) / "training_curves.png"
-        history = Path(run_dir) / "history.csv"
+        curves = Path(run_dir) / TRAINING_CURVES
+        history = Path(run_dir) / HISTORY
         if not curves.is_file() and history.is_file():
-            curves = plot_training_curves(history, out_dir / "training_curves.png")
+            curves = plot_training_curves(history, out_dir / TRAINING_CURVES)
         if curves.is_file():
             images["Training curves"] = curves
     labelled = [r for r in rows if r.get("case_type") != "unlabeled"]

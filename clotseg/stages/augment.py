@@ -44,8 +44,9 @@ from clotseg.errors import StageError
 from clotseg.intensity import stack_context, store_context_rows
 from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import Settings
-from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, read_samples_csv, write_samples_csv
-from clotseg.stages.slicing import TRAIN_COHORTS, sliced_dir, store_bytes
+from clotseg.layout import TRAIN_COHORTS, TRAINING, augmented_dir, sliced_dir  # noqa: F401  (augmented_dir kept here)
+from clotseg.stages.common import (IMAGES, MASKS, SAMPLES, decide, read_samples_csv, store_bytes,
+                                   write_samples_csv)
 
 STAGE = "augment"
 CHUNK = 128  # samples per worker task: large enough to amortise task overhead
@@ -53,10 +54,6 @@ CHUNK = 128  # samples per worker task: large enough to amortise task overhead
 # one process augments ~1,100 64x64 samples/s on this project's 2-core CI
 # machine, so below about this many pixels of work one process is faster.
 PARALLEL_MIN_PIXELS = 30_000_000
-
-
-def augmented_dir(settings: Settings, cohort: str) -> Path:
-    return settings.processed_path / "Augmented" / cohort
 
 
 # "strong": per-modality intensity shift of the codes, code -> a * code + b,
@@ -238,7 +235,7 @@ def run_augmentation(settings: Settings, sliced: dict, log=print) -> dict:
         target = augmented_dir(settings, cohort)
         manifest = decide(settings.data_aug, "DATA_AUG", target, key, f"augment {cohort}", log)
         if manifest is None:
-            n = settings.target_sample_size_aug_train if cohort == "Training" else settings.target_sample_size_aug_val
+            n = settings.target_sample_size_aug_train if cohort == TRAINING else settings.target_sample_size_aug_val
             manifest = augment_cohort(settings, cohort, n, target, key)
             log(f"[augment {cohort}] {manifest['n_samples']} samples of {manifest['channels']} channels "
                 f"({manifest['n_positive']} with {settings.target_name}, {manifest['n_augmented']} transformed) "

@@ -20,8 +20,7 @@ import numpy as np
 
 from clotseg.errors import StageError
 from clotseg.io import atomic_write_text, clean_stale_temps, load_npy, manifest_problems, read_manifest
-
-IMAGES, MASKS, SAMPLES = "images.npy", "masks.npy", "samples.csv"
+from clotseg.layout import IMAGES, MASKS, SAMPLES  # noqa: F401  (the store's file names; imported from here too)
 
 
 def decide(flag: bool, flag_name: str, stage_dir: Path, key: str, label: str, log=print,
@@ -60,6 +59,13 @@ def decide(flag: bool, flag_name: str, stage_dir: Path, key: str, label: str, lo
     else:
         log(f"[{label}] reusing {stage_dir}")
     return manifest
+
+
+def store_bytes(n: int, hw, channels: int) -> int:
+    """Disk space of a sample store of n samples: N*H*W*C image bytes +
+    N*H*W mask bytes, plus headers, samples.csv and manifest (generous)."""
+    h, w = hw
+    return n * h * w * channels + n * h * w + n * 64 + 64 * 1024
 
 
 def write_samples_csv(path: Path, header: list[str], rows) -> None:

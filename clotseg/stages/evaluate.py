@@ -22,12 +22,11 @@ Output: <run>/Testing/ (replaced atomically on every run; see output_dir)
     overlays/<case>.png, montage.png, bland_altman_{volume,length}.png,
     uncertainty_vs_dice.png, report.html, manifest.json
 
-No import of the training stage (run lookup lives in clotseg.runs).
+No import of another stage (names and run lookup live in clotseg.layout).
 """
 
 from __future__ import annotations
 
-import re
 import time
 import warnings
 from pathlib import Path
@@ -40,12 +39,12 @@ from clotseg.errors import ClotSegError, StageError
 from clotseg.inference import postprocess, predict_volume_members, to_mask
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
-from clotseg.runs import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TESTING_DIR, check_best_model,
-                          load_run_settings, resolve_run)
+from clotseg.layout import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TEST_PREDICTIONS_DIR, TESTING,
+                            TESTING_DIR, check_best_model, load_run_settings, resolve_run, testing_dir)
 from clotseg.settings import Settings
 
 OUT_DIR = TESTING_DIR
-PREDICTIONS_DIR = "predictions"
+PREDICTIONS_DIR = TEST_PREDICTIONS_DIR
 FLIP_MEMBERS = ("plain", "horizontal flip", "vertical flip")
 UNCERTAINTY_METHOD = "std"
 
@@ -82,7 +81,7 @@ def select_cases(settings: Settings, run: Path, input_dir: Path | None, mask_dir
     split_path = run / RUN_SPLIT
     if not split_path.is_file():
         raise StageError(f"run {run.name} has no {RUN_SPLIT.as_posix()}; name the cases with --input-dir")
-    test_ids = read_json(split_path)["cohorts"]["Testing"]
+    test_ids = read_json(split_path)["cohorts"][TESTING]
     by_id = {c.case_id: c for c in discover_cases(settings, require_masks=False)}
     missing = [cid for cid in test_ids if cid not in by_id]
     if missing:
@@ -96,10 +95,7 @@ def output_dir(run: Path, input_dir: Path | None, output: Path | None = None) ->
     --input-dir, so predicting other cases never replaces the run's scores."""
     if output is not None:
         return Path(output).resolve()
-    if input_dir is None:
-        return run / OUT_DIR
-    name = re.sub(r"[^\w.\-]+", "_", Path(input_dir).resolve().name) or "input"
-    return run / f"{OUT_DIR}_{name}"
+    return testing_dir(run, input_dir)
 
 
 def target_name(settings: Settings) -> str:

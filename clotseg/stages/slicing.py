@@ -18,15 +18,11 @@ from clotseg.cohort import Case, load_case
 from clotseg.intensity import mask_to_samples, volume_to_samples
 from clotseg.io import create_npy, fingerprint, staged_dir, write_manifest
 from clotseg.settings import Settings
-from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, write_samples_csv
+from clotseg.layout import TRAIN_COHORTS, sliced_dir  # noqa: F401  (names kept importable from here)
+from clotseg.stages.common import IMAGES, MASKS, SAMPLES, decide, store_bytes, write_samples_csv
 
 STAGE = "slice"
 VERSION = 1
-TRAIN_COHORTS = ("Training", "Validation")
-
-
-def sliced_dir(settings: Settings, cohort: str) -> Path:
-    return settings.processed_path / "Sliced" / cohort
 
 
 def slice_key(settings: Settings, cases: list[Case]) -> str:
@@ -52,13 +48,6 @@ def run_slicing(settings: Settings, cohorts: dict, cases_by_id: dict, shapes: di
                 f"({manifest['n_positive']} with {settings.target_name}) -> {target}")
         out[cohort] = manifest
     return out
-
-
-def store_bytes(n: int, hw, channels: int) -> int:
-    """Disk space of a sample store of n samples: N*H*W*C image bytes +
-    N*H*W mask bytes, plus headers, samples.csv and manifest (generous)."""
-    h, w = hw
-    return n * h * w * channels + n * h * w + n * 64 + 64 * 1024
 
 
 def slice_cohort(settings: Settings, cases: list[Case], shapes: dict, target: Path, key: str,

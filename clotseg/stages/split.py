@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from clotseg.helpers import natural_key
 from clotseg.errors import InputDataError, StageError
+from clotseg.helpers import natural_key
 from clotseg.io import atomic_write_json, fingerprint, read_json
+from clotseg.layout import COHORTS, SPLIT_FILE, TESTING, TRAINING, VALIDATION, split_path  # noqa: F401
 from clotseg.settings import Settings
-
-COHORTS = ("Training", "Validation", "Testing")
-SPLIT_FILE = "split.json"
 
 
 def cohort_sizes(n: int, train_perc: float, val_perc: float) -> tuple[int, int, int]:
@@ -63,9 +61,9 @@ def split_cases(case_ids: list[str], train_perc: float, val_perc: float, seed: i
     for group in groups:
         shuffled = [group[i] for i in rng.permutation(len(group))]
         n_train, n_val, _ = cohort_sizes(len(group), train_perc, val_perc)
-        cohorts["Training"] += shuffled[:n_train]
-        cohorts["Validation"] += shuffled[n_train:n_train + n_val]
-        cohorts["Testing"] += shuffled[n_train + n_val:]
+        cohorts[TRAINING] += shuffled[:n_train]
+        cohorts[VALIDATION] += shuffled[n_train:n_train + n_val]
+        cohorts[TESTING] += shuffled[n_train + n_val:]
     if strata is not None and not all(cohorts.values()):
         return split_cases(ids, train_perc, val_perc, seed)
     return {name: sorted(v, key=natural_key) for name, v in cohorts.items()}
@@ -78,7 +76,7 @@ def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict |
     kept as is. TRAIN_TEST_SPLIT=False: reuses Processed/split.json, which
     must exist and name only cases that still exist.
     """
-    path = settings.processed_path / SPLIT_FILE
+    path = split_path(settings)
     strata = strata if settings.stratify_split else None
     key = fingerprint({"cases": sorted(case_ids), "seed": settings.random_seed,
                        "train": settings.train_perc, "val": settings.val_perc,
@@ -121,9 +119,9 @@ def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict |
 
 def load_split(settings: Settings) -> dict[str, list[str]]:
     """The saved cohorts, or StageError telling the user to run the split."""
-    saved = _read(settings.processed_path / SPLIT_FILE)
+    saved = _read(split_path(settings))
     if saved is None:
-        raise StageError(f"no saved split at {settings.processed_path / SPLIT_FILE}; "
+        raise StageError(f"no saved split at {split_path(settings)}; "
                          "run `python training.py` with TRAIN_TEST_SPLIT = True first")
     return saved["cohorts"]
 

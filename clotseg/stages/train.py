@@ -23,31 +23,31 @@ import sys
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 
-from clotseg import postprocessing, runtime
+from clotseg.quiet import load_backend
+
+keras = load_backend()  # before any other Keras import: the backend starts without C++ log lines
+from clotseg import postprocessing, runtime  # noqa: E402
 from clotseg.cohort import discover_cases, load_case
 from clotseg.errors import StageError
 from clotseg.evaluation.figures import plot_training_curves, prediction_panel
 from clotseg.intensity import centre_channels, normalise_mask, stack_context, store_context_rows
 from clotseg.io import (atomic_write_json, atomic_write_text, check_keras_file, disk_full_error, is_no_space,
                         read_json, read_manifest, read_run_record, read_run_state)
-from clotseg.settings import Settings
-from clotseg.stages.augment import augmented_dir
-from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
 from clotseg.inference import predict_samples, predict_volume_members, to_mask
-from clotseg.stages.slicing import sliced_dir
-from clotseg.stages.split import SPLIT_FILE
+from clotseg.layout import (AUGMENTED, BEST_MODEL, DATA_MANIFESTS, HISTORY, LAST_CHECKPOINT,  # noqa: F401
+                            LEGACY_RUN_DEFAULTS, LOGS_DIR, MANIFEST, POSTPROCESSING_FILE, PREDICTIONS_DIR,
+                            RUN_CONFIG, RUN_CONFIG_COPY, RUN_RECORD, RUN_SPLIT, RUN_STATE, RUN_SUBFOLDERS, SLICED,
+                            SPLIT_FILE, TRAIN_COHORTS, TRAINING, TRAINING_CURVES, VALIDATION, augmented_dir,
+                            list_runs, load_run_settings, sliced_dir, split_path)
+from clotseg.settings import Settings
+from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
 from myModels import build_model, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
 
 MONITOR = "val_dice"
 N_PANEL = 4
-POSTPROCESSING_FILE = "postprocessing.json"
-# Settings a run saved before they existed get the value that reproduces
-# how it was trained (plain 2D U-Net), not today's default.
-LEGACY_RUN_DEFAULTS = {"CONTEXT_SLICES": 0, "MODEL": "unet"}
 
 
 # ---------------------------------------------------------------- run folders
@@ -69,21 +69,13 @@ def new_run_dir(settings: Settings) -> Path:
                 break
             except FileExistsError:  # another run claimed this name first (or a file has it)
                 n += 1
-        for sub in ("Best_Model", "Checkpoint_Files", "Relevant_Files", "Predictions"):
+        for sub in RUN_SUBFOLDERS:
             (run / sub).mkdir()
     except OSError as exc:
         if is_no_space(exc):
             raise disk_full_error(root, None, "a new run folder", exc) from exc
         raise
     return run
-
-
-def list_runs(settings: Settings) -> list[Path]:
-    """Run folders (with a run.json), oldest first."""
-    root = settings.trainings_path
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.iterdir() if (p / "run.json").is_file()), key=lambda p: p.name)
 
 
 def find_resumable(settings: Settings) -> Path | None:
@@ -96,15 +88,15 @@ def find_resumable(settings: Settings) -> Path | None:
     inputs and classes. A bad file stops with StageError naming it.
     """
     for run in reversed(list_runs(settings)):
-        record = read_run_record(run / "run.json")
-        state_path = run / "Checkpoint_Files" / "state.json"
+        record = read_run_record(run / RUN_RECORD)
+        state_path = run / RUN_STATE
         if record["status"] == "finished" or not os.path.lexists(state_path):
             continue
-        read_run_record(run / "run.json", required=("status", "device"))
+        read_run_record(run / RUN_RECORD, required=("status", "device"))
         read_run_state(state_path)
         trained = load_run_settings(run, settings.root)
-        check_keras_file(run / "Checkpoint_Files" / "last.keras", trained.model_input_shape, trained.num_classes,
-                         "the checkpoint", f"the run's settings {run / 'Relevant_Files' / 'config.json'}")
+        check_keras_file(run / LAST_CHECKPOINT, trained.model_input_shape, trained.num_classes,
+                         "the checkpoint", f"the run's settings {run / RUN_CONFIG}")
         now = (tuple(settings.model_input_shape), settings.num_classes)
         then = (tuple(trained.model_input_shape), trained.num_classes)
         if now != then:
@@ -135,12 +127,12 @@ class RunCheckpointer(keras.callbacks.Callback):
         score = logs.get(MONITOR)
         if score is not None and score > self.best:
             self.best, self.best_epoch = float(score), epoch + 1
-            _atomic_save_model(inference_copy(self.model), self.run_dir / "Best_Model" / "model.keras")
-        _atomic_save_model(self.model, self.run_dir / "Checkpoint_Files" / "last.keras")
+            _atomic_save_model(inference_copy(self.model), self.run_dir / BEST_MODEL)
+        _atomic_save_model(self.model, self.run_dir / LAST_CHECKPOINT)
         state = {"epochs_done": epoch + 1, "best_val_dice": self.best, "best_epoch": self.best_epoch,
                  "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
                  **self.extra_state()}
-        atomic_write_json(self.run_dir / "Checkpoint_Files" / "state.json", state)
+        atomic_write_json(self.run_dir / RUN_STATE, state)
 
 
 class _ResumableCounters:
@@ -257,9 +249,9 @@ class CurvesPlotter(keras.callbacks.Callback):
         self.run_dir = Path(run_dir)
 
     def on_epoch_end(self, epoch, logs=None):
-        history = self.run_dir / "history.csv"
+        history = self.run_dir / HISTORY
         if history.is_file():
-            plot_training_curves(history, self.run_dir / "training_curves.png")
+            plot_training_curves(history, self.run_dir / TRAINING_CURVES)
 
 
 def _atomic_save_model(model, path: Path) -> None:
@@ -314,7 +306,7 @@ def panel_samples(settings: Settings, n: int = N_PANEL) -> tuple[np.ndarray, np.
     the model will meet at test time, with their 2.5D context channels.
     Returns (images (n,H,W,C') uint8, masks (n,H,W) uint8).
     """
-    store = sliced_dir(settings, "Validation")
+    store = sliced_dir(settings, VALIDATION)
     images, masks = open_store(store)
     rows = read_samples_csv(store / SAMPLES)
     context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
@@ -351,10 +343,10 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         if run is None:
             log("[train] RESUME requested but no unfinished run with a checkpoint was found: starting a new run")
         else:
-            state = read_json(run / "Checkpoint_Files" / "state.json")
+            state = read_json(run / RUN_STATE)
             if state["epochs_done"] >= settings.epochs:
                 log(f"[train] run {run.name} already completed {state['epochs_done']} epochs")
-    for cohort in ("Training", "Validation"):
+    for cohort in TRAIN_COHORTS:
         if read_manifest(augmented_dir(settings, cohort)) is None:
             raise StageError(f"no augmented {cohort} samples at {augmented_dir(settings, cohort)}; "
                              "set DATA_AUG = True (and SLICE_EXTRACT = True) and rerun")
@@ -386,22 +378,22 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         initial_epoch = 0
         log(f"[train] new run {run}")
     else:
-        record = read_json(run / "run.json")
+        record = read_json(run / RUN_RECORD)
         record["status"] = "running"
         record.setdefault("resumed", []).append({"at": _now(), "from_epoch": state["epochs_done"]})
         with scope:
             # safe_mode stays on: a checkpoint holding a Lambda layer is refused
-            model = keras.models.load_model(run / "Checkpoint_Files" / "last.keras")
+            model = keras.models.load_model(run / LAST_CHECKPOINT)
         initial_epoch = int(state["epochs_done"])
-        _truncate_history(run / "history.csv", initial_epoch)
+        _truncate_history(run / HISTORY, initial_epoch)
         log(f"[train] resuming run {run} from epoch {initial_epoch}")
-    atomic_write_json(run / "run.json", record)
+    atomic_write_json(run / RUN_RECORD, record)
 
     train_gen, val_gen = (
         DataGeneratorUNet2D(augmented_dir(settings, cohort) / IMAGES, augmented_dir(settings, cohort) / MASKS,
-                            batch_size=settings.batch_size, shuffle=cohort == "Training", seed=settings.random_seed,
+                            batch_size=settings.batch_size, shuffle=cohort == TRAINING, seed=settings.random_seed,
                             num_classes=settings.num_classes, indices=_divisible(settings, cohort, replicas))
-        for cohort in ("Training", "Validation"))
+        for cohort in TRAIN_COHORTS)
     # Keras' shuffling sequence must continue where the killed run stopped.
     train_gen.set_epoch(initial_epoch)
 
@@ -417,9 +409,9 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                              **({"reduce_lr": reduce.counters()} if plateau else {})})
     panel_images, panel_masks = panel_samples(settings)
     callbacks = [
-        keras.callbacks.CSVLogger(str(run / "history.csv"), append=initial_epoch > 0),
+        keras.callbacks.CSVLogger(str(run / HISTORY), append=initial_epoch > 0),
         early, *([reduce] if plateau else []), checkpointer,
-        PredictionPanel(panel_images, panel_masks, run / "Predictions", settings.batch_size,
+        PredictionPanel(panel_images, panel_masks, run / PREDICTIONS_DIR, settings.batch_size,
                         centre_channels(len(settings.modalities), settings.context_slices), settings.modalities),
         CurvesPlotter(run),
     ]
@@ -427,7 +419,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     if budget is not None:
         callbacks.append(budget)
     if runtime.tensorboard_available():
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / "logs")))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / LOGS_DIR)))
     log(f"[train] {settings.model} on {settings.model_input_shape} inputs ({model.count_params():,} parameters), "
         f"LR {settings.lr_schedule}; backend {runtime.backend()}, device {record['device']}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, {replicas} replica(s), {len(train_gen)} batches of {settings.batch_size} "
@@ -441,19 +433,19 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
             log(f"[train] MAX_TRAINING_MINUTES = {settings.max_training_minutes} reached after epoch "
                 f"{budget.stopped_epoch}")
         if stopped_early:
-            st = read_json(run / "Checkpoint_Files" / "state.json")
+            st = read_json(run / RUN_STATE)
             st["stopped_early"] = True
-            atomic_write_json(run / "Checkpoint_Files" / "state.json", st)
+            atomic_write_json(run / RUN_STATE, st)
         del history
-    final = read_json(run / "Checkpoint_Files" / "state.json")
+    final = read_json(run / RUN_STATE)
     record.update(status="finished", finished=_now(), epochs_done=final["epochs_done"],
                   best_val_dice=final["best_val_dice"], best_epoch=final["best_epoch"],
                   training_seconds=round(record.get("training_seconds", 0.0) + time.monotonic() - started, 1))
-    atomic_write_json(run / "run.json", record)
+    atomic_write_json(run / RUN_RECORD, record)
     if settings.tune_postprocessing and settings.num_classes == 1:
         tune_run_postprocessing(settings, run, log)
     log(f"[train] finished: best validation Dice {final['best_val_dice']:.4f} at epoch {final['best_epoch']}; "
-        f"model {run / 'Best_Model' / 'model.keras'}; outputs in {run}")
+        f"model {run / BEST_MODEL}; outputs in {run}")
     return run
 
 
@@ -463,14 +455,13 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
 
     Returns the record, or None when the Validation cohort has no labelled case.
     """
-    split = read_json(run / "Relevant_Files" / SPLIT_FILE) if (run / "Relevant_Files" / SPLIT_FILE).is_file() \
-        else read_json(settings.processed_path / SPLIT_FILE)
-    wanted = set(split["cohorts"]["Validation"])
+    split = read_json(run / RUN_SPLIT) if (run / RUN_SPLIT).is_file() else read_json(split_path(settings))
+    wanted = set(split["cohorts"][VALIDATION])
     cases = [c for c in discover_cases(settings, require_masks=True, warn=lambda *_: None) if c.case_id in wanted]
     if not cases:
         log("[train] no Validation cases found: post-processing left at its defaults")
         return None
-    model = keras.models.load_model(run / "Best_Model" / "model.keras", safe_mode=True, compile=False)
+    model = keras.models.load_model(run / BEST_MODEL, safe_mode=True, compile=False)
     windows = [settings.windows_hu[m] for m in settings.modalities]
     data = []
     for case in cases:
@@ -492,27 +483,26 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
 
 
 def _steps_per_epoch(settings: Settings, replicas: int) -> int:
-    n = read_json(augmented_dir(settings, "Training") / "manifest.json")["n_samples"]
+    n = read_json(augmented_dir(settings, TRAINING) / MANIFEST)["n_samples"]
     n -= n % replicas if replicas > 1 else 0
     return max(1, -(-n // settings.batch_size))
 
 
 def _write_relevant_files(settings: Settings, run: Path) -> None:
-    rel = run / "Relevant_Files"
-    atomic_write_text(rel / "config.json", settings.to_json() + "\n")
-    split = settings.processed_path / SPLIT_FILE
+    atomic_write_text(run / RUN_CONFIG, settings.to_json() + "\n")
+    split = split_path(settings)
     if split.is_file():
-        shutil.copyfile(split, rel / SPLIT_FILE)
+        shutil.copyfile(split, run / RUN_SPLIT)
     user_config = settings.root / "config.py"
     if user_config.is_file():
-        shutil.copyfile(user_config, rel / "config.py")
+        shutil.copyfile(user_config, run / RUN_CONFIG_COPY)
     manifests = {}
-    for stage in ("Sliced", "Augmented"):
-        for cohort in ("Training", "Validation"):
-            m = read_manifest(settings.processed_path / stage / cohort)
+    for stage, folder in ((SLICED, sliced_dir), (AUGMENTED, augmented_dir)):
+        for cohort in TRAIN_COHORTS:
+            m = read_manifest(folder(settings, cohort))
             if m is not None:
                 manifests[f"{stage}/{cohort}"] = m
-    atomic_write_json(rel / "data_manifests.json", manifests)
+    atomic_write_json(run / DATA_MANIFESTS, manifests)
 
 
 def _divisible(settings: Settings, cohort: str, replicas: int) -> np.ndarray | None:
@@ -524,7 +514,7 @@ def _divisible(settings: Settings, cohort: str, replicas: int) -> np.ndarray | N
     """
     if replicas == 1:
         return None
-    n = read_json(augmented_dir(settings, cohort) / "manifest.json")["n_samples"]
+    n = read_json(augmented_dir(settings, cohort) / MANIFEST)["n_samples"]
     return np.arange(n - n % replicas)
 
 
@@ -541,15 +531,6 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def load_run_settings(run: Path, root: Path) -> Settings:
-    """The settings a run was trained with (paths resolved against `root`).
-
-    A missing, truncated or edited Relevant_Files/config.json (an unknown
-    key or an invalid value included) stops with StageError naming that file.
-    """
-    return Settings.from_run_config(Path(run) / "Relevant_Files" / "config.json", root, LEGACY_RUN_DEFAULTS)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,157 @@
+"""The on-disk layout, in one place: folder and file names under PROCESSED_DIR
+and TRAININGS_DIR, the cohort names, and run listing and lookup.
+
+    Processed/                                (PROCESSED_DIR)
+      split.json                 SPLIT_FILE: case ids per cohort + fingerprint
+      checked_cases.json         CHECK_CACHE: per-case check results (signatures)
+      Sliced/<cohort>/           SLICED: every slice of Training / Validation
+      Augmented/<cohort>/        AUGMENTED: the augmented training samples
+        images.npy masks.npy samples.csv manifest.json   (IMAGES, MASKS, SAMPLES, MANIFEST)
+    Trainings/<run>/                          (TRAININGS_DIR; <run> = YYYYmmdd-HHMMSS[-n])
+      run.json                   RUN_RECORD: marks a run folder (status, epochs)
+      Best_Model/model.keras     BEST_MODEL: for inference, plain keras loads it
+      Checkpoint_Files/          CHECKPOINT_DIR: last.keras (LAST_CHECKPOINT), state.json (RUN_STATE)
+      Relevant_Files/            RELEVANT_FILES: config.json (RUN_CONFIG), split.json (RUN_SPLIT),
+                                 config.py, data_manifests.json (DATA_MANIFESTS)
+      Predictions/epoch_NNN.png  PREDICTIONS_DIR: validation panels during training
+      postprocessing.json        POSTPROCESSING_FILE: tuned on the Validation volumes
+      history.csv, training_curves.png, logs/   (HISTORY, TRAINING_CURVES, LOGS_DIR)
+      Testing/                   TESTING_DIR: testing.py (Testing_<folder> for --input-dir)
+        predictions/             TEST_PREDICTIONS_DIR
+
+Stages and tools import names from here and shared helpers, never from each
+other. Standard library and clotseg.errors only at import time (settings are
+passed in), so clotseg.io can use it too and importing it never starts Keras.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clotseg.errors import StageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clotseg.settings import Settings
+
+# ------------------------------------------------------------------ cohorts
+TRAINING, VALIDATION, TESTING = "Training", "Validation", "Testing"
+COHORTS = (TRAINING, VALIDATION, TESTING)
+TRAIN_COHORTS = (TRAINING, VALIDATION)          # sliced and augmented before training
+
+# ---------------------------------------------------------------- Processed/
+SPLIT_FILE = "split.json"
+CHECK_CACHE = "checked_cases.json"
+SLICED = "Sliced"
+AUGMENTED = "Augmented"
+IMAGES, MASKS, SAMPLES = "images.npy", "masks.npy", "samples.csv"
+MANIFEST = "manifest.json"                      # written last: marks a stage output complete
+
+# ---------------------------------------------------------- Trainings/<run>/
+RUN_RECORD = "run.json"
+BEST_MODEL_DIR = "Best_Model"
+BEST_MODEL = Path(BEST_MODEL_DIR) / "model.keras"
+CHECKPOINT_DIR = "Checkpoint_Files"
+LAST_CHECKPOINT = Path(CHECKPOINT_DIR) / "last.keras"
+RUN_STATE = Path(CHECKPOINT_DIR) / "state.json"
+RELEVANT_FILES = "Relevant_Files"
+RUN_CONFIG = Path(RELEVANT_FILES) / "config.json"
+RUN_SPLIT = Path(RELEVANT_FILES) / SPLIT_FILE
+RUN_CONFIG_COPY = Path(RELEVANT_FILES) / "config.py"
+DATA_MANIFESTS = Path(RELEVANT_FILES) / "data_manifests.json"
+PREDICTIONS_DIR = "Predictions"
+RUN_SUBFOLDERS = (BEST_MODEL_DIR, CHECKPOINT_DIR, RELEVANT_FILES, PREDICTIONS_DIR)
+POSTPROCESSING_FILE = "postprocessing.json"
+TRAINING_CURVES = "training_curves.png"
+HISTORY = "history.csv"
+LOGS_DIR = "logs"
+TESTING_DIR = "Testing"
+TEST_PREDICTIONS_DIR = "predictions"
+
+# settings that runs saved before they existed had implicitly: the value that
+# reproduces how such a run was trained (plain 2D U-Net), not today's default
+LEGACY_RUN_DEFAULTS = {"CONTEXT_SLICES": 0, "MODEL": "unet"}
+_RUN_NAME = re.compile(r"[\w.\-]+")
+
+
+# ------------------------------------------------------------ Processed/ paths
+def split_path(settings: "Settings") -> Path:
+    return settings.processed_path / SPLIT_FILE
+
+
+def check_cache_path(settings: "Settings") -> Path:
+    return settings.processed_path / CHECK_CACHE
+
+
+def sliced_dir(settings: "Settings", cohort: str) -> Path:
+    return settings.processed_path / SLICED / cohort
+
+
+def augmented_dir(settings: "Settings", cohort: str) -> Path:
+    return settings.processed_path / AUGMENTED / cohort
+
+
+# ------------------------------------------------------------------- runs
+def list_runs(settings: "Settings") -> list[Path]:
+    """Run folders (with a run.json), oldest first."""
+    root = settings.trainings_path
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if (p / RUN_RECORD).is_file()), key=lambda p: p.name)
+
+
+def has_best_model(run: Path) -> bool:
+    return (Path(run) / BEST_MODEL).is_file()
+
+
+def resolve_run(settings: "Settings", name: str | None = None) -> Path:
+    """The run to test: `name`, else TEST_RUN, else the latest with a best model.
+
+    Raises StageError (one line) for a name that is not a plain folder name,
+    a run without Best_Model/model.keras, or no trained run at all.
+    """
+    name = name or settings.test_run
+    if name:
+        if not _RUN_NAME.fullmatch(name) or name in (".", ".."):
+            raise StageError(f"run name {name!r} must be a folder name under {settings.trainings_path}")
+        run = settings.trainings_path / name
+        if not has_best_model(run):
+            raise StageError(f"run {name!r} has no {BEST_MODEL.as_posix()} under {settings.trainings_path}")
+        return run
+    runs = [r for r in list_runs(settings) if has_best_model(r)]
+    if not runs:
+        raise StageError(f"no trained model under {settings.trainings_path}; run `python training.py` first")
+    return runs[-1]
+
+
+def load_run_settings(run: Path, root: Path) -> "Settings":
+    """The settings a run was trained with (paths resolved against `root`).
+
+    A missing, truncated or edited Relevant_Files/config.json (an unknown
+    key or an invalid value included) stops with StageError, one line naming
+    that file (not config.py).
+    """
+    from clotseg.settings import Settings
+
+    return Settings.from_run_config(Path(run) / RUN_CONFIG, root, LEGACY_RUN_DEFAULTS)
+
+
+def check_best_model(run: Path, trained: "Settings") -> dict:
+    """Check a run's Best_Model/model.keras before loading it: a complete
+    .keras file (a truncated or corrupt one is named) whose input shape and
+    class count are those of the run's settings `trained`. StageError (one
+    line) otherwise; see `clotseg.io.check_keras_file`."""
+    from clotseg.io import check_keras_file
+
+    return check_keras_file(Path(run) / BEST_MODEL, trained.model_input_shape, trained.num_classes,
+                            "the best model", f"the run's settings {Path(run) / RUN_CONFIG}")
+
+
+def testing_dir(run: Path, input_dir: Path | None = None) -> Path:
+    """<run>/Testing for the run's own Testing cohort; <run>/Testing_<input folder
+    name> for cases of another folder, so those never replace the run's scores."""
+    if input_dir is None:
+        return Path(run) / TESTING_DIR
+    name = re.sub(r"[^\w.\-]+", "_", Path(input_dir).resolve().name) or "input"
+    return Path(run) / f"{TESTING_DIR}_{name}"
