@@ -53,6 +53,9 @@ RANDOM_SEED = 42
 TRAIN_PERC = 0.6
 VAL_PERC = 0.2          # test = 1 - TRAIN_PERC - VAL_PERC
 STRATIFY_SPLIT = True   # spread clot-free cases over all cohorts (so false alarms get measured)
+SPLIT_FILE = None       # your own split instead: JSON {"CS1": "Training", ...} or CSV rows case,cohort
+                        # (every case named once; Training / Validation / Testing)
+GROUP_BY = None         # a <case>.json sidecar field, e.g. "source" or "site": each group stays in one cohort
 
 # --------------------------------------------------------------------------
 # Slicing and augmentation (stages 2, 3)

@@ -21,7 +21,7 @@ from clotseg.locking import project_lock
 from clotseg.settings import Settings
 from clotseg.stages.augment import run_augmentation
 from clotseg.stages.slicing import run_slicing
-from clotseg.stages.split import run_split
+from clotseg.stages.split import case_groups, run_split
 
 DEMO_CASES = 20
 
@@ -191,7 +191,8 @@ def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True, lock
         shapes, clot = checked_cases(settings, cases, log)
         check_any_clot(clot, settings)
         by_id = {c.case_id: c for c in cases}
-        cohorts = run_split(settings, sorted(by_id), log, strata=clot)
+        groups = case_groups(cases, settings.group_by) if settings.group_by else None
+        cohorts = run_split(settings, sorted(by_id), log, strata=clot, groups=groups)
         check_labels(cohorts, clot, settings, log)
         sliced = run_slicing(settings, cohorts, by_id, shapes, log)
         augmented = run_augmentation(settings, sliced, log)

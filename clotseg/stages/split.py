@@ -5,9 +5,20 @@ The split depends only on the sorted case ids, the seed, the percentages and
 listing order. Stratifying spreads clot-free cases over all cohorts, so the
 test report can measure false alarms. It is saved to Processed/split.json
 and reused as long as those do not change.
+
+SPLIT_FILE: the user's own split, honoured as given (JSON {case: cohort} or
+{"cohorts": {cohort: [cases]}} as in split.json, or CSV rows case,cohort);
+every case of the cohort must be named once, with one of the three cohort
+names. GROUP_BY: a sidecar field (e.g. "source", "site"); every case with
+the same value goes to the same cohort (no site leaks into testing).
 """
 
 from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
 
 import numpy as np
 
@@ -69,18 +80,163 @@ def split_cases(case_ids: list[str], train_perc: float, val_perc: float, seed: i
     return {name: sorted(v, key=natural_key) for name, v in cohorts.items()}
 
 
-def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict | None = None) -> dict[str, list[str]]:
+# ------------------------------------------------------------ user split
+_COHORT_ALIASES = {"training": TRAINING, "train": TRAINING, "validation": VALIDATION, "val": VALIDATION,
+                   "testing": TESTING, "test": TESTING}
+
+
+def _few(items, n: int = 5) -> str:
+    items = list(items)
+    return ", ".join(map(str, items[:n])) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def _split_file_pairs(path: Path) -> list[tuple[str, str]]:
+    """(case, cohort) pairs of a split file, as written (InputDataError, one line)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputDataError(f"SPLIT_FILE {path} does not exist; fix SPLIT_FILE in config.py or set it to None") \
+            from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"SPLIT_FILE {path} cannot be read as text: {exc}") from exc
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputDataError(f"SPLIT_FILE {path} is not valid JSON: {exc.msg} at line {exc.lineno}") from exc
+        if isinstance(data, dict) and isinstance(data.get("cohorts"), dict) and all(
+                isinstance(v, list) for v in data["cohorts"].values()):
+            return [(str(c), str(k)) for k, cases in data["cohorts"].items() for c in cases]
+        if isinstance(data, dict) and isinstance(data.get("cohorts"), dict):
+            data = data["cohorts"]
+        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+            raise InputDataError(f"SPLIT_FILE {path} must hold {{\"CS1\": \"Training\", ...}} or "
+                                 f"{{\"cohorts\": {{\"Training\": [\"CS1\", ...], ...}}}}")
+        return [(str(c), v) for c, v in data.items()]
+    if path.suffix.lower() != ".csv":
+        raise InputDataError(f"SPLIT_FILE {path} must be a .json or .csv file (case,cohort per row)")
+    rows = [r for r in csv.reader(io.StringIO(text)) if any(cell.strip() for cell in r)]
+    if rows and rows[0] and rows[0][0].strip().lower() in ("case", "case_id", "id") and len(rows[0]) >= 2:
+        rows = rows[1:]
+    bad = [i + 1 for i, r in enumerate(rows) if len([c for c in r if c.strip()]) != 2]
+    if bad:
+        raise InputDataError(f"SPLIT_FILE {path}: every row must be case,cohort; row(s) {_few(bad)} are not")
+    return [(r[0].strip(), r[1].strip()) for r in rows]
+
+
+def read_split_file(path: Path, case_ids: list[str]) -> dict[str, list[str]]:
+    """The cohorts of a user's split file, checked against the cohort's case ids.
+
+    Case names match case-insensitively; cohort names are Training,
+    Validation, Testing (any case; train/val/test also). Unknown, missing or
+    twice-named cases, other cohort names, or an empty Training or Validation
+    cohort raise InputDataError with one line naming them.
+    """
+    path = Path(path)
+    pairs = _split_file_pairs(path)
+    by_lower = {c.lower(): c for c in case_ids}
+    cohorts = {name: [] for name in COHORTS}
+    seen: dict[str, str] = {}
+    unknown, bad_names, twice = [], [], []
+    for raw_case, raw_cohort in pairs:
+        cohort = _COHORT_ALIASES.get(raw_cohort.strip().lower())
+        if cohort is None:
+            bad_names.append(f"{raw_case}: {raw_cohort!r}")
+            continue
+        case = by_lower.get(raw_case.strip().lower())
+        if case is None:
+            unknown.append(raw_case)
+            continue
+        if case in seen:
+            if seen[case] != cohort:
+                twice.append(case)
+            continue
+        seen[case] = cohort
+        cohorts[cohort].append(case)
+    missing = sorted(set(case_ids) - set(seen), key=natural_key)
+    problems = []
+    if bad_names:
+        problems.append(f"cohort names other than Training/Validation/Testing ({_few(bad_names)})")
+    if unknown:
+        problems.append(f"{len(unknown)} case(s) not in the cohort ({_few(unknown)})")
+    if missing:
+        problems.append(f"{len(missing)} case(s) of the cohort not named ({_few(missing)})")
+    if twice:
+        problems.append(f"case(s) named in two cohorts ({_few(twice)})")
+    if not problems:
+        empty = [name for name in (TRAINING, VALIDATION) if not cohorts[name]]
+        if empty:
+            problems.append(f"no case in {' or '.join(empty)} (training needs both)")
+    if problems:
+        raise InputDataError(f"SPLIT_FILE {path}: " + "; ".join(problems))
+    return {name: sorted(v, key=natural_key) for name, v in cohorts.items()}
+
+
+# ------------------------------------------------------------ group split
+def case_groups(cases, field_name: str) -> dict[str, str]:
+    """{case_id: value of the sidecar field `field_name`} for GROUP_BY; a case
+    without a sidecar or without the field raises InputDataError (one line)."""
+    from clotseg.cohort import read_sidecar
+
+    groups, lacking = {}, []
+    for case in cases:
+        value = read_sidecar(case.sidecar, case.case_id).get(field_name) if case.sidecar else None
+        if value is None or (isinstance(value, str) and not value.strip()):
+            lacking.append(case.case_id)
+        else:
+            groups[case.case_id] = json.dumps(value, sort_keys=True) if not isinstance(value, str) else value
+    if lacking:
+        raise InputDataError(f"GROUP_BY = {field_name!r}: {len(lacking)} case(s) have no {field_name!r} in their "
+                             f"<case>.json sidecar ({_few(sorted(lacking, key=natural_key))}); add it or set "
+                             "GROUP_BY = None")
+    return groups
+
+
+def split_groups(case_ids: list[str], groups: dict[str, str], train_perc: float, val_perc: float,
+                 seed: int) -> dict[str, list[str]]:
+    """Assign whole groups to cohorts: groups in seeded random order, each to the
+    cohort furthest below its target size (in cases); with 3 or more groups
+    every cohort gets at least one. Needs 3 groups (InputDataError otherwise)."""
+    ids = sorted(set(case_ids))
+    members: dict[str, list[str]] = {}
+    for c in ids:
+        members.setdefault(groups[c], []).append(c)
+    names = sorted(members, key=natural_key)
+    if len(names) < 3:
+        raise InputDataError(f"GROUP_BY gives {len(names)} group(s) ({_few(names)}); keeping each group in one "
+                             "cohort needs at least 3 (one each for training, validation and testing)")
+    rng = np.random.default_rng(seed)
+    order = [names[i] for i in rng.permutation(len(names))]
+    target = dict(zip(COHORTS, cohort_sizes(len(ids), train_perc, val_perc)))
+    cohorts = {name: [] for name in COHORTS}
+    for i, g in enumerate(order):
+        empty = [k for k in COHORTS if not cohorts[k]]
+        if empty and len(order) - i <= len(empty):      # just enough groups left for the empty cohorts
+            k = empty[0]
+        else:
+            k = max(COHORTS, key=lambda name: (target[name] - len(cohorts[name])) / max(target[name], 1))
+        cohorts[k] += members[g]
+    return {name: sorted(v, key=natural_key) for name, v in cohorts.items()}
+
+
+def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict | None = None,
+              groups: dict | None = None) -> dict[str, list[str]]:
     """Run or reuse the split; return the cohorts.
 
-    TRAIN_TEST_SPLIT=True: computes the split; an identical saved split is
-    kept as is. TRAIN_TEST_SPLIT=False: reuses Processed/split.json, which
-    must exist and name only cases that still exist.
+    TRAIN_TEST_SPLIT=True: computes the split (or takes SPLIT_FILE, or keeps
+    GROUP_BY groups whole); an identical saved split is kept as is.
+    TRAIN_TEST_SPLIT=False: reuses Processed/split.json, which must exist
+    and name only cases that still exist.
     """
     path = split_path(settings)
-    strata = strata if settings.stratify_split else None
+    strata = strata if settings.stratify_split and groups is None else None
+    user_file = settings.split_file_path
     key = fingerprint({"cases": sorted(case_ids), "seed": settings.random_seed,
                        "train": settings.train_perc, "val": settings.val_perc,
-                       "strata": None if strata is None else {c: str(strata[c]) for c in sorted(case_ids)}})
+                       "strata": None if strata is None else {c: str(strata[c]) for c in sorted(case_ids)},
+                       **({"groups": {c: groups[c] for c in sorted(case_ids)}} if groups is not None else {}),
+                       **({"split_file": str(user_file), "split_file_text": _file_text(user_file)}
+                          if user_file is not None else {})})
     saved = _read(path)
     if not settings.train_test_split:
         if saved is None:
@@ -98,7 +254,15 @@ def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict |
     if saved is not None and saved.get("fingerprint") == key:
         log(f"[split] up to date: {path}")
         return saved["cohorts"]
-    cohorts = split_cases(case_ids, settings.train_perc, settings.val_perc, settings.random_seed, strata)
+    if user_file is not None:
+        cohorts = read_split_file(user_file, case_ids)
+        how = f"as given in SPLIT_FILE {user_file}"
+    elif groups is not None:
+        cohorts = split_groups(case_ids, groups, settings.train_perc, settings.val_perc, settings.random_seed)
+        how = f"keeping each {settings.group_by} in one cohort ({len(set(groups.values()))} groups)"
+    else:
+        cohorts = split_cases(case_ids, settings.train_perc, settings.val_perc, settings.random_seed, strata)
+        how = None
     atomic_write_json(path, {
         "complete": True,
         "fingerprint": key,
@@ -110,11 +274,22 @@ def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict |
         "strata_counts": None if strata is None else {
             k: {label: sum(1 for c in v if str(strata[c]) == label) for label in sorted({str(x) for x in strata.values()})}
             for k, v in cohorts.items()},
+        "split_file": None if user_file is None else str(user_file),
+        "group_by": None if groups is None else settings.group_by,
+        "groups": None if groups is None else {k: sorted({groups[c] for c in v}, key=natural_key)
+                                                for k, v in cohorts.items()},
         "cohorts": cohorts,
     })
     log(f"[split] {len(case_ids)} cases -> " + ", ".join(f"{k} {len(v)}" for k, v in cohorts.items())
-        + f"; saved {path}")
+        + (f" {how}" if how else "") + f"; saved {path}")
     return cohorts
+
+
+def _file_text(path: Path) -> str | None:
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError):
+        return None
 
 
 def load_split(settings: Settings) -> dict[str, list[str]]:
