@@ -288,6 +288,8 @@ def _summary_section(summary: dict, target_name: str = "clot") -> str:
         parts.append(_detection(summary.get("detection") or {}, target_name))
     for w in summary.get("warnings") or []:
         parts.append(f"<p class=\"warn\">warning: {_esc(w)}</p>")
+    for note in summary.get("notes") or []:
+        parts.append(f"<p class=\"note\">note: {_esc(note)}</p>")
     conv = summary.get("conventions") or {}
     if conv:
         parts.append("<details><summary>Scoring conventions</summary><dl class=\"kv\">"

@@ -159,18 +159,63 @@ def directed_surface_distances(pred: np.ndarray, truth: np.ndarray, spacing=None
     return np.asarray(d_pt, dtype=np.float64), np.asarray(d_tp, dtype=np.float64)
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    labels, n = ndimage.label(mask, structure=_FULL_STRUCTURE)
-    return labels, int(n)
+def slice_runs(depth: int, slice_gaps=None) -> list[tuple[int, int]]:
+    """[(start, stop), ...] runs of adjacent slices: `slice_gaps` lists the
+    slice indices k whose next slice k+1 is not adjacent in the source (the
+    slice importer's sidecar "slice_gaps"); none -> one run of all slices."""
+    cuts = sorted({int(k) + 1 for k in (slice_gaps or []) if 0 <= int(k) < depth - 1})
+    bounds = [0, *cuts, depth]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def case_metrics(pred, truth, spacing_mm=None) -> dict:
+def _components(mask: np.ndarray, runs=None) -> tuple[np.ndarray, int]:
+    """26-connected components; with `runs`, labelled within each run of
+    adjacent slices so that no component joins slices across a gap."""
+    if runs is None or len(runs) <= 1:
+        labels, n = ndimage.label(mask, structure=_FULL_STRUCTURE)
+        return labels, int(n)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    total = 0
+    for a, b in runs:
+        part, n = ndimage.label(mask[..., a:b], structure=_FULL_STRUCTURE)
+        labels[..., a:b] = np.where(part > 0, part + total, 0)
+        total += int(n)
+    return labels, total
+
+
+def _run_surface_distances(p: np.ndarray, t: np.ndarray, sp, runs, fail: float) -> tuple[np.ndarray, np.ndarray]:
+    """Directed surface distances computed within each run of adjacent slices;
+    the surface voxels of a run holding only one of the masks get the failure
+    distance (as an empty mask does for a whole case)."""
+    d_pt, d_tp = [], []
+    for a, b in runs:
+        ps, ts = p[..., a:b], t[..., a:b]
+        has_p, has_t = bool(ps.any()), bool(ts.any())
+        if has_p and has_t:
+            one, two = directed_surface_distances(ps, ts, sp)
+            d_pt.append(one)
+            d_tp.append(two)
+        elif has_p:
+            d_pt.append(np.full(int(np.count_nonzero(surface(ps))), fail))
+        elif has_t:
+            d_tp.append(np.full(int(np.count_nonzero(surface(ts))), fail))
+    empty = np.zeros(0, dtype=np.float64)
+    return (np.concatenate(d_pt) if d_pt else empty), (np.concatenate(d_tp) if d_tp else empty)
+
+
+def case_metrics(pred, truth, spacing_mm=None, slice_gaps=None) -> dict:
     """All per-case metrics for one predicted 3D mask (see module docstring).
 
     Args:
         pred: (H, W, D) bool or 0/1 predicted mask.
         truth: (H, W, D) bool or 0/1 true mask, or None for an unlabeled case.
         spacing_mm: (row, col, slice) voxel spacing in mm, or None (voxel units).
+        slice_gaps: slice indices k whose next slice is not adjacent in the
+            source (gaps in the slice numbers), or None. Components and
+            surface distances are then computed within each run of adjacent
+            slices and never across a gap (a run with only one of the masks
+            gives its surface voxels the failure distance); the row gets
+            "n_slice_gaps".
     Returns:
         dict of floats/ints/bools/strings: case_type, dice, iou, precision,
         recall, hd, hd95, assd, distance_unit, distance_is_failure_value,
@@ -186,7 +231,9 @@ def case_metrics(pred, truth, spacing_mm=None) -> dict:
     sp = _check_spacing(spacing_mm)
     voxel_volume = float(np.prod(sp)) if sp is not None else 1.0
     volume_unit = "mm3" if sp is not None else "voxel"
-    pred_labels, n_pred = _components(p)
+    runs = slice_runs(p.shape[-1], slice_gaps) if slice_gaps else None
+    gap_field = {"n_slice_gaps": len(runs) - 1} if runs is not None else {}
+    pred_labels, n_pred = _components(p, runs)
     n_p = int(np.count_nonzero(p))
 
     if truth is None:
@@ -195,6 +242,7 @@ def case_metrics(pred, truth, spacing_mm=None) -> dict:
             "pred_volume": n_p * voxel_volume,
             "volume_unit": volume_unit,
             "n_pred_components": n_pred,
+            **gap_field,
         }
 
     t = _as_mask(truth, "true")
@@ -204,7 +252,7 @@ def case_metrics(pred, truth, spacing_mm=None) -> dict:
     overlap = p & t
     tp = int(np.count_nonzero(overlap))
 
-    truth_labels, n_true = _components(t)
+    truth_labels, n_true = _components(t, runs)
     hit_true = np.unique(truth_labels[overlap])
     hit_pred = np.unique(pred_labels[overlap])
     n_detected = int(np.count_nonzero(hit_true))
@@ -227,7 +275,10 @@ def case_metrics(pred, truth, spacing_mm=None) -> dict:
         iou = tp / (n_p + n_t - tp)
         precision = tp / n_p
         recall = tp / n_t
-        d_pt, d_tp = directed_surface_distances(p, t, sp)
+        if runs is not None and len(runs) > 1:
+            d_pt, d_tp = _run_surface_distances(p, t, sp, runs, fail)
+        else:
+            d_pt, d_tp = directed_surface_distances(p, t, sp)
         both = np.concatenate([d_pt, d_tp])
         hd = float(both.max())
         hd95 = float(np.percentile(both, 95))
@@ -258,4 +309,5 @@ def case_metrics(pred, truth, spacing_mm=None) -> dict:
         "n_false_positive_components": n_fp,
         "pred_voxels": n_p,
         "true_voxels": n_t,
+        **gap_field,
     }

@@ -63,6 +63,10 @@ CONVENTIONS = {
     "lesions": "3D connected components, 26-connectivity; a true lesion is detected if it "
                "overlaps any predicted voxel; a predicted component touching no true voxel is a "
                "false positive",
+    "slice_gaps": "cases whose slices are not adjacent in the source (gaps in the slice numbers, sidecar "
+                  "slice_gaps) are scored per run of adjacent slices: components and surface distances never "
+                  "join slices across a gap; a run with only one of the masks gives its surface the failure "
+                  "distance",
     "ci": "percentile bootstrap of the mean over cases",
 }
 

@@ -354,13 +354,14 @@ def _uncertainty(case: CaseFiles) -> dict:
     return {k: data[k] for k in UNCERTAINTY_KEYS if k in data}
 
 
-def _metrics(pred: np.ndarray, truth, spacing, num_classes: int) -> dict:
-    """Binary metrics for a 1-class model; per-class metrics (suffix _c<k>) otherwise."""
+def _metrics(pred: np.ndarray, truth, spacing, num_classes: int, slice_gaps=None) -> dict:
+    """Binary metrics for a 1-class model; per-class metrics (suffix _c<k>) otherwise.
+    `slice_gaps` (sidecar): components and distances never join slices across a gap."""
     if num_classes == 1:
-        return case_metrics(pred > 0, None if truth is None else truth > 0, spacing)
+        return case_metrics(pred > 0, None if truth is None else truth > 0, spacing, slice_gaps)
     out = {}
     for c in range(1, num_classes):
-        m = case_metrics(pred == c, None if truth is None else truth == c, spacing)
+        m = case_metrics(pred == c, None if truth is None else truth == c, spacing, slice_gaps)
         out.update({f"{k}_c{c}": v for k, v in m.items()})
     return out
 
@@ -409,7 +410,11 @@ def score_case(case: CaseFiles, num_classes: int, modalities=(), windows: dict |
                 raise InputDataError(f"case {cid}: shape mismatch, {m} volume {case.volumes[m].name} is "
                                      f"{arr.shape} but the prediction is {pred.shape}")
             volumes[m] = arr
-    row = {"case_id": cid, **_metrics(pred, truth, spacing, num_classes)}
+    gaps = side.get("slice_gaps")
+    if gaps is not None and not (isinstance(gaps, list) and all(isinstance(k, int) and not isinstance(k, bool)
+                                                                  for k in gaps)):
+        raise InputDataError(f"case {cid}: sidecar slice_gaps must be a list of slice indices, got {gaps!r:.60}")
+    row = {"case_id": cid, **_metrics(pred, truth, spacing, num_classes, gaps or None)}
     try:
         row.update(_biomarkers(pred, truth, spacing, volumes, windows, side.get("intensity", "HU"), affine,
                                num_classes))
@@ -503,6 +508,11 @@ def score_cases(cases: list[CaseFiles], out_dir, *, modalities=(), windows: dict
     if problems:
         raise InputDataError(listing("problem(s) with the files to score; nothing was written", problems))
     notes = list(notes)
+    gapped = [r["case_id"] for r in rows if any(k.startswith("n_slice_gaps") and v for k, v in r.items())]
+    if gapped:
+        notes.append(f"{len(gapped)} case(s) have slices that are not adjacent in the source (gaps in the slice "
+                     f"numbers: {', '.join(gapped[:5])}{' ...' if len(gapped) > 5 else ''}); their 3D components "
+                     "and surface distances are computed within each run of adjacent slices, never across a gap")
     labelled = [r for r in rows if r.get("case_type") != "unlabeled"]
     meta = {**(meta or {}), "num_classes": num_classes, "modalities": list(modalities)}
     out_dir = Path(out_dir)

@@ -44,8 +44,9 @@ def _wrap(text: str) -> str:
 def _common_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     out = p.add_argument_group("output (defaults: CT-ClotSeg layout, or the values of --config)")
-    out.add_argument("--config", type=Path, help="take folders, file patterns, CASE_PREFIX and NUM_CLASSES "
-                     "from this config.py (paths relative to its folder)")
+    out.add_argument("--config", type=Path, help="take folders, file patterns, CASE_PREFIX, NUM_CLASSES and the "
+                     "size limit (INPUT_SHAPE) from this config.py (paths relative to its folder), and print the "
+                     "config.py lines that fit the imported data")
     out.add_argument("--out-root", type=Path, help="project folder the output folders are relative to "
                      "(default: the config's folder, else the current folder)")
     out.add_argument("--volume-dir", help="volume folder (default DL_vol_files/binary)")
@@ -57,7 +58,8 @@ def _common_parser() -> argparse.ArgumentParser:
     out.add_argument("--mask-pattern", help="mask file name with <ID> (default CS<ID>_seg_corrected_binary.npy)")
     chk = p.add_argument_group("checks")
     chk.add_argument("--max-size", type=int, metavar="PIXELS",
-                     help="largest in-plane size (rows or cols); larger inputs are refused unless --resize")
+                     help="largest in-plane size (rows or cols); larger inputs are refused unless --resize "
+                          "(default with --config: the smaller of INPUT_SHAPE's rows and cols)")
     chk.add_argument("--resize", action="store_true", help="downsample larger inputs to --max-size (images "
                      "area-averaged, masks nearest neighbour, spacing updated)")
     chk.add_argument("--multiclass", action="store_true",
@@ -148,12 +150,14 @@ def options_from_args(args, log=print) -> ImportOptions:
     """ImportOptions from parsed arguments (config values, then explicit flags)."""
     if args.max_size is not None and args.max_size < 1:
         raise InputDataError("--max-size must be a positive number of pixels")
-    if args.resize and args.max_size is None:
-        raise InputDataError("--resize needs --max-size")
+    if args.resize and args.max_size is None and args.config is None:
+        raise InputDataError("--resize needs --max-size (or --config, whose INPUT_SHAPE gives the size)")
+    settings = None
     if args.config is not None:
         from clotseg.settings import Settings
 
-        opts = ImportOptions.from_settings(Settings.from_file(args.config), log=log)
+        settings = Settings.from_file(args.config)
+        opts = ImportOptions.from_settings(settings, log=log)
     else:
         opts = ImportOptions(log=log)
     if args.out_root is not None:
@@ -164,9 +168,29 @@ def options_from_args(args, log=print) -> ImportOptions:
     if args.output_pattern:
         opts.output_patterns = {**opts.output_patterns, **parse_assignments(args.output_pattern, "--output-pattern")}
     opts.max_size, opts.resize = args.max_size, args.resize
+    if settings is not None and args.max_size is None:
+        opts.max_size = int(min(settings.input_shape[:2]))
+        log(f"size limit {opts.max_size} px from INPUT_SHAPE {tuple(settings.input_shape)} in {args.config}"
+            + (" (larger slices are resized)" if args.resize else " (larger slices are refused; --resize shrinks "
+               "them, --max-size sets another limit)"))
     opts.multiclass = opts.multiclass or args.multiclass
     opts.overwrite, opts.dry_run, opts.skip_bad_cases = args.overwrite, args.dry_run, args.skip_bad_cases
     return opts
+
+
+def _plain_single_pattern(args, opts, modalities: list) -> None:
+    """With --config, one imported modality is a plain CT series (nothing registered
+    to it): unless --output-pattern names it, or the config already describes
+    exactly that one modality, its files are <prefix><ID>_<NAME>.npy (no "_Reg")."""
+    if args.config is None or len(modalities) != 1:
+        return
+    (m,) = modalities
+    explicit = parse_assignments(args.output_pattern, "--output-pattern") if args.output_pattern else {}
+    from clotseg.settings import Settings
+
+    configured = list(Settings.from_file(args.config).modality_patterns)
+    if m not in explicit and configured != [m]:
+        opts.output_patterns = {**opts.output_patterns, m: f"{opts.case_prefix}<ID>_{m}.npy"}
 
 
 def run(args, log=print):
@@ -176,12 +200,14 @@ def run(args, log=print):
         from clotseg.importers.nifti import import_nifti
 
         mods = parse_assignments(args.modality, "--modality")
+        _plain_single_pattern(args, opts, list(mods))
         report = import_nifti(args.source, mods, opts, mask=args.mask, mask_root=args.mask_root,
                               affine_tol_mm=args.affine_tol)
     elif args.importer == "dicom":
         from clotseg.importers.dicom import import_dicom
 
         mods = parse_assignments(args.modality, "--modality")
+        _plain_single_pattern(args, opts, list(mods))
         report = import_dicom(args.source, mods, opts, mask=args.mask, mask_root=args.mask_root,
                               series_list=args.series_list, affine_tol_mm=args.affine_tol,
                               allow_single_slice=args.allow_single_slice)
@@ -192,6 +218,7 @@ def run(args, log=print):
             raise InputDataError("slices: give either an IMAGES folder or --modality NAME=FOLDER (not both)")
         mods = ({args.modality_name: args.images} if args.images is not None
                 else {k: Path(v) for k, v in parse_assignments(args.modality, "--modality").items()})
+        _plain_single_pattern(args, opts, list(mods))
         report = import_slices(mods, opts, masks=args.masks, regex=args.regex, mask_regex=args.mask_regex,
                                mask_threshold=args.mask_threshold, rgb_map=args.rgb_map,
                                rgb_tolerance=args.rgb_tolerance, fill_missing_masks=args.fill_missing_masks,
@@ -206,7 +233,9 @@ def _summary(report, modalities, opts, args, log) -> None:
         + ("" if opts.dry_run else f", ids in {opts.volume_path / IMPORT_MAP}"))
     for name, msg in report.failed.items():
         log(f"  skipped {name}: {msg}")
-    if args.config is None and modalities != ["CTA", "NCCT"]:
+    if args.config is not None:
+        log(config_lines(report, modalities, opts, args))
+    elif modalities != ["CTA", "NCCT"]:
         pats = {m: opts.pattern_for(m) for m in modalities}
         window, note = ("(0.0, 255.0)", "raw 8-bit image values") if args.importer == "slices" else \
             ("(low, high)", "HU window per modality")
@@ -214,6 +243,42 @@ def _summary(report, modalities, opts, args, log) -> None:
             f"  MODALITY_PATTERNS = {pats!r}\n"
             f"  WINDOWS_HU = {{{', '.join(f'{m!r}: {window}' for m in modalities)}}}  # {note}\n"
             f"  INPUT_SHAPE = (rows, cols, {len(modalities)})")
+
+
+def config_lines(report, modalities: list, opts, args) -> str:
+    """The config.py lines that fit the imported cases: their file patterns, a
+    window per modality, and INPUT_SHAPE from the largest slice size seen
+    (rounded up to a multiple of 2**DEPTH) with one channel per modality."""
+    from clotseg.settings import Settings
+
+    settings = Settings.from_file(args.config)
+    shapes = [tuple(s) for s in report.shapes.values()]
+    step = 2 ** settings.depth
+    if shapes:
+        rows = -(-max(s[0] for s in shapes) // step) * step
+        cols = -(-max(s[1] for s in shapes) // step) * step
+        size_note = (f"largest slice seen {max(s[0] for s in shapes)}x{max(s[1] for s in shapes)} px, "
+                     f"rounded up to a multiple of 2**DEPTH = {step}")
+    else:
+        rows, cols = settings.input_shape[:2]
+        size_note = "no case imported: size kept"
+    windows = {}
+    for m in modalities:
+        if args.importer == "slices":
+            windows[m] = (0.0, 255.0)
+        else:
+            windows[m] = tuple(float(v) for v in settings.windows_hu.get(m) or (0.0, 80.0))
+    win_note = ("raw image values; 8-bit range (use the value range for 16-bit images)" if args.importer == "slices"
+                else "HU window per modality")
+    pats = {m: opts.pattern_for(m) for m in modalities}
+    lines = [f"config.py lines for the {len(shapes)} imported case(s) (set them in {args.config}):",
+             f"MODALITY_PATTERNS = {pats!r}",
+             f"MASK_PATTERN = {opts.mask_pattern_or_default()!r}",
+             f"WINDOWS_HU = {{{', '.join(f'{m!r}: {windows[m]!r}' for m in modalities)}}}  # {win_note}",
+             f"INPUT_SHAPE = ({rows}, {cols}, {len(modalities)})  # {size_note}; channels = modalities"]
+    if opts.multiclass and settings.num_classes == 1:
+        lines.append("NUM_CLASSES = 2  # or more: background + the classes of --multiclass masks")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:

@@ -132,6 +132,7 @@ class CaseSource:
     name: str
     files: dict = field(default_factory=dict)
     problem: str | None = None
+    slice_numbers: list | None = None   # source slice numbers in stack order (slice importer), if known
 
 
 @dataclass

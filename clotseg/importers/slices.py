@@ -13,6 +13,12 @@ window in config.py must fit the value range (e.g. (0, 255) for 8-bit).
 Masks are binarised by a threshold, taken as labels when they only hold 0/1
 (or class ids 0..MAX_CLASSES with `multiclass`), or mapped colour -> class by an rgb_map.
 Pixel spacing is unknown (sidecar spacing_mm null).
+
+With a numeric `slice` group the sidecar records the source slice numbers
+("slice_numbers") and where consecutive stacked slices are not adjacent in
+the source ("slice_gaps": stack index k where slice k+1 does not follow
+slice k, e.g. 3, 4, 7 -> [1]); the scoring never joins 3D components or
+surface distances across such a gap.
 """
 
 from __future__ import annotations
@@ -218,6 +224,14 @@ def _unmatched(paths: list, folder, flag: str, regex: str, log, ignore: bool) ->
                          "fix the regex, or pass --ignore-unmatched to leave them out")
 
 
+def slice_gaps(numbers: list | None) -> list[int]:
+    """Stack indices k whose next slice is not the next number in the source
+    ([] when all are adjacent or the numbers are unknown)."""
+    if not numbers:
+        return []
+    return [k for k in range(len(numbers) - 1) if numbers[k + 1] - numbers[k] != 1]
+
+
 def describe_cases(cases: list[CaseSource], modalities: list, limit: int = 50) -> str:
     """'found 3 case(s): 3 (3 slices, labelled), 12 (2 slices), ...' for the log."""
     parts = []
@@ -297,7 +311,9 @@ def discover_slice_cases(images: dict, masks: Path | None, regex: str = DEFAULT_
                 issues.append(f"mask file(s) without an image slice: {[str(case_masks[k]) for k in orphans[:5]]}")
         else:
             files["mask"] = None
-        cases.append(CaseSource(name, files, "; ".join(issues) or None))
+        numbers = ([int(k) for k in keys] if "slice" in _compile(regex, "--regex").groupindex
+                   and all(str(k).isdigit() for k in keys) else None)
+        cases.append(CaseSource(name, files, "; ".join(issues) or None, slice_numbers=numbers))
     orphan_cases = sorted(set(mask_groups) - set(names), key=natural_key)
     if orphan_cases:
         log(f"warning: masks of case(s) {orphan_cases[:10]} have no images and are ignored")
@@ -373,8 +389,18 @@ def import_slices(images: dict | Path | str, options: ImportOptions, masks: Path
     modalities = list(images)
     options.log(describe_cases(cases, modalities))
 
+    gapped = [(c.name, len(slice_gaps(c.slice_numbers))) for c in cases if slice_gaps(c.slice_numbers)]
+    if gapped:
+        options.log(f"note: {len(gapped)} case(s) have gaps in their slice numbers (e.g. {gapped[0][0]}: "
+                    f"{gapped[0][1]} gap(s)); recorded in the sidecar as slice_gaps, and the scoring never joins "
+                    "3D components or surface distances across them")
+
     def loader(src: CaseSource) -> LoadedCase:
-        return load_slice_case(src.files, modalities, mask_threshold, cmap, rgb_tolerance, multiclass,
+        case = load_slice_case(src.files, modalities, mask_threshold, cmap, rgb_tolerance, multiclass,
                                f"case {src.name}")
+        if src.slice_numbers is not None:
+            case.extra = {**(case.extra or {}), "slice_numbers": list(src.slice_numbers),
+                          "slice_gaps": slice_gaps(src.slice_numbers)}
+        return case
 
     return run_import("slices", cases, loader, modalities, options)
