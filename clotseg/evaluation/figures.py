@@ -229,7 +229,8 @@ def modality_overlay(slices, truth_slice, pred_slice, out_png, title: str = "", 
     Panels: one per modality, in channel order and titled with its name; a
     zoom of the first modality around the clot/prediction when it is small
     against the image; and, when `uncertainty_slice` is given, the voxel
-    uncertainty map (colour, 0..`uncertainty_max`) with the prediction contour.
+    uncertainty map (colour, 0..`uncertainty_max`) with the prediction contour,
+    cropped like the zoom when there is one.
 
     Args:
         slices: list of (rows, cols) HU arrays (or uint8 codes), one per modality.
@@ -258,12 +259,14 @@ def modality_overlay(slices, truth_slice, pred_slice, out_png, title: str = "", 
         _show(ax, img, win, t, p, title=name)
     if uncertainty_slice is not None:
         ax = axes[-1]
-        im = ax.imshow(np.asarray(uncertainty_slice, dtype=np.float32), cmap="magma", vmin=0.0,
-                       vmax=float(uncertainty_max), interpolation="nearest")
-        _contour(ax, pred_slice, "cyan")
+        unc, unc_pred = np.asarray(uncertainty_slice, dtype=np.float32), pred_slice
+        if box is not None:          # the same crop as the zoom: clots are small against the head
+            unc, unc_pred = unc[box], _crop(pred_slice, box)
+        im = ax.imshow(unc, cmap="magma", vmin=0.0, vmax=float(uncertainty_max), interpolation="nearest")
+        _contour(ax, unc_pred, "cyan")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title("uncertainty (cyan: prediction)", fontsize=9)
+        ax.set_title("uncertainty" + (" zoom" if box is not None else "") + " (cyan: prediction)", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     fig.legend(handles=_legend_handles(truth_slice is not None), loc="lower center",
                ncol=2, fontsize=9, frameon=False)
