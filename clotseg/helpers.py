@@ -50,6 +50,15 @@ def pattern_regex(pattern: str, placeholder: str = "<ID>", group: str = "id", gr
                       + _literal_regex(after, wildcards) + "$", re.IGNORECASE if ignore_case else 0)
 
 
+def slice_runs(depth: int, slice_gaps=None) -> list[tuple[int, int]]:
+    """[(start, stop), ...] runs of adjacent slices: `slice_gaps` lists the
+    slice indices k whose next slice k+1 is not adjacent in the source (the
+    slice importer's sidecar "slice_gaps"); none -> one run of all slices."""
+    cuts = sorted({int(k) + 1 for k in (slice_gaps or []) if 0 <= int(k) < depth - 1})
+    bounds = [0, *cuts, depth]
+    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
 def jsonable(value, finite_only: bool = True, str_keys: bool = True):
     """`value` as plain JSON-ready Python, recursively: tuples -> lists, Paths -> text,
     numpy scalars and 0-d arrays -> Python numbers, dict keys -> text (unless

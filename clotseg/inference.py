@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from clotseg.helpers import slice_runs
 from clotseg.intensity import add_context, center_crop, volume_to_samples
 
 STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
@@ -83,17 +84,31 @@ def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.argmax(prob, axis=-1).astype(np.uint8)
 
 
-def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = False) -> np.ndarray:
+def _label_runs(mask: np.ndarray, runs) -> tuple[np.ndarray, int]:
+    """26-connected components labelled within each run of adjacent slices."""
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    total = 0
+    for a, b in runs:
+        part, n = ndimage.label(mask[..., a:b], structure=STRUCTURE_26)
+        labels[..., a:b] = np.where(part > 0, part + total, 0)
+        total += int(n)
+    return labels, total
+
+
+def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = False,
+                slice_gaps=None) -> np.ndarray:
     """Drop 3D components (26-connected) below `min_voxels`; optionally keep
     only the largest. Works per label for multi-class masks; returns uint8.
+    `slice_gaps` (sidecar): no component joins slices across a gap.
     """
     if min_voxels <= 0 and not keep_largest:
         return mask
+    runs = slice_runs(mask.shape[-1], slice_gaps)
     out = np.zeros_like(mask)
     for label in np.unique(mask):
         if label == 0:
             continue
-        comps, n = ndimage.label(mask == label, structure=STRUCTURE_26)
+        comps, n = _label_runs(mask == label, runs)
         if n == 0:
             continue
         sizes = np.bincount(comps.ravel())[1:]

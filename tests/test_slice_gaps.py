@@ -114,3 +114,13 @@ def test_scoring_reads_sidecar_gaps_and_says_so(tmp_path):
     csv_text = (tmp_path / "out" / "metrics.csv").read_text()
     assert "n_slice_gaps" in csv_text.splitlines()[0]
     assert "slice_gaps" in summary["conventions"]
+
+
+def test_postprocessing_filters_never_join_across_a_gap():
+    from clotseg.inference import postprocess
+
+    m = np.zeros((8, 8, 4), np.uint8)
+    m[2:4, 2:4, 1:3] = 1                          # 8 voxels over slices 1-2, 4 on each side of a gap
+    assert postprocess(m, min_voxels=5).sum() == 8
+    assert postprocess(m, min_voxels=5, slice_gaps=[1]).sum() == 0
+    assert postprocess(m, keep_largest=True, slice_gaps=[1]).sum() == 4

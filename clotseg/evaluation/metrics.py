@@ -57,6 +57,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from clotseg.helpers import slice_runs  # noqa: F401  (runs of adjacent slices; also imported from here)
+
 _FACE_STRUCTURE = ndimage.generate_binary_structure(3, 1)   # surface definition
 _FULL_STRUCTURE = ndimage.generate_binary_structure(3, 3)   # 26-connected lesions
 # Measured: two EDTs cost ~0.7 us per box voxel, the two tree queries ~2 us
@@ -157,15 +159,6 @@ def directed_surface_distances(pred: np.ndarray, truth: np.ndarray, spacing=None
     else:
         raise ValueError(f"method must be 'auto', 'edt' or 'kdtree', got {method!r}")
     return np.asarray(d_pt, dtype=np.float64), np.asarray(d_tp, dtype=np.float64)
-
-
-def slice_runs(depth: int, slice_gaps=None) -> list[tuple[int, int]]:
-    """[(start, stop), ...] runs of adjacent slices: `slice_gaps` lists the
-    slice indices k whose next slice k+1 is not adjacent in the source (the
-    slice importer's sidecar "slice_gaps"); none -> one run of all slices."""
-    cuts = sorted({int(k) + 1 for k in (slice_gaps or []) if 0 <= int(k) < depth - 1})
-    bounds = [0, *cuts, depth]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def _components(mask: np.ndarray, runs=None) -> tuple[np.ndarray, int]:

@@ -173,7 +173,9 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
         members = predict_volume_members(model, vols, windows, hw, batch_size=batch_size, tta_flips=True,
                                          context_slices=trained.context_slices)
         prob = np.mean(members, axis=0, dtype=np.float32) if post.tta_flips else members[0]
-        pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component)
+        gaps = read_sidecar(case.sidecar, case.case_id).get("slice_gaps") if case.sidecar else None
+        pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
+                           slice_gaps=gaps if isinstance(gaps, list) else None)
         cid = case.case_id
         atomic_save_npy(pred_dir / f"{cid}_pred.npy", pred)
         prob_fg = None
