@@ -70,13 +70,13 @@ POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices 
 HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from hard negatives: slices
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
-CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below of every modality as
+CONTEXT_SLICES = 0               # 2.5D: also feed the k slices above and below of every modality as
                                  # channels (0 = plain 2D); edge slices repeat the first/last slice
 
 # --------------------------------------------------------------------------
 # Model (stage 4)
 # --------------------------------------------------------------------------
-MODEL = "resunet"                # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (residual encoder, nnU-Net ResEnc style)
+MODEL = "unet"                   # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (residual encoder, nnU-Net ResEnc style)
 BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
 DROPOUT = 0.1
@@ -126,21 +126,20 @@ PRESET = None
 PRESETS = {
     "demo": {
         "INPUT_SHAPE": (128, 128, 2),
-        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 640,
-        "TARGET_SAMPLE_SIZE_AUG_VAL": 160,
         "BASE_FILTERS": 8,
-        "EPOCHS": 16,
+        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1280,
+        "TARGET_SAMPLE_SIZE_AUG_VAL": 320,
+        "EPOCHS": 8,
         "BATCH_SIZE": 16,
         "LEARNING_RATE": 2e-3,
-        "EARLY_STOPPING_PATIENCE": 6,
-        "REDUCE_LR_PATIENCE": 3,
+        "EARLY_STOPPING_PATIENCE": 8,
     },
     "cpu": {
         "INPUT_SHAPE": (128, 128, 2),
-        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1600,
+        "MODEL": "unet",
+        "BASE_FILTERS": 16,
+        "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1280,
         "TARGET_SAMPLE_SIZE_AUG_VAL": 320,
-        "BASE_FILTERS": 12,
-        "DEPTH": 4,
         "EPOCHS": 8,
         "BATCH_SIZE": 16,
         "LEARNING_RATE": 2e-3,

@@ -48,7 +48,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 SCALES = {
-    "cpu": {"preset": "cpu", "train_cases": 50, "test_cases": 48, "in_plane": (96, 128), "slices": (20, 48),
+    "cpu": {"preset": "cpu", "train_cases": 50, "test_cases": 40, "in_plane": (96, 128), "slices": (20, 48),
             "budget_minutes": 20.0},
     "gpu": {"preset": "gpu", "train_cases": 200, "test_cases": 60, "in_plane": (192, 256), "slices": (24, 64),
             "budget_minutes": 5.0},
@@ -108,15 +108,15 @@ def headline(summary: dict) -> dict:
 
 
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
-             test_domains=("standard", "shifted"), untuned: bool = False) -> dict:
+             test_domains=("standard", "shifted"), untuned: bool = False, reuse: bool = False) -> dict:
     """One training + testing round; returns figures per test cohort."""
     from clotseg.settings import Settings
 
     scale = SCALES[scale_name]
     project = workdir / f"repeat{repeat}"
-    if project.exists():
+    if project.exists() and not reuse:
         shutil.rmtree(project)
-    project.mkdir(parents=True)
+    project.mkdir(parents=True, exist_ok=True)
     values = {**scale.get("overrides", {}), **overrides}
     base = Settings.from_file(ROOT / "config.py", preset=preset)
     settings_values = {**base.to_dict(), **values, "PRESET": None, "RANDOM_SEED": base.random_seed + repeat,
@@ -126,12 +126,15 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
         settings = settings.replace(max_training_minutes=scale["budget_minutes"])
 
     log(f"[quality] repeat {repeat}: writing cohorts in {project}")
-    _write_phantom(settings.volume_path, settings.mask_path, scale["train_cases"], 1000 + repeat, scale, "standard")
+    if not (reuse and settings.volume_path.is_dir()):
+        _write_phantom(settings.volume_path, settings.mask_path, scale["train_cases"], 1000 + repeat, scale,
+                       "standard")
     tests = {}
     for domain, seed in (("standard", 2000 + repeat), ("shifted", 3000 + repeat)):
         if domain in test_domains:
             folder = project / f"test_{domain}"
-            _write_phantom(folder / "volumes", folder / "masks", scale["test_cases"], seed, scale, domain)
+            if not (reuse and folder.is_dir()):
+                _write_phantom(folder / "volumes", folder / "masks", scale["test_cases"], seed, scale, domain)
             tests[domain] = folder
 
     from clotseg.pipeline import prepare_data
@@ -140,12 +143,17 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
     from clotseg.io import read_json
 
     started = time.perf_counter()
-    prepare_data(settings, log=log, demo_if_empty=False)
-    prep_seconds = time.perf_counter() - started
-    run = run_training(settings, log=log)
+    runs = sorted((project / "Trainings").glob("*/run.json")) if reuse else []
+    if runs:  # --reuse: score the finished run of an earlier call again (e.g. after a crash in testing)
+        run, prep_seconds = runs[-1].parent, None
+        log(f"[quality] reusing run {run}")
+    else:
+        prepare_data(settings, log=log, demo_if_empty=False)
+        prep_seconds = time.perf_counter() - started
+        run = run_training(settings, log=log)
     record = read_json(run / "run.json")
     post = read_json(run / "postprocessing.json") if (run / "postprocessing.json").is_file() else None
-    result = {"repeat": repeat, "run": run.name, "data_seconds": round(prep_seconds, 1),
+    result = {"repeat": repeat, "run": run.name, "data_seconds": None if prep_seconds is None else round(prep_seconds, 1),
               "training_seconds": record.get("training_seconds"), "epochs_done": record.get("epochs_done"),
               "best_val_dice": record.get("best_val_dice"),
               "postprocessing": post["chosen"] if post else None, "cohorts": {}}
@@ -218,6 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--workdir", type=Path, default=None, help="keep the projects here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--test-domains", default="standard,shifted")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --workdir: keep its cohorts and score its finished run again instead of training")
     parser.add_argument("--untuned", action="store_true",
                         help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
@@ -232,7 +242,8 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             for r in range(args.repeats):
                 results.append(run_once(args.scale, preset, overrides, r, workdir,
-                                        tuple(d for d in args.test_domains.split(",") if d), args.untuned))
+                                        tuple(d for d in args.test_domains.split(",") if d), args.untuned,
+                                        args.reuse))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

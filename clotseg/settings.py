@@ -89,9 +89,9 @@ class Settings:
     positive_fraction: float = 0.5
     hard_negative_fraction: float = 0.25
     num_workers: int = 0
-    context_slices: int = 1
+    context_slices: int = 0
     # model
-    model: str = "resunet"
+    model: str = "unet"
     base_filters: int = 32
     depth: int = 3
     dropout: float = 0.1
