@@ -26,15 +26,21 @@ from clotseg.stages.split import case_groups, run_split
 DEMO_CASES = 20
 
 
+# Placeholders that keep an empty folder in git; they are not data.
+PLACEHOLDERS = {".gitkeep", ".keep"}
+
+
 def _holds_files(folder: Path) -> bool:
     """Whether `folder` exists as anything but an empty folder tree (any file,
-    hidden or not, any case of suffix, at any depth; a non-folder counts)."""
+    hidden or not, any case of suffix, at any depth; a non-folder counts).
+    The placeholders git needs for an empty folder (`.gitkeep`, `.keep`) do
+    not count, so a fresh clone gets the demo cohort."""
     if not os.path.lexists(folder):
         return False
     if not folder.is_dir():
         return True
     for _root, _dirs, files in os.walk(folder):
-        if files:
+        if any(f not in PLACEHOLDERS for f in files):
             return True
     return False
 

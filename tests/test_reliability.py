@@ -191,6 +191,21 @@ def test_demo_cohort_is_not_written_beside_upper_case_npy_files_or_a_lone_sideca
     assert [p.name for p in other.volume_path.iterdir()] == ["notes.txt"]
 
 
+def test_demo_cohort_is_written_into_a_fresh_clone_whose_folders_hold_only_gitkeep(tmp_path, monkeypatch):
+    """The repository keeps its empty data folders with a .gitkeep: that is
+    not data, so a fresh clone gets the demo cohort (and keeps the .gitkeep)."""
+    import clotseg.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "DEMO_CASES", 3)
+    s = tiny_settings(tmp_path)
+    for folder in (s.volume_path, s.mask_path):
+        folder.mkdir(parents=True)
+        (folder / ".gitkeep").write_text("")
+    assert ensure_demo_cohort(s, log=quiet) is True
+    assert len(list(s.volume_path.glob("CS*_CTA_Binary.npy"))) == 3
+    assert (s.volume_path / ".gitkeep").is_file()
+
+
 def test_demo_cohort_never_overwrites_a_file_that_appears_meanwhile(tmp_path, monkeypatch):
     import clotseg.phantom as phantom
     import clotseg.pipeline as pipeline
