@@ -238,6 +238,11 @@ def test_training_does_not_take_an_augmented_store_with_missing_files(tmp_path):
 
 
 # ------------------------------------------------- a run's own files, validated
+# The fake run is trained with 2.5D context (6 input channels), whatever the
+# default, so "config.py now gives other inputs" is CONTEXT_SLICES = 0.
+RUN_CONTEXT = 1
+
+
 @pytest.fixture(scope="module")
 def saved_model(tmp_path_factory):
     """A tiny model of the tiny settings, saved as .keras (model + optimizer)."""
@@ -245,7 +250,7 @@ def saved_model(tmp_path_factory):
 
     from myModels import build_model
 
-    s = tiny_settings(tmp_path_factory.mktemp("m"))
+    s = tiny_settings(tmp_path_factory.mktemp("m"), context_slices=RUN_CONTEXT)
     model = build_model(s.model, s.model_input_shape, s.base_filters, s.depth, s.dropout, s.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
     path = tmp_path_factory.mktemp("saved") / "last.keras"
@@ -321,7 +326,7 @@ def _truncate(path: Path, keep: float = 0.5):
 def test_resume_names_the_damaged_run_file_in_one_line(tmp_path, saved_model, damage, pattern):
     from clotseg.stages.train import find_resumable
 
-    s = tiny_settings(tmp_path)
+    s = tiny_settings(tmp_path, context_slices=RUN_CONTEXT)
     run = _fake_run(s, saved_model)
     assert find_resumable(s) == run
     damage(run)
@@ -349,7 +354,7 @@ def test_checkpoint_corrupt_inside_is_caught_by_its_checksum(tmp_path, saved_mod
 def test_resume_with_other_model_inputs_in_config_py_is_refused(tmp_path, saved_model):
     from clotseg.stages.train import find_resumable
 
-    s = tiny_settings(tmp_path)
+    s = tiny_settings(tmp_path, context_slices=RUN_CONTEXT)
     run = _fake_run(s, saved_model)
     with pytest.raises(StageError, match=rf"cannot resume run {run.name}: it was trained on inputs \(64, 64, 6\) "
                                          r"with NUM_CLASSES = 1, but config.py now gives inputs \(64, 64, 2\)"):
@@ -361,7 +366,7 @@ def test_resume_with_other_model_inputs_in_config_py_is_refused(tmp_path, saved_
 def test_run_settings_load_checked_for_testing_too(tmp_path, saved_model):
     from clotseg.stages.train import load_run_settings
 
-    s = tiny_settings(tmp_path)
+    s = tiny_settings(tmp_path, context_slices=RUN_CONTEXT)
     run = _fake_run(s, saved_model)
     assert load_run_settings(run, s.root) == s.replace(presets={})
     _edit_json(run / "Relevant_Files" / "config.json", WINDOWS_HU={"CTA": [600, -100], "NCCT": None})
