@@ -59,6 +59,27 @@ def slice_runs(depth: int, slice_gaps=None) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+def label_components(mask: np.ndarray, runs=None) -> tuple[np.ndarray, int]:
+    """26-connected components of a (H, W, D) mask -> (int labels, count).
+
+    With `runs` (see `slice_runs`) components are labelled within each run
+    of adjacent slices, so no component joins slices across a gap.
+    """
+    from scipy import ndimage  # here, not at import: settings and cohort import this module
+
+    full = np.ones((3,) * mask.ndim, dtype=bool)
+    if runs is None or len(runs) <= 1:
+        labels, n = ndimage.label(mask, structure=full)
+        return labels, int(n)
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    total = 0
+    for a, b in runs:
+        part, n = ndimage.label(mask[..., a:b], structure=full)
+        labels[..., a:b] = np.where(part > 0, part + total, 0)
+        total += int(n)
+    return labels, total
+
+
 def jsonable(value, finite_only: bool = True, str_keys: bool = True):
     """`value` as plain JSON-ready Python, recursively: tuples -> lists, Paths -> text,
     numpy scalars and 0-d arrays -> Python numbers, dict keys -> text (unless

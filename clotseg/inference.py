@@ -8,12 +8,10 @@ cropped back to the input's in-plane size and restacked along the last axis.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
-from clotseg.helpers import slice_runs
+from clotseg.helpers import label_components, slice_runs
 from clotseg.intensity import add_context, center_crop, volume_to_samples
 
-STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -84,17 +82,6 @@ def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     return np.argmax(prob, axis=-1).astype(np.uint8)
 
 
-def _label_runs(mask: np.ndarray, runs) -> tuple[np.ndarray, int]:
-    """26-connected components labelled within each run of adjacent slices."""
-    labels = np.zeros(mask.shape, dtype=np.int32)
-    total = 0
-    for a, b in runs:
-        part, n = ndimage.label(mask[..., a:b], structure=STRUCTURE_26)
-        labels[..., a:b] = np.where(part > 0, part + total, 0)
-        total += int(n)
-    return labels, total
-
-
 def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = False,
                 slice_gaps=None) -> np.ndarray:
     """Drop 3D components (26-connected) below `min_voxels`; optionally keep
@@ -108,7 +95,7 @@ def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = Fals
     for label in np.unique(mask):
         if label == 0:
             continue
-        comps, n = _label_runs(mask == label, runs)
+        comps, n = label_components(mask == label, runs)
         if n == 0:
             continue
         sizes = np.bincount(comps.ravel())[1:]

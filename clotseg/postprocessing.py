@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass
 from itertools import product
 
 import numpy as np
-from scipy import ndimage
+
+from clotseg.helpers import label_components
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 MIN_SIZES = (0, 3, 6, 10, 20, 40, 80, 160)
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ DEFAULT = PostProcessing()
 
 def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
     """Component sizes and truth overlaps of one case's thresholded mask."""
-    labels, n = ndimage.label(prob > threshold, structure=_STRUCTURE_26)
+    labels, n = label_components(prob > threshold)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     overlap = np.bincount(labels[truth].ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
     return {"sizes": sizes, "overlap": overlap, "n_true": int(truth.sum())}

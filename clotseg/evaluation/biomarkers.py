@@ -57,14 +57,14 @@ to it.
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np
-from scipy import ndimage
+
+from clotseg.evaluation.metrics import check_spacing
+from clotseg.helpers import label_components
 
 PERVIOUS_THRESHOLD_HU = 10.9
-_STRUCTURE_26 = np.ones((3, 3, 3), dtype=bool)
 
 # unit of each biomarker key (for tables, plots and the HTML report)
 BIOMARKER_UNITS = {
@@ -92,15 +92,6 @@ def unit_of(key: str) -> str:
     if base.endswith("_vox"):
         return "voxels"
     return ""
-
-
-def _spacing(spacing_mm) -> tuple[float, float, float] | None:
-    if spacing_mm is None:
-        return None
-    sp = tuple(float(s) for s in spacing_mm)
-    if len(sp) != 3 or not all(math.isfinite(s) and s > 0 for s in sp):
-        raise ValueError(f"spacing_mm must be three positive numbers (row, col, slice), got {spacing_mm!r}")
-    return sp
 
 
 def principal_axis_length(coords_mm: np.ndarray, spacing: tuple[float, float, float]) -> float:
@@ -155,7 +146,7 @@ def case_biomarkers(mask, spacing_mm=None, volumes: dict | None = None, windows:
     m = np.asarray(mask) > 0
     if m.ndim != 3:
         raise ValueError(f"mask must be 3D (H, W, D), got shape {m.shape}")
-    sp = _spacing(spacing_mm)
+    sp = check_spacing(spacing_mm)
     mods = applicable_hu_modalities(volumes, windows, intensity)
     for name in mods:
         if np.shape(volumes[name]) != m.shape:
@@ -167,7 +158,7 @@ def case_biomarkers(mask, spacing_mm=None, volumes: dict | None = None, windows:
     n = int(m.sum())
     out: dict = {"n_voxels": n}
 
-    labels, n_comp = ndimage.label(m, structure=_STRUCTURE_26) if n else (None, 0)
+    labels, n_comp = label_components(m) if n else (None, 0)
     out["n_components"] = int(n_comp)
     out[vol_key] = float(n * voxel_mm3)
     if n:
