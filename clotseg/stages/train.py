@@ -16,7 +16,6 @@ optimizer, epoch counter, learning rate and early-stopping state intact.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -426,8 +425,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         "per epoch")
     started = time.monotonic()
     if initial_epoch < settings.epochs and not state.get("stopped_early"):
-        history = model.fit(train_gen, validation_data=val_gen, epochs=settings.epochs,
-                            initial_epoch=initial_epoch, callbacks=callbacks, verbose=1)
+        model.fit(train_gen, validation_data=val_gen, epochs=settings.epochs,
+                  initial_epoch=initial_epoch, callbacks=callbacks, verbose=1)
         stopped_early = early.stopped_epoch > 0 or (budget is not None and budget.stopped_epoch > 0)
         if budget is not None and budget.stopped_epoch:
             log(f"[train] MAX_TRAINING_MINUTES = {settings.max_training_minutes} reached after epoch "
@@ -436,7 +435,6 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
             st = read_json(run / RUN_STATE)
             st["stopped_early"] = True
             atomic_write_json(run / RUN_STATE, st)
-        del history
     final = read_json(run / RUN_STATE)
     record.update(status="finished", finished=_now(), epochs_done=final["epochs_done"],
                   best_val_dice=final["best_val_dice"], best_epoch=final["best_epoch"],
