@@ -391,6 +391,15 @@ _RECORD_FIELDS = {
 }
 
 
+def _field_problems(data: dict, required, fields: dict) -> list[str]:
+    """Missing `required` keys and known `fields` ({key: (what, check)}) of the wrong kind."""
+    bad = [f"{k} is missing" for k in required if k not in data]
+    for key, (kind, ok) in fields.items():
+        if key in data and not ok(data[key]):
+            bad.append(f"{key} must be {kind}, got {json.dumps(data[key])[:40]}")
+    return bad
+
+
 def read_run_state(path: Path | str) -> dict:
     """A run's Checkpoint_Files/state.json, checked: a JSON object whose
     epoch counter, best score/epoch, learning rate and early-stopping /
@@ -398,10 +407,7 @@ def read_run_state(path: Path | str) -> dict:
     line naming the file) otherwise."""
     path = Path(path)
     data = read_json_file(path, "the checkpoint state", dict)
-    bad = [f"{k} is missing" for k in _STATE_REQUIRED if k not in data]
-    for key, (kind, ok) in _STATE_FIELDS.items():
-        if key in data and not ok(data[key]):
-            bad.append(f"{key} must be {kind}, got {json.dumps(data[key])[:40]}")
+    bad = _field_problems(data, _STATE_REQUIRED, _STATE_FIELDS)
     for key in ("early_stopping", "reduce_lr"):
         if key in data:
             counters = data[key]
@@ -426,10 +432,7 @@ def read_run_record(path: Path | str, required=("status",)) -> dict:
     line naming the file) otherwise."""
     path = Path(path)
     data = read_json_file(path, "the run record", dict)
-    bad = [f"{k} is missing" for k in required if k not in data]
-    for key, (kind, ok) in _RECORD_FIELDS.items():
-        if key in data and not ok(data[key]):
-            bad.append(f"{key} must be {kind}, got {json.dumps(data[key])[:40]}")
+    bad = _field_problems(data, required, _RECORD_FIELDS)
     if bad:
         raise StageError(f"the run record {path} is not valid (edited or from another version?): {'; '.join(bad)}")
     return data
