@@ -83,7 +83,15 @@ Geometry is scaled to the field of view (the Circle of Willis fills about
 two thirds of the smaller in-plane extent), vessel radii are in voxels and
 clot lengths in mm, so any crop size from ~64 to 256 pixels looks alike.
 
-CLI: `python -m clotseg.phantom --cases 20 --seed 0 [--domain shifted]`.
+Raw scans on request (`write_cohort(..., unregistered=True)`, CLI
+`--unregistered`, `make_unregistered`): the same cases as the prepared
+cohort of that seed, but as the PREPROCESS stage receives them: the CTA and
+mask in a field of view larger than the model input, the NCCT on its own
+grid (another spacing, a larger field of view) and moved by a known random
+rotation (2-10 degrees) and shift (3-10% of the field of view); the sidecar
+records both grids and the true NCCT-to-CTA transform.
+
+CLI: `python -m clotseg.phantom --cases 20 --seed 0 [--domain shifted] [--unregistered]`.
 """
 
 from __future__ import annotations
@@ -111,11 +119,15 @@ SOURCE = "clotseg phantom"
 DOMAINS = ("standard", "shifted")
 
 # Per-vessel radius range in in-plane voxels (start of the vessel; it tapers),
-# before the case's calibre scale.
+# before the case's calibre scale. At the phantom's 0.4-0.6 mm in-plane
+# spacing these are the adult calibres (ICA 3.2-4.5 mm across, M1 2.5-3.5,
+# M2 1.8-2.4), so clot volumes land in the published range (Kim, AJNR 2008:
+# M1 ~130 mm^3, M2 ~35); thinner vessels made clots of 5-30 mm^3 that
+# neither a reader nor a model can delineate.
 _RADII_VOX = {
-    "ICA": (2.0, 2.5), "BA": (1.7, 2.2), "M1": (1.7, 2.2), "M2s": (1.1, 1.5),
-    "M2i": (1.1, 1.5), "A1": (1.2, 1.6), "A2": (1.2, 1.5), "ACom": (0.8, 1.0),
-    "P1": (1.3, 1.7), "P2": (1.1, 1.4), "PCom": (0.8, 1.1),
+    "ICA": (3.2, 4.0), "BA": (2.8, 3.5), "M1": (2.7, 3.4), "M2s": (1.8, 2.4),
+    "M2i": (1.8, 2.4), "A1": (1.9, 2.5), "A2": (1.9, 2.4), "ACom": (1.2, 1.6),
+    "P1": (2.0, 2.6), "P2": (1.8, 2.2), "PCom": (1.2, 1.7),
 }
 # Where clots sit. Standard: mostly anterior circulation, as in thrombectomy
 # cohorts; shifted: distal and posterior sites dominate.
@@ -154,6 +166,9 @@ class PhantomCase:
         calcification: uint8 (H, W, D) calcified spots, CTA frame (not written).
         ncct_mask, ncct_lumen: uint8 (H, W, D) clot and lumen moved into the
             NCCT's (misregistered) frame (for checks; not written).
+        ncct_from_cta: float64 (4, 4) the residual misregistration as a map
+            of points (array mm, row/col/slice x spacing): a CTA point q is
+            seen at ncct_from_cta @ [q, 1] in the NCCT (not written).
     """
 
     cta: np.ndarray
@@ -165,6 +180,7 @@ class PhantomCase:
     calcification: np.ndarray | None = None
     ncct_mask: np.ndarray | None = None
     ncct_lumen: np.ndarray | None = None
+    ncct_from_cta: np.ndarray | None = None
 
 
 @dataclass
@@ -1262,7 +1278,156 @@ def make_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing_mm:
     return PhantomCase(
         cta=out["cta"], ncct=out["ncct"], mask=mask, spacing_mm=spacing, info=info,
         lumen=lumen.astype(np.uint8), calcification=(k_map >= 0.5).astype(np.uint8),
-        ncct_mask=(labels == 2).astype(np.uint8), ncct_lumen=(labels >= 1).astype(np.uint8))
+        ncct_mask=(labels == 2).astype(np.uint8), ncct_lumen=(labels >= 1).astype(np.uint8),
+        ncct_from_cta=_point_map(R.T, c0 - R.T @ (c0 + t)))
+
+
+# --------------------------------------------------------------------------- unregistered pairs
+# What `make_unregistered` draws (from its own generator, so a case's content
+# is that of the prepared cohort of the same seed).
+RAW_ROTATION_DEG = (2.0, 10.0)        # extra rotation of the raw NCCT (degrees, about an axis near the slice axis)
+RAW_SHIFT_FRACTION = (0.03, 0.10)     # extra shift, share of the smaller in-plane field of view
+RAW_PAD_IN_PLANE = (0.15, 0.35)       # air added on each in-plane side, share of H or W
+RAW_PAD_BELOW = (0.3, 0.6)            # slices added below (the lowest slice repeated), share of D
+RAW_PAD_ABOVE = (0.1, 0.3)            # slices added above (the highest slice repeated), share of D
+RAW_NCCT_PIXEL = (0.8, 1.25)          # raw NCCT pixel size / CTA pixel size
+RAW_NCCT_SLICE = (0.8, 1.5)           # raw NCCT slice spacing / CTA slice spacing
+RAW_NCCT_MARGIN = (0.0, 0.1)          # raw NCCT field of view beyond the CTA's, share of its extent per side
+
+
+def _point_map(matrix, offset) -> np.ndarray:
+    """4x4 homogeneous map x -> matrix @ x + offset."""
+    out = np.eye(4)
+    out[:3, :3] = matrix
+    out[:3, 3] = offset
+    return out
+
+
+def _axis_rotation(axis, degrees: float) -> np.ndarray:
+    """3x3 rotation by `degrees` about `axis` (Rodrigues)."""
+    k = np.asarray(axis, dtype=np.float64)
+    k = k / np.linalg.norm(k)
+    K = np.array([[0.0, -k[2], k[1]], [k[2], 0.0, -k[0]], [-k[1], k[0], 0.0]])
+    a = math.radians(degrees)
+    return np.eye(3) + math.sin(a) * K + (1.0 - math.cos(a)) * (K @ K)
+
+
+def rotation_angle_deg(matrix) -> float:
+    """Angle (degrees) of the rotation part of a 3x3 or 4x4 matrix."""
+    r = np.asarray(matrix, dtype=np.float64)[:3, :3]
+    return math.degrees(math.acos(float(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
+
+
+@dataclass
+class UnregisteredCase:
+    """A phantom case as raw scans: the CTA and the NCCT each on its own grid.
+
+    World coordinates are the prepared case's array mm (row, col, slice
+    index x spacing), so the prepared volume's voxel (0, 0, 0) sits at the
+    world origin.
+
+    Attributes:
+        cta: float32 (H', W', D') HU: the prepared CTA in a larger field of
+            view (air with noise around the head, the lowest and highest
+            slices repeated below and above).
+        ncct: float32 HU on the NCCT's own grid (its own spacing and a
+            field of view larger than the CTA's), the head moved by a known
+            rigid transform on top of the prepared case's residual one.
+        mask: uint8 (H', W', D') on the CTA grid.
+        spacing: {"CTA": (row, col, slice) mm, "NCCT": ...}.
+        affines: {"CTA": 4x4, "NCCT": 4x4} voxel index -> world mm.
+        truth: JSON-able: "ncct_from_cta" (4x4: a world point of the CTA ->
+            the world point of the NCCT that shows the same anatomy, i.e.
+            the transform a registration of the NCCT onto the CTA must
+            recover), "rotation_deg" (its angle), "applied_rotation_deg",
+            "applied_shift_mm" (the motion added here), "prepared_box"
+            ([[start, stop] per axis] of the prepared volume in the raw CTA).
+    """
+
+    cta: np.ndarray
+    ncct: np.ndarray
+    mask: np.ndarray
+    spacing: dict
+    affines: dict
+    truth: dict
+
+
+def make_unregistered(case: PhantomCase, rng: np.random.Generator) -> UnregisteredCase:
+    """Turn a prepared phantom case into a raw, unregistered pair.
+
+    The CTA and mask keep their voxels and spacing; the field of view grows
+    (RAW_PAD_*). The NCCT is moved by a random rigid transform (rotation
+    RAW_ROTATION_DEG about an axis near the slice axis, through the head's
+    centre; shift RAW_SHIFT_FRACTION of the smaller in-plane field of view)
+    and resampled (linear) onto its own grid: pixel and slice spacing
+    RAW_NCCT_PIXEL / RAW_NCCT_SLICE times the CTA's, field of view the
+    CTA's plus RAW_NCCT_MARGIN per side. Everything random comes from `rng`.
+    """
+    if case.ncct_from_cta is None:
+        raise ValueError("make_unregistered needs a case from make_case (its ncct_from_cta map)")
+    sp = np.asarray(case.spacing_mm, dtype=np.float64)
+    H, W, D = case.cta.shape
+    pads = [(int(round(rng.uniform(*RAW_PAD_IN_PLANE) * H)), int(round(rng.uniform(*RAW_PAD_IN_PLANE) * H))),
+            (int(round(rng.uniform(*RAW_PAD_IN_PLANE) * W)), int(round(rng.uniform(*RAW_PAD_IN_PLANE) * W))),
+            (max(1, int(round(rng.uniform(*RAW_PAD_BELOW) * D))), max(1, int(round(rng.uniform(*RAW_PAD_ABOVE) * D))))]
+    inside = np.ones((H, W, D + pads[2][0] + pads[2][1]), dtype=bool)      # not the air added in-plane
+    inside = np.pad(inside, (pads[0], pads[1], (0, 0)), mode="constant", constant_values=False)
+
+    def grow(vol, noise_hu):
+        out = np.pad(vol, ((0, 0), (0, 0), pads[2]), mode="edge")
+        out = np.pad(out, (pads[0], pads[1], (0, 0)), mode="constant", constant_values=HU_AIR)
+        air = ~inside
+        out[air] += rng.normal(0.0, noise_hu, int(air.sum())).astype(np.float32)
+        return out.astype(np.float32)
+
+    cta = grow(case.cta, float(case.info.get("noise_cta_hu", 5.0)))
+    ncct_big = grow(case.ncct, float(case.info.get("noise_ncct_hu", 3.0)))
+    mask = np.pad(case.mask, pads, mode="constant", constant_values=0)
+    origin = -np.array([p[0] for p in pads], dtype=np.float64) * sp
+    cta_affine = _point_map(np.diag(sp), origin)
+
+    # The extra motion A: the raw NCCT shows at world point w what the
+    # prepared NCCT shows at A(w) = Ra (w - ca) + ca + ta.
+    axis = np.array([rng.normal(0.0, 0.3), rng.normal(0.0, 0.3), 1.0])
+    angle = float(rng.uniform(*RAW_ROTATION_DEG))
+    Ra = _axis_rotation(axis, angle)
+    direction = rng.standard_normal(3)
+    direction /= max(float(np.linalg.norm(direction)), 1e-6)
+    shift = float(rng.uniform(*RAW_SHIFT_FRACTION)) * float(min(H * sp[0], W * sp[1]))
+    ta = direction * shift
+    ca = (np.array([H, W, D], dtype=np.float64) - 1.0) / 2.0 * sp
+    A = _point_map(Ra, ca + ta - Ra @ ca)
+
+    # The raw NCCT's own grid.
+    f_px, f_sl = float(rng.uniform(*RAW_NCCT_PIXEL)), float(rng.uniform(*RAW_NCCT_SLICE))
+    sp_n = np.array([sp[0] * f_px, sp[1] * f_px, sp[2] * f_sl])
+    lo = origin
+    hi = origin + (np.array(cta.shape, dtype=np.float64) - 1.0) * sp
+    extent = hi - lo
+    lo_n = lo - rng.uniform(*RAW_NCCT_MARGIN, 3) * extent
+    hi_n = hi + rng.uniform(*RAW_NCCT_MARGIN, 3) * extent
+    shape_n = tuple(int(n) for n in np.floor((hi_n - lo_n) / sp_n + 1e-9).astype(int) + 1)
+    # output voxel v -> world w = lo_n + sp_n v -> A(w) -> index of ncct_big ((A(w) - origin) / sp)
+    matrix = (Ra * sp_n[None, :]) / sp[:, None]
+    offset = (Ra @ lo_n + (ca + ta - Ra @ ca) - origin) / sp
+    ncct = ndimage.affine_transform(ncct_big, matrix, offset, output_shape=shape_n, order=1, mode="nearest")
+    ncct_affine = _point_map(np.diag(sp_n), lo_n)
+
+    # Truth: CTA anatomy at q -> prepared NCCT at M0(q) -> raw NCCT world A^-1(M0(q)).
+    truth_map = np.linalg.inv(A) @ case.ncct_from_cta
+    r6 = lambda x: [round(float(v), 6) for v in np.ravel(x)]  # noqa: E731
+    truth = {
+        "ncct_from_cta": [r6(row) for row in truth_map],
+        "rotation_deg": round(rotation_angle_deg(truth_map), 4),
+        "applied_rotation_deg": round(angle, 4),
+        "applied_rotation_axis": r6(axis / np.linalg.norm(axis)),
+        "applied_shift_mm": r6(ta),
+        "prepared_box": [[int(p[0]), int(p[0] + n)] for p, n in zip(pads, (H, W, D))],
+        "world": "the prepared case's array mm: (row, col, slice) index x spacing_mm",
+    }
+    return UnregisteredCase(cta=cta, ncct=ncct.astype(np.float32), mask=mask.astype(np.uint8),
+                            spacing={"CTA": tuple(float(v) for v in sp), "NCCT": tuple(round(float(v), 6) for v in sp_n)},
+                            affines={"CTA": cta_affine, "NCCT": ncct_affine}, truth=truth)
 
 
 # --------------------------------------------------------------------------- cohort
@@ -1298,7 +1463,7 @@ def _check_range(name, rng_pair, lo_min, hi_max, need_even=False) -> tuple[int, 
 
 def write_cohort(volume_dir, mask_dir, n_cases: int, seed: int = 0, first_id: int = 1,
                  in_plane=(96, 256), slices=(20, 60), clot_free_fraction: float = 0.15,
-                 progress: bool = True, domain: str = "standard") -> list[str]:
+                 progress: bool = True, domain: str = "standard", unregistered: bool = False) -> list[str]:
     """Write a synthetic cohort in the ClotSeg input layout.
 
     Files per case CS<ID> (ID = first_id, first_id + 1, ...):
@@ -1318,6 +1483,16 @@ def write_cohort(volume_dir, mask_dir, n_cases: int, seed: int = 0, first_id: in
         domain: "standard" or "shifted" (see the module docstring); spacing
             is drawn per case: standard in-plane 0.4-0.6 mm and slices
             0.75-2.5 mm, shifted 0.6-0.8 mm and 2.5-4 mm.
+        unregistered: write raw scans for the PREPROCESS stage instead (see
+            `make_unregistered`): the same cases as without it (same seed,
+            same anatomy and clot), but the CTA and mask in a larger field
+            of view and the NCCT on its own grid, moved by a known rigid
+            transform. The sidecar then adds "modality_spacing_mm",
+            "modality_shapes", "affines" (voxel -> world mm per modality)
+            and "unregistered" (the truth, see `UnregisteredCase`); its
+            "spacing_mm" and "shape" are the CTA's. The extra draws come from
+            default_rng([seed, ID, 2]) ("shifted": [seed, ID, 1, 2]), so
+            the default output never changes.
     Returns:
         The case ids, e.g. ["CS1", "CS2", ...].
     """
@@ -1346,6 +1521,10 @@ def write_cohort(volume_dir, mask_dir, n_cases: int, seed: int = 0, first_id: in
         case = make_case(rng, shape, spacing, with_clot=not is_clot_free(number, clot_free_fraction),
                          domain=domain)
         cid = f"CS{number}"
+        if unregistered:
+            _write_unregistered(volume_dir, mask_dir, cid, case, np.random.default_rng(key + [2]), int(seed))
+            ids.append(cid)
+            continue
         atomic_save_npy(volume_dir / f"{cid}_CTA_Binary.npy", case.cta)
         atomic_save_npy(volume_dir / f"{cid}_NCCT_Reg_Binary.npy", case.ncct)
         atomic_save_npy(mask_dir / f"{cid}_seg_corrected_binary.npy", case.mask)
@@ -1353,6 +1532,21 @@ def write_cohort(volume_dir, mask_dir, n_cases: int, seed: int = 0, first_id: in
             "spacing_mm": list(spacing), "source": SOURCE, "seed": int(seed), "shape": list(shape), **case.info})
         ids.append(cid)
     return ids
+
+
+def _write_unregistered(volume_dir: Path, mask_dir: Path, cid: str, case: PhantomCase, rng, seed: int) -> None:
+    raw = make_unregistered(case, rng)
+    atomic_save_npy(volume_dir / f"{cid}_CTA_Binary.npy", raw.cta)
+    atomic_save_npy(volume_dir / f"{cid}_NCCT_Reg_Binary.npy", raw.ncct)
+    atomic_save_npy(mask_dir / f"{cid}_seg_corrected_binary.npy", raw.mask)
+    r6 = lambda m: [[round(float(v), 6) for v in row] for row in np.asarray(m)]  # noqa: E731
+    atomic_write_json(volume_dir / f"{cid}.json", {
+        "spacing_mm": list(raw.spacing["CTA"]), "source": SOURCE, "seed": seed, "shape": list(raw.cta.shape),
+        **case.info,
+        "modality_spacing_mm": {m: list(v) for m, v in raw.spacing.items()},
+        "modality_shapes": {"CTA": list(raw.cta.shape), "NCCT": list(raw.ncct.shape)},
+        "affines": {m: r6(a) for m, a in raw.affines.items()},
+        "unregistered": raw.truth})
 
 
 def main(argv=None) -> int:
@@ -1371,6 +1565,10 @@ def main(argv=None) -> int:
                    help="D range (default 20 60)")
     p.add_argument("--first-id", type=int, default=1, help="number of the first case, CS<first-id> (default 1)")
     p.add_argument("--clot-free-fraction", type=float, default=0.15, help="share of clot-free cases (default 0.15)")
+    p.add_argument("--unregistered", action="store_true",
+                   help="write raw scans for the PREPROCESS stage: the same cases, but the CTA in a larger field of "
+                        "view and the NCCT on its own grid (other spacing), moved by a known random rotation and "
+                        "shift (recorded in the sidecar)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -1378,11 +1576,12 @@ def main(argv=None) -> int:
         ids = write_cohort(args.volume_dir, args.mask_dir, args.cases, seed=args.seed, first_id=args.first_id,
                            in_plane=args.in_plane, slices=args.slices,
                            clot_free_fraction=args.clot_free_fraction, progress=not args.quiet,
-                           domain=args.domain)
+                           domain=args.domain, unregistered=args.unregistered)
     except ValueError as exc:
         p.error(str(exc))
     n_free = sum(is_clot_free(int(c[2:]), args.clot_free_fraction) for c in ids)
-    print(f"phantom: wrote {len(ids)} cases {ids[0]}..{ids[-1]} ({args.domain} domain, seed {args.seed}, "
+    raw = ", unregistered raw scans" if args.unregistered else ""
+    print(f"phantom: wrote {len(ids)} cases {ids[0]}..{ids[-1]} ({args.domain} domain{raw}, seed {args.seed}, "
           f"{len(ids) - n_free} with clot, {n_free} clot-free) to {args.volume_dir} and {args.mask_dir} "
           f"in {time.perf_counter() - t0:.1f} s")
     return 0
