@@ -72,6 +72,9 @@ HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from har
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
 CONTEXT_SLICES = 0               # 2.5D: also feed the k slices above and below of every modality as
                                  # channels (0 = plain 2D); edge slices repeat the first/last slice
+PATCH_SIZE = None                # (rows, cols): train on random patches of the slices, a clot slice cropped
+                                 # around its clot (nnU-Net style); validation and testing see whole slices.
+                                 # None = train on whole slices
 
 # --------------------------------------------------------------------------
 # Model (stage 4)

@@ -90,6 +90,7 @@ class Settings:
     hard_negative_fraction: float = 0.25
     num_workers: int = 0
     context_slices: int = 0
+    patch_size: tuple | None = None
     # model
     model: str = "unet"
     base_filters: int = 32
@@ -339,6 +340,17 @@ class Settings:
                 step = 2 ** self.depth
                 check(shape[0] % step == 0 and shape[1] % step == 0,
                       f"INPUT_SHAPE rows and cols must be multiples of 2**DEPTH = {step}, got {shape[:2]}")
+        patch = self.patch_size
+        if patch is not None:
+            patch_ok = isinstance(patch, tuple) and len(patch) == 2 and all(_is_int(v) and v > 0 for v in patch)
+            check(patch_ok, f"PATCH_SIZE must be None or (rows, cols) of positive integers, got {_short(patch)}")
+            if patch_ok and shape_ok:
+                check(patch[0] <= shape[0] and patch[1] <= shape[1],
+                      f"PATCH_SIZE {patch} must fit inside INPUT_SHAPE rows and cols {shape[:2]}")
+            if patch_ok and depth_ok:
+                step = 2 ** self.depth
+                check(patch[0] % step == 0 and patch[1] % step == 0,
+                      f"PATCH_SIZE rows and cols must be multiples of 2**DEPTH = {step}, got {patch}")
         counts = {}
         for name in ("target_sample_size_aug_train", "target_sample_size_aug_val", "epochs", "batch_size",
                      "base_filters", "early_stopping_patience", "reduce_lr_patience"):
@@ -468,6 +480,16 @@ class Settings:
         """(rows, cols, model_channels): INPUT_SHAPE with the 2.5D context channels."""
         return (*self.input_shape[:2], self.model_channels)
 
+    @property
+    def training_input_shape(self) -> tuple:
+        """Input shape of the model being trained: model_input_shape, or
+        (None, None, model_channels) with PATCH_SIZE, so that the same network
+        trains on patches and validates on whole slices. The saved best model
+        always takes model_input_shape."""
+        if self.patch_size is None or tuple(self.patch_size) == tuple(self.input_shape[:2]):
+            return self.model_input_shape
+        return (None, None, self.model_channels)
+
     # ---------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
         """JSON-ready {NAME: value} (paths relative, tuples as lists)."""
@@ -570,8 +592,9 @@ def _is_num(v) -> bool:
 def _normalise(kwargs: dict) -> dict:
     """Lists from JSON back to tuples where the dataclass expects tuples."""
     out = dict(kwargs)
-    if isinstance(out.get("input_shape"), list):
-        out["input_shape"] = tuple(out["input_shape"])
+    for name in ("input_shape", "patch_size"):
+        if isinstance(out.get(name), list):
+            out[name] = tuple(out[name])
     if isinstance(out.get("voxel_spacing_mm"), list):
         out["voxel_spacing_mm"] = tuple(out["voxel_spacing_mm"])
     if isinstance(out.get("windows_hu"), dict):

@@ -54,6 +54,14 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         num_classes: 1 -> y is the binary mask; K > 1 -> y is one-hot.
         image_dtype: "float32" (default) or "uint8"; values stay the 0..255
             codes (the model rescales). "uint8" ships 4x fewer bytes to a GPU.
+        patch_size: None (whole slices) or (rows, cols): serve a random
+            patch of each slice instead (nnU-Net style patch training). A
+            slice holding foreground is cropped around one of its
+            foreground pixels, chosen at random and placed at a random
+            position inside the patch (so the clot is never always
+            centred); a slice without foreground is cropped at a random
+            position. Crops are drawn from `default_rng([seed, epoch,
+            batch])`, so epochs are reproducible and differ from each other.
         **kwargs: workers, use_multiprocessing, max_queue_size (PyDataset).
 
     Batches: x (B, H, W, C) of `image_dtype`; y float32 (B, H, W, 1) in {0, 1}
@@ -77,6 +85,7 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         indices=None,
         num_classes=1,
         image_dtype="float32",
+        patch_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -99,6 +108,7 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         self.num_classes = int(num_classes)
         self.image_dtype = np.dtype(dtype_name)
         self.indices = self._validate_indices(indices)
+        self.patch_size = self._validate_patch(patch_size)
         self.epoch = 0
         self.order = self._epoch_order()
 
@@ -138,6 +148,18 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             raise ValueError(f"indices must lie in [0, {n - 1}] ({self._describe()})")
         return indices.astype(np.int64)
 
+    def _validate_patch(self, patch_size):
+        if patch_size is None:
+            return None
+        try:
+            rows, cols = (int(v) for v in patch_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"patch_size must be None or (rows, cols), got {patch_size!r}") from None
+        height, width = self.images.shape[1:3]
+        if not (0 < rows <= height and 0 < cols <= width):
+            raise ValueError(f"patch_size {(rows, cols)} must fit inside the slices ({self._describe()})")
+        return None if (rows, cols) == (height, width) else (rows, cols)
+
     # ------------------------------------------------------------ ordering
     def _epoch_order(self) -> np.ndarray:
         if not self.shuffle:
@@ -170,9 +192,30 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         rows = wanted[ascending]
         inverse = np.empty_like(ascending)
         inverse[ascending] = np.arange(len(ascending))
-        x = np.asarray(self.images[rows])[inverse].astype(self.image_dtype, copy=False)
+        x = np.asarray(self.images[rows])[inverse]
         masks = np.asarray(self.masks[rows])[inverse]
-        return x, self._targets(masks)
+        if self.patch_size is not None:
+            x, masks = self._crop(x, masks, np.random.default_rng([self.seed, self.epoch, int(idx)]))
+        return x.astype(self.image_dtype, copy=False), self._targets(masks)
+
+    def _crop(self, x: np.ndarray, masks: np.ndarray, rng: np.random.Generator):
+        """(B, H, W, C), (B, H, W) -> (B, rows, cols, C), (B, rows, cols) patches."""
+        rows, cols = self.patch_size
+        height, width = masks.shape[1:]
+        out_x = np.empty((len(x), rows, cols, x.shape[-1]), x.dtype)
+        out_m = np.empty((len(x), rows, cols), masks.dtype)
+        for i in range(len(x)):
+            fg = np.flatnonzero(masks[i])
+            if fg.size:
+                r, c = divmod(int(fg[rng.integers(fg.size)]), width)
+                # the chosen pixel lands anywhere inside the patch, the patch inside the slice
+                top = int(np.clip(r - rng.integers(rows), 0, height - rows))
+                left = int(np.clip(c - rng.integers(cols), 0, width - cols))
+            else:
+                top, left = int(rng.integers(height - rows + 1)), int(rng.integers(width - cols + 1))
+            out_x[i] = x[i, top:top + rows, left:left + cols]
+            out_m[i] = masks[i, top:top + rows, left:left + cols]
+        return out_x, out_m
 
     def _targets(self, masks: np.ndarray) -> np.ndarray:
         """(B, H, W) uint8 masks -> float32 (B, H, W, 1) binary or (B, H, W, K) one-hot."""

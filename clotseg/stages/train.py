@@ -94,7 +94,7 @@ def find_resumable(settings: Settings) -> Path | None:
         read_run_record(run / RUN_RECORD, required=("status", "device"))
         read_run_state(state_path)
         trained = load_run_settings(run, settings.root)
-        check_keras_file(run / LAST_CHECKPOINT, trained.model_input_shape, trained.num_classes,
+        check_keras_file(run / LAST_CHECKPOINT, trained.training_input_shape, trained.num_classes,
                          "the checkpoint", f"the run's settings {run / RUN_CONFIG}")
         now = (tuple(settings.model_input_shape), settings.num_classes)
         then = (tuple(trained.model_input_shape), trained.num_classes)
@@ -114,9 +114,11 @@ class RunCheckpointer(keras.callbacks.Callback):
     leaves a corrupt model. The state file is written after the model.
     """
 
-    def __init__(self, run_dir: Path, best: float = -np.inf, best_epoch: int = -1, extra_state=None):
+    def __init__(self, run_dir: Path, best: float = -np.inf, best_epoch: int = -1, extra_state=None,
+                 export=None):
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.export = export or inference_copy
         self.best = best
         self.best_epoch = best_epoch
         self.extra_state = extra_state or (lambda: {})
@@ -126,7 +128,7 @@ class RunCheckpointer(keras.callbacks.Callback):
         score = logs.get(MONITOR)
         if score is not None and score > self.best:
             self.best, self.best_epoch = float(score), epoch + 1
-            _atomic_save_model(inference_copy(self.model), self.run_dir / BEST_MODEL)
+            _atomic_save_model(self.export(self.model), self.run_dir / BEST_MODEL)
         _atomic_save_model(self.model, self.run_dir / LAST_CHECKPOINT)
         state = {"epochs_done": epoch + 1, "best_val_dice": self.best, "best_epoch": self.best_epoch,
                  "learning_rate": float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
@@ -167,11 +169,21 @@ class ResumableReduceLROnPlateau(_ResumableCounters, keras.callbacks.ReduceLROnP
     _COUNTERS = {**_ResumableCounters._COUNTERS, "cooldown": ("cooldown_counter", int)}
 
 
-def inference_copy(model: keras.Model) -> keras.Model:
+def inference_copy(model: keras.Model, settings: Settings | None = None) -> keras.Model:
     """An uncompiled copy of `model` with its weights: saved without the
-    optimizer, loss and metrics, it needs no ClotSeg class to load."""
-    # from_config, not clone_model: a clone of a compiled model keeps its compile config
-    copy = model.__class__.from_config(model.get_config())
+    optimizer, loss and metrics, it needs no ClotSeg class to load.
+
+    With `settings`, the copy is built afresh at `settings.model_input_shape`:
+    a model trained on patches (PATCH_SIZE, inputs (None, None, C)) is saved
+    for whole slices. The networks are fully convolutional, so the weights
+    do not depend on the rows and cols.
+    """
+    if settings is None:
+        # from_config, not clone_model: a clone of a compiled model keeps its compile config
+        copy = model.__class__.from_config(model.get_config())
+    else:
+        copy = build_model(settings.model, settings.model_input_shape, settings.base_filters,
+                           settings.depth, settings.dropout, settings.num_classes)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -368,7 +380,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         record = {"status": "running", "started": _now(), "resumed": [], **runtime.describe(),
                   "precision": policy, "jit_compile": jit, "replicas": replicas}
         with scope:  # variables must be created where the distribution places them
-            model = build_model(settings.model, settings.model_input_shape, settings.base_filters,
+            model = build_model(settings.model, settings.training_input_shape, settings.base_filters,
                                 settings.depth, settings.dropout, settings.num_classes)
             steps = _steps_per_epoch(settings, replicas)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, steps)),
@@ -391,7 +403,9 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     train_gen, val_gen = (
         DataGeneratorUNet2D(augmented_dir(settings, cohort) / IMAGES, augmented_dir(settings, cohort) / MASKS,
                             batch_size=settings.batch_size, shuffle=cohort == TRAINING, seed=settings.random_seed,
-                            num_classes=settings.num_classes, indices=_divisible(settings, cohort, replicas))
+                            num_classes=settings.num_classes, indices=_divisible(settings, cohort, replicas),
+                            # patches for training; validation sees whole slices, as testing does
+                            patch_size=settings.patch_size if cohort == TRAINING else None)
         for cohort in TRAIN_COHORTS)
     # Keras' shuffling sequence must continue where the killed run stopped.
     train_gen.set_epoch(initial_epoch)
@@ -405,7 +419,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     checkpointer = RunCheckpointer(
         run, best=state.get("best_val_dice", -np.inf), best_epoch=state.get("best_epoch", -1),
         extra_state=lambda: {"early_stopping": early.counters(),
-                             **({"reduce_lr": reduce.counters()} if plateau else {})})
+                             **({"reduce_lr": reduce.counters()} if plateau else {})},
+        export=lambda m: inference_copy(m, settings))
     panel_images, panel_masks = panel_samples(settings)
     callbacks = [
         keras.callbacks.CSVLogger(str(run / HISTORY), append=initial_epoch > 0),
@@ -419,7 +434,9 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         callbacks.append(budget)
     if runtime.tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / LOGS_DIR)))
-    log(f"[train] {settings.model} on {settings.model_input_shape} inputs ({model.count_params():,} parameters), "
+    inputs = (f"{tuple(settings.patch_size)} patches of {settings.model_input_shape}" if settings.patch_size
+              else f"{settings.model_input_shape}")
+    log(f"[train] {settings.model} on {inputs} inputs ({model.count_params():,} parameters), "
         f"LR {settings.lr_schedule}; backend {runtime.backend()}, device {record['device']}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, {replicas} replica(s), {len(train_gen)} batches of {settings.batch_size} "
         "per epoch")
