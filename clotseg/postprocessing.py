@@ -8,9 +8,13 @@ component size and keep-largest-component. Each combination is scored by
 the mean per-case Dice over every validation case, with the conventions of
 `clotseg.evaluation.metrics` (a clot-free case scores 1 when nothing is
 predicted and 0 for a false alarm, so false alarms on controls count); among
-combinations that do not raise the false-positive components per case above
-the plain choice (0.5, no TTA, no filtering), the best mean Dice wins, ties
-going to the simpler choice. The result is `<run>/postprocessing.json`,
+combinations that neither raise the false-positive components per case above
+the plain choice (0.5, no TTA, no filtering) nor find fewer of the
+validation clots than it (a clot is found when a kept component touches
+it), the best mean Dice wins, ties going to the simpler choice. The
+detection floor matters most for a weak model: without it, a high threshold
+and a large minimum size can win on mean Dice by deleting every prediction
+of the clot-free cases and of the hard clot cases alike. The result is `<run>/postprocessing.json`,
 which testing.py uses unless config.py sets a value.
 
 Scoring a combination costs no relabelling: each (threshold, TTA) mask is
@@ -55,8 +59,8 @@ def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float) -> d
     return {"sizes": sizes, "overlap": overlap, "n_true": int(truth.sum())}
 
 
-def _score(comp: dict, min_size: int, keep_largest: bool) -> tuple[float, int]:
-    """(Dice, false-positive components) of one case after a size filter."""
+def _score(comp: dict, min_size: int, keep_largest: bool) -> tuple[float, int, int]:
+    """(Dice, false-positive components, clot found 0/1) of one case after a size filter."""
     sizes, overlap = comp["sizes"], comp["overlap"]
     keep = sizes >= max(min_size, 1)
     if keep_largest and keep.any():
@@ -67,9 +71,10 @@ def _score(comp: dict, min_size: int, keep_largest: bool) -> tuple[float, int]:
     tp = int(overlap[keep].sum())
     n_true = comp["n_true"]
     fp_components = int(np.count_nonzero(keep & (overlap == 0)))
+    found = int(n_true > 0 and tp > 0)
     if n_true == 0 and n_pred == 0:
-        return 1.0, 0
-    return 2.0 * tp / (n_pred + n_true), fp_components
+        return 1.0, 0, 0
+    return 2.0 * tp / (n_pred + n_true), fp_components, found
 
 
 def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS, min_sizes=MIN_SIZES) -> dict:
@@ -82,7 +87,8 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
             truth is the (h, w, D) bool mask.
     Returns:
         {"chosen": PostProcessing dict, "validation": {mean_dice,
-        fp_components_per_case} of the chosen and of the default, "n_cases",
+        fp_components_per_case, clots_found} of the chosen and of the
+        default, "n_cases",
         "table": every combination's scores}.
     """
     if not cases:
@@ -99,17 +105,19 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
             scores = [_score(c, min_size, keep_largest) for c in comps]
             table.append({**PostProcessing(threshold, tta, min_size, keep_largest).as_dict(),
                           "mean_dice": float(np.mean([s[0] for s in scores])),
-                          "fp_components_per_case": float(np.mean([s[1] for s in scores]))})
+                          "fp_components_per_case": float(np.mean([s[1] for s in scores])),
+                          "clots_found": int(sum(s[2] for s in scores))})
     base = next(r for r in table if _choice(r) == DEFAULT)
-    allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"] + 1e-12]
+    allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"] + 1e-12
+               and r["clots_found"] >= base["clots_found"]]
 
     def simplicity(r):  # ties: no TTA, no keep-largest, smallest filter, threshold nearest 0.5
         return (r["tta_flips"], r["keep_largest_component"], r["min_component_voxels"], abs(r["threshold"] - 0.5))
 
     best = min(allowed, key=lambda r: (-round(r["mean_dice"], 6), simplicity(r)))
     return {"chosen": _choice(best).as_dict(),
-            "validation": {"chosen": {k: best[k] for k in ("mean_dice", "fp_components_per_case")},
-                           "default": {k: base[k] for k in ("mean_dice", "fp_components_per_case")}},
+            "validation": {"chosen": {k: best[k] for k in ("mean_dice", "fp_components_per_case", "clots_found")},
+                           "default": {k: base[k] for k in ("mean_dice", "fp_components_per_case", "clots_found")}},
             "n_cases": len(cases), "table": table}
 
 

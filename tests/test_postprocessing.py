@@ -210,3 +210,28 @@ def test_tuned_choice_round_trips_through_json(tmp_path):
     assert resolve(tiny_settings(tmp_path), again) == _chosen(result)
     assert set(again["chosen"]) == set(DEFAULT.as_dict())
     assert all(set(r) >= set(DEFAULT.as_dict()) | {"mean_dice", "fp_components_per_case"} for r in again["table"])
+
+
+def test_a_filter_that_loses_a_validation_clot_is_refused():
+    """A confident 27-voxel false alarm on each of two controls can only be
+    removed by a size filter that also deletes a found 8-voxel clot: mean
+    Dice would rise from 0.5 to 0.75, but one of the two clots would be lost."""
+    big_prob, big_truth = _empty()
+    _box(big_truth, 4, 4, 2, (4, 4, 4))
+    _box(big_prob, 4, 4, 2, (4, 4, 4), 0.9)
+    small_prob, small_truth = _empty()
+    _box(small_truth, 4, 4, 2, (2, 2, 2))
+    _box(small_prob, 4, 4, 2, (2, 2, 2), 0.9)
+    cases = [([big_prob], big_truth), ([small_prob], small_truth)]
+    for _ in range(2):
+        control_prob, control_truth = _empty()
+        _box(control_prob, 10, 10, 3, (3, 3, 3), 0.9)
+        cases.append(([control_prob], control_truth))
+    result = tune(cases)
+    best_unconstrained = max(result["table"], key=lambda r: r["mean_dice"])
+    assert best_unconstrained["mean_dice"] == pytest.approx(0.75)
+    assert best_unconstrained["clots_found"] == 1
+    val = result["validation"]
+    assert val["default"]["clots_found"] == val["chosen"]["clots_found"] == 2
+    assert val["chosen"]["mean_dice"] == pytest.approx(0.5)
+    assert _chosen(result).min_component_voxels < 8

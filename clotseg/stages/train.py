@@ -492,7 +492,8 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         f"TTA {'on' if chosen['tta_flips'] else 'off'}, min component {chosen['min_component_voxels']} voxels, "
         f"keep largest {'yes' if chosen['keep_largest_component'] else 'no'} (mean Dice "
         f"{val['default']['mean_dice']:.3f} -> {val['chosen']['mean_dice']:.3f}, FP components per case "
-        f"{val['default']['fp_components_per_case']:.2f} -> {val['chosen']['fp_components_per_case']:.2f}) "
+        f"{val['default']['fp_components_per_case']:.2f} -> {val['chosen']['fp_components_per_case']:.2f}, "
+        f"clots found {val['chosen']['clots_found']}) "
         f"-> {run / POSTPROCESSING_FILE}")
     return result
 
