@@ -1288,7 +1288,7 @@ def make_case(rng: np.random.Generator, shape: tuple[int, int, int], spacing_mm:
 RAW_ROTATION_DEG = (2.0, 10.0)        # extra rotation of the raw NCCT (degrees, about an axis near the slice axis)
 RAW_SHIFT_FRACTION = (0.03, 0.10)     # extra shift, share of the smaller in-plane field of view
 RAW_PAD_IN_PLANE = (0.15, 0.35)       # air added on each in-plane side, share of H or W
-RAW_PAD_BELOW = (0.3, 0.6)            # slices added below (the lowest slice repeated), share of D
+RAW_PAD_BELOW = (0.3, 0.6)            # slices added below (the lowest slice without skull, repeated), share of D
 RAW_PAD_ABOVE = (0.1, 0.3)            # slices added above (the highest slice repeated), share of D
 RAW_NCCT_PIXEL = (0.8, 1.25)          # raw NCCT pixel size / CTA pixel size
 RAW_NCCT_SLICE = (0.8, 1.5)           # raw NCCT slice spacing / CTA slice spacing
@@ -1318,6 +1318,20 @@ def rotation_angle_deg(matrix) -> float:
     return math.degrees(math.acos(float(np.clip((np.trace(r) - 1.0) / 2.0, -1.0, 1.0))))
 
 
+def _without_skull(plane: np.ndarray) -> np.ndarray:
+    """An axial slice with its skull ring (bone at the head's border) turned
+    into soft tissue: what a slice of the neck below the skull looks like
+    to the Circle-of-Willis search (vessels stay, no closed ring of bone)."""
+    head = plane > -400.0
+    rim = max(2, int(math.ceil(0.07 * min(plane.shape))))
+    inner = ndimage.binary_erosion(head, iterations=rim)
+    ring = head & ~inner & (plane >= 150.0)
+    soft = plane[head & (plane > 0.0) & (plane < 80.0)]
+    out = plane.copy()
+    out[ring] = float(np.median(soft)) if soft.size else 40.0
+    return out
+
+
 @dataclass
 class UnregisteredCase:
     """A phantom case as raw scans: the CTA and the NCCT each on its own grid.
@@ -1328,8 +1342,9 @@ class UnregisteredCase:
 
     Attributes:
         cta: float32 (H', W', D') HU: the prepared CTA in a larger field of
-            view (air with noise around the head, the lowest and highest
-            slices repeated below and above).
+            view (air with noise around the head; below it a "neck", the
+            lowest slice without its skull ring, repeated; above it the
+            highest slice repeated).
         ncct: float32 HU on the NCCT's own grid (its own spacing and a
             field of view larger than the CTA's), the head moved by a known
             rigid transform on top of the prepared case's residual one.
@@ -1375,6 +1390,8 @@ def make_unregistered(case: PhantomCase, rng: np.random.Generator) -> Unregister
 
     def grow(vol, noise_hu):
         out = np.pad(vol, ((0, 0), (0, 0), pads[2]), mode="edge")
+        if pads[2][0]:   # below the head: a neck, the lowest slice without its skull ring
+            out[:, :, :pads[2][0]] = _without_skull(vol[:, :, 0])[:, :, None]
         out = np.pad(out, (pads[0], pads[1], (0, 0)), mode="constant", constant_values=HU_AIR)
         air = ~inside
         out[air] += rng.normal(0.0, noise_hu, int(air.sum())).astype(np.float32)
