@@ -249,9 +249,22 @@ def _coverage(moving: sitk.Image, fixed: sitk.Image, transform: sitk.Transform) 
 def register(fixed: sitk.Image, moving: sitk.Image, threads: int | None = None) -> Registration:
     """Rigidly register `moving` (NCCT) onto `fixed` (CTA); see the module docstring.
 
-    `threads` caps SimpleITK's threads (None: its default, all cores).
-    Raises RuntimeError (SimpleITK's) when the registration cannot run.
+    `threads` sets SimpleITK's threads for the call (None: its default, all
+    cores); with a fixed number the result repeats bit for bit (sums over
+    threads are ordered by thread). Raises RuntimeError (SimpleITK's) when
+    the registration cannot run.
     """
+    if not threads:
+        return _register(fixed, moving, None)
+    saved = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+    try:
+        return _register(fixed, moving, int(threads))
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(saved)
+
+
+def _register(fixed: sitk.Image, moving: sitk.Image, threads: int | None) -> Registration:
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     moving = sitk.Cast(moving, sitk.sitkFloat32)
     levels = _levels(fixed.GetSize())
