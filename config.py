@@ -14,6 +14,8 @@ values of PRESETS["demo"] on the constants below without changing them.
 # Pipeline stages: True = (re)do the stage, False = reuse what is on disk.
 # A stage whose inputs and settings did not change is skipped either way.
 # --------------------------------------------------------------------------
+PREPROCESS = False        # 0. raw scans: register NCCT to CTA, resample, crop around the Circle of Willis
+                          #    (False: the cohort is already prepared, as CT-ClotSeg's 3D Slicer output)
 TRAIN_TEST_SPLIT = True   # 1. case-level split into Training / Validation / Testing
 SLICE_EXTRACT = True      # 2. 3D volumes -> 2D two-channel slices (Training, Validation)
 DATA_AUG = True           # 3. albumentations augmentation up to the target sample sizes
@@ -45,6 +47,20 @@ WINDOWS_HU = {
 # Voxel spacing in mm (row, column, slice) used for mm-based metrics when a
 # case has no <case>.json sidecar with "spacing_mm". None = report in voxels.
 VOXEL_SPACING_MM = None
+
+# --------------------------------------------------------------------------
+# Preprocessing (stage 0, PREPROCESS = True): raw CTA + NCCT per case, each on
+# its own grid (spacing and world position from the <case>.json sidecar: see
+# README "Raw scans"). The NCCT is rigidly registered to the CTA, everything
+# is resampled to TARGET_SPACING_MM and cropped to a box of ROI_SIZE_MM
+# around the Circle of Willis; ROI_SIZE_MM / TARGET_SPACING_MM must fit
+# INPUT_SHAPE's rows and cols.
+# --------------------------------------------------------------------------
+TARGET_SPACING_MM = (0.5, 0.5, 1.0)     # (row, col, slice) mm of the prepared volumes
+ROI_SIZE_MM = (120.0, 120.0, 80.0)      # (row, col, slice) mm of the crop; an axis shorter than this is kept whole
+IMAGE_INTERPOLATION = "linear"          # "linear" or "bspline" (cubic) for the CT volumes
+MASK_INTERPOLATION = "volume"           # "volume": partial-volume fractions, each label keeps its volume (mm3);
+                                        # "nearest": nearest neighbour (a small clot's volume moves by tens of %)
 
 # --------------------------------------------------------------------------
 # Split (stage 1)
@@ -129,6 +145,7 @@ PRESET = None
 PRESETS = {
     "demo": {
         "INPUT_SHAPE": (128, 128, 2),
+        "TARGET_SPACING_MM": (1.0, 1.0, 1.0),   # PREPROCESS: the 120 mm crop in 128 pixels
         "BASE_FILTERS": 8,
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1280,
         "TARGET_SAMPLE_SIZE_AUG_VAL": 320,
@@ -139,6 +156,7 @@ PRESETS = {
     },
     "cpu": {
         "INPUT_SHAPE": (128, 128, 2),
+        "TARGET_SPACING_MM": (1.0, 1.0, 1.0),
         "MODEL": "unet",
         "BASE_FILTERS": 16,
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1280,

@@ -39,6 +39,10 @@ MAX_BATCH = 65_536
 MAX_FILTERS = 8192          # BASE_FILTERS * 2**DEPTH: a 3x3 conv of that width is already ~600M weights
 MAX_WORKERS = 256
 MAX_RESAMPLES = 1_000_000   # bootstrap: resamples x cases indices are drawn at once
+MAX_ROI_MM = 2000.0         # ROI_SIZE_MM: larger than any head
+MIN_TARGET_SPACING_MM = 0.05
+IMAGE_INTERPOLATIONS = ("linear", "bspline")
+MASK_INTERPOLATIONS = ("volume", "nearest")
 
 
 def _default_modalities():
@@ -59,6 +63,7 @@ class Settings:
 
     root: Path = Path(".")
     # stage flags
+    preprocess: bool = False
     train_test_split: bool = True
     slice_extract: bool = True
     data_aug: bool = True
@@ -73,6 +78,11 @@ class Settings:
     mask_pattern: str = "CS<ID>_seg_corrected_binary.npy"
     windows_hu: dict = field(default_factory=_default_windows)
     voxel_spacing_mm: tuple | None = None
+    # preprocessing (raw cohorts)
+    target_spacing_mm: tuple = (0.5, 0.5, 1.0)
+    roi_size_mm: tuple = (120.0, 120.0, 80.0)
+    image_interpolation: str = "linear"
+    mask_interpolation: str = "volume"
     # split
     random_seed: int = 42
     train_perc: float = 0.6
@@ -257,8 +267,8 @@ class Settings:
             if not ok:
                 p.append(msg)
 
-        for name in ("train_test_split", "slice_extract", "data_aug", "model_training", "resume", "stratify_split",
-                     "save_probabilities", "tune_postprocessing"):
+        for name in ("preprocess", "train_test_split", "slice_extract", "data_aug", "model_training", "resume",
+                     "stratify_split", "save_probabilities", "tune_postprocessing"):
             check(isinstance(getattr(self, name), bool), f"{name.upper()} must be True or False")
         for name in ("tta_flips", "keep_largest_component"):
             value = getattr(self, name)
@@ -316,6 +326,8 @@ class Settings:
                   and all(_is_num(v) and 0 < v <= MAX_SPACING_MM for v in sp))
             check(ok, f"VOXEL_SPACING_MM must be None or three positive numbers (mm, at most {MAX_SPACING_MM:g}), "
                       f"got {_short(sp)}")
+
+        self._check_preprocessing(check, mods, wins)
 
         check(_is_int(self.random_seed) and 0 <= self.random_seed < 2**32,
               "RANDOM_SEED must be an integer from 0 to 2**32 - 1 (NumPy's seed range)")
@@ -426,6 +438,37 @@ class Settings:
                 p.append(f"settings must be plain Python values (numbers, text, lists, dicts, None): {exc}")
         if p:
             raise ConfigError(p)
+
+    def _check_preprocessing(self, check, mods: dict, wins: dict) -> None:
+        """TARGET_SPACING_MM, ROI_SIZE_MM and the interpolations; with PREPROCESS
+        also that the crop fits INPUT_SHAPE and that there is a CTA in HU."""
+        sp, roi = self.target_spacing_mm, self.roi_size_mm
+        sp_ok = (isinstance(sp, tuple) and len(sp) == 3
+                 and all(_is_num(v) and MIN_TARGET_SPACING_MM <= v <= MAX_SPACING_MM for v in sp))
+        check(sp_ok, f"TARGET_SPACING_MM must be three numbers (row, col, slice) from {MIN_TARGET_SPACING_MM:g} to "
+                     f"{MAX_SPACING_MM:g} mm, got {_short(sp)}")
+        roi_ok = isinstance(roi, tuple) and len(roi) == 3 and all(_is_num(v) and 0 < v <= MAX_ROI_MM for v in roi)
+        check(roi_ok, f"ROI_SIZE_MM must be three positive numbers (row, col, slice) of at most {MAX_ROI_MM:g} mm, "
+                      f"got {_short(roi)}")
+        check(_one_of(self.image_interpolation, IMAGE_INTERPOLATIONS),
+              f"IMAGE_INTERPOLATION must be one of {IMAGE_INTERPOLATIONS}, got {_short(self.image_interpolation)}")
+        check(_one_of(self.mask_interpolation, MASK_INTERPOLATIONS),
+              f"MASK_INTERPOLATION must be one of {MASK_INTERPOLATIONS}, got {_short(self.mask_interpolation)}")
+        if self.preprocess is not True:
+            return
+        check("CTA" in mods, "PREPROCESS needs a modality named 'CTA' in MODALITY_PATTERNS: the other modalities are "
+                             "registered to it and the Circle of Willis is found from its contrast-filled vessels")
+        for name in mods:
+            check(wins.get(name) is not None, f"PREPROCESS needs volumes in HU: WINDOWS_HU[{_short(name)}] must be "
+                                              "(low, high), not None")
+        shape = self.input_shape
+        if sp_ok and roi_ok and isinstance(shape, tuple) and len(shape) == 3 and all(_is_int(v) for v in shape):
+            # the same rounding as clotseg.preprocessing.roi.box_size
+            box = [max(1, int(round(float(r) / float(s)))) for r, s in zip(roi, sp)]
+            check(box[0] <= shape[0] and box[1] <= shape[1],
+                  f"ROI_SIZE_MM {tuple(roi[:2])} mm at TARGET_SPACING_MM {tuple(sp[:2])} is {box[0]}x{box[1]} pixels, "
+                  f"larger than INPUT_SHAPE {shape[0]}x{shape[1]}: lower ROI_SIZE_MM, raise TARGET_SPACING_MM or "
+                  "raise INPUT_SHAPE")
 
     def _folder_overlaps(self) -> list[str]:
         """PROCESSED_DIR / TRAININGS_DIR equal to or inside VOLUME_DIR / MASK_DIR: the runs would
@@ -595,8 +638,9 @@ def _normalise(kwargs: dict) -> dict:
     for name in ("input_shape", "patch_size"):
         if isinstance(out.get(name), list):
             out[name] = tuple(out[name])
-    if isinstance(out.get("voxel_spacing_mm"), list):
-        out["voxel_spacing_mm"] = tuple(out["voxel_spacing_mm"])
+    for name in ("voxel_spacing_mm", "target_spacing_mm", "roi_size_mm"):
+        if isinstance(out.get(name), list):
+            out[name] = tuple(out[name])
     if isinstance(out.get("windows_hu"), dict):
         out["windows_hu"] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in out["windows_hu"].items()}
     return out
