@@ -4,7 +4,8 @@
     python training.py --preset demo   # small CPU-friendly demo settings
     python training.py --resume        # continue the latest unfinished run
 
-Stages are gated by TRAIN_TEST_SPLIT, SLICE_EXTRACT, DATA_AUG, MODEL_TRAINING.
+Stages are gated by PREPROCESS (raw scans only), TRAIN_TEST_SPLIT, SLICE_EXTRACT,
+DATA_AUG, MODEL_TRAINING.
 """
 
 from clotseg.cli import base_parser, load_settings, run_main
@@ -19,9 +20,12 @@ def main() -> int:
 
     from clotseg.pipeline import prepare_data
 
-    prepare_data(settings)
+    settings = prepare_data(settings)["settings"]   # with PREPROCESS: the settings that read the prepared cohort
     if args.prepare_only:
         print(f"[prepare] data ready in {settings.processed_path}; train with: python training.py")
+        return 0
+    if not settings.model_training:     # (as run_training says it, without starting Keras for nothing)
+        print("[train] MODEL_TRAINING is False: skipping training")
         return 0
     from clotseg.quiet import load_backend
 

@@ -2,6 +2,12 @@
 and TRAININGS_DIR, the cohort names, and run listing and lookup.
 
     Processed/                                (PROCESSED_DIR)
+      Preprocessed/              PREPROCESSED: the PREPROCESS stage (raw cohorts only)
+        Registration/<case>/     registration.json (REGISTRATION_FILE) + manifest.json
+        Resampled/<case>/        the volumes and mask at TARGET_SPACING_MM, grids.json (GRIDS_FILE)
+        ROI/<case>/              the cropped volumes and mask, <case>.json sidecar
+        Cohort/volumes/, masks/  PREP_COHORT: the prepared cohort the next stages read,
+                                 summary.json (PREPROCESS_SUMMARY), manifest.json
       split.json                 SPLIT_FILE: case ids per cohort + fingerprint
       checked_cases.json         CHECK_CACHE: per-case check results (signatures)
       Sliced/<cohort>/           SLICED: every slice of Training / Validation
@@ -41,6 +47,13 @@ COHORTS = (TRAINING, VALIDATION, TESTING)
 TRAIN_COHORTS = (TRAINING, VALIDATION)          # sliced and augmented before training
 
 # ---------------------------------------------------------------- Processed/
+PREPROCESSED = "Preprocessed"
+PREP_REGISTRATION, PREP_RESAMPLED, PREP_ROI, PREP_COHORT = "Registration", "Resampled", "ROI", "Cohort"
+PREP_STEPS = (PREP_REGISTRATION, PREP_RESAMPLED, PREP_ROI)
+PREP_VOLUMES, PREP_MASKS = "volumes", "masks"
+REGISTRATION_FILE = "registration.json"
+GRIDS_FILE = "grids.json"
+PREPROCESS_SUMMARY = "summary.json"
 SPLIT_FILE = "split.json"
 CHECK_CACHE = "checked_cases.json"
 SLICED = "Sliced"
@@ -90,6 +103,34 @@ def sliced_dir(settings: "Settings", cohort: str) -> Path:
 
 def augmented_dir(settings: "Settings", cohort: str) -> Path:
     return settings.processed_path / AUGMENTED / cohort
+
+
+def preprocessed_dir(settings: "Settings") -> Path:
+    return settings.processed_path / PREPROCESSED
+
+
+def preprocess_step_dir(settings: "Settings", step: str, case_id: str) -> Path:
+    """Processed/Preprocessed/<step>/<case>: one case's output of one step."""
+    return preprocessed_dir(settings) / step / case_id
+
+
+def prepared_cohort_dir(settings: "Settings") -> Path:
+    return preprocessed_dir(settings) / PREP_COHORT
+
+
+def preprocessed_inputs(settings: "Settings") -> "Settings":
+    """The settings with VOLUME_DIR / MASK_DIR on the prepared cohort of the
+    PREPROCESS stage (relative to the config's folder when inside it), so the
+    split, slicing, training and testing read the prepared cases."""
+    import os
+
+    cohort = prepared_cohort_dir(settings)
+    root = settings.root.resolve()
+
+    def rel(path: Path) -> str:
+        return os.path.relpath(path, root) if root in path.parents else str(path)
+
+    return settings.replace(volume_dir=rel(cohort / PREP_VOLUMES), mask_dir=rel(cohort / PREP_MASKS))
 
 
 # ------------------------------------------------------------------- runs

@@ -20,6 +20,7 @@ from clotseg.layout import CHECK_CACHE, COHORTS, TRAIN_COHORTS, TRAINING, VALIDA
 from clotseg.locking import project_lock
 from clotseg.settings import Settings
 from clotseg.stages.augment import run_augmentation
+from clotseg.stages.preprocess import run_preprocess
 from clotseg.stages.slicing import run_slicing
 from clotseg.stages.split import case_groups, run_split
 
@@ -72,15 +73,17 @@ def ensure_demo_cohort(settings: Settings, log=print) -> bool:
 
     max_hw = min(256, settings.input_shape[0], settings.input_shape[1])
     low = min(96, max_hw)
+    raw = " as raw, unregistered scans (PREPROCESS = True)" if settings.preprocess else ""
     log(f"No cases in {vol}: writing a synthetic demo cohort of {DEMO_CASES} phantom CTA/NCCT cases "
-        f"({low}-{max_hw} px in-plane) so the pipeline can run. Replace them with your own data "
+        f"({low}-{max_hw} px in-plane){raw} so the pipeline can run. Replace them with your own data "
         "(see README) and delete Processed/ to start over.")
     vol.mkdir(parents=True, exist_ok=True)
     seg.mkdir(parents=True, exist_ok=True)
     stage_vol = Path(tempfile.mkdtemp(dir=vol.parent, prefix=f".{vol.name}.demo-{os.getpid()}-"))
     stage_seg = stage_vol if seg == vol else Path(tempfile.mkdtemp(dir=seg.parent, prefix=f".{seg.name}.demo-{os.getpid()}-"))
     try:
-        write_cohort(stage_vol, stage_seg, DEMO_CASES, seed=settings.random_seed, in_plane=(low, max_hw))
+        write_cohort(stage_vol, stage_seg, DEMO_CASES, seed=settings.random_seed, in_plane=(low, max_hw),
+                     unregistered=settings.preprocess)
         moves = [(p, vol / p.name) for p in sorted(stage_vol.iterdir())]
         if stage_seg != stage_vol:
             moves += [(p, seg / p.name) for p in sorted(stage_seg.iterdir())]
@@ -180,7 +183,12 @@ def check_labels(cohorts: dict, clot: dict, settings: Settings, log=print) -> No
 
 
 def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True, lock_wait_s: float | None = None) -> dict:
-    """Stages 1-3. Returns {"cases", "cohorts", "shapes", "sliced", "augmented"}.
+    """Stages 0-3. Returns {"cases", "cohorts", "shapes", "sliced", "augmented", "settings"}.
+
+    With PREPROCESS, stage 0 turns the raw cohort of VOLUME_DIR / MASK_DIR
+    into the prepared cohort under PROCESSED_DIR first; "settings" are then
+    the settings that read it (VOLUME_DIR / MASK_DIR replaced), which
+    training must use too; otherwise "settings" is `settings`.
 
     All cases are checked before any stage writes anything, so bad input
     stops the run with every problem listed and nothing on disk changed.
@@ -193,6 +201,9 @@ def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True, lock
     with project_lock(settings.processed_path, lock_wait_s, log):
         if demo_if_empty:
             ensure_demo_cohort(settings, log)
+        if settings.preprocess:
+            raw = discover_cases(settings, require_masks=True, warn=log)
+            settings = run_preprocess(settings, raw, log)
         cases = discover_cases(settings, require_masks=True, warn=log)
         shapes, clot = checked_cases(settings, cases, log)
         check_any_clot(clot, settings)
@@ -203,7 +214,8 @@ def prepare_data(settings: Settings, log=print, demo_if_empty: bool = True, lock
         sliced = run_slicing(settings, cohorts, by_id, shapes, log)
         augmented = run_augmentation(settings, sliced, log)
     log(summary_table(cohorts, sliced, augmented, settings.target_name))
-    return {"cases": cases, "cohorts": cohorts, "shapes": shapes, "sliced": sliced, "augmented": augmented}
+    return {"cases": cases, "cohorts": cohorts, "shapes": shapes, "sliced": sliced, "augmented": augmented,
+            "settings": settings}
 
 
 def summary_table(cohorts: dict, sliced: dict, augmented: dict, target_name: str = "clot") -> str:

@@ -40,7 +40,8 @@ from clotseg.inference import postprocess, predict_volume_members, to_mask
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
 from clotseg.layout import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TEST_PREDICTIONS_DIR, TESTING,
-                            TESTING_DIR, check_best_model, load_run_settings, resolve_run, testing_dir)
+                            TESTING_DIR, check_best_model, load_run_settings, preprocessed_inputs, resolve_run,
+                            testing_dir)
 from clotseg.settings import Settings
 
 OUT_DIR = TESTING_DIR
@@ -214,6 +215,8 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
     if trained.modalities != settings.modalities:
         raise StageError(f"run {run.name} was trained on modalities {trained.modalities} "
                          f"but config.py now names {settings.modalities}")
+    if input_dir is None and trained.preprocess:
+        settings = preprocessed_inputs(settings)     # the run's Testing cohort is in the prepared cohort
     cases = select_cases(settings, run, input_dir, mask_dir)
     if not cases:
         raise StageError("no cases to test")
