@@ -36,6 +36,11 @@ _EPILOG_SLICES = """examples:
 """
 
 
+_UNREGISTERED_HELP = ("raw scans for the PREPROCESS stage (e.g. a CTA and a raw NCCT): the modalities may lie on "
+                      "different grids; each keeps its own (recorded in the sidecar) and the stage registers them "
+                      "onto the CTA; the mask must lie on the first modality's grid; no size limit")
+
+
 def _wrap(text: str) -> str:
     """Wrap a description by hand: the raw formatter (kept for the examples) does not."""
     return textwrap.fill(text, width=79)
@@ -97,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask-root", type=Path, help="folder the mask pattern is relative to (default: source)")
     p.add_argument("--affine-tol", type=float, default=1e-3, metavar="MM",
                    help="largest affine difference between a case's files (default 0.001 mm)")
+    p.add_argument("--unregistered", action="store_true", help=_UNREGISTERED_HELP)
 
     p = sub.add_parser("dicom", parents=[common], formatter_class=fmt, epilog=_EPILOG_DICOM,
                        help="one folder per case, one subfolder per DICOM series",
@@ -114,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text file naming the case folders to import, one per line ('#' comments)")
     p.add_argument("--affine-tol", type=float, default=1e-3, metavar="MM",
                    help="largest geometry difference between a case's series and mask (default 0.001 mm)")
+    p.add_argument("--unregistered", action="store_true", help=_UNREGISTERED_HELP)
     p.add_argument("--allow-single-slice", action="store_true",
                    help="accept a series folder holding one image file (refused by default: usually a scout "
                         "or key image, or the wrong folder level)")
@@ -168,13 +175,16 @@ def options_from_args(args, log=print) -> ImportOptions:
     if args.output_pattern:
         opts.output_patterns = {**opts.output_patterns, **parse_assignments(args.output_pattern, "--output-pattern")}
     opts.max_size, opts.resize = args.max_size, args.resize
-    if settings is not None and args.max_size is None:
+    if settings is not None and args.max_size is None and not getattr(args, "unregistered", False):
         opts.max_size = int(min(settings.input_shape[:2]))
         log(f"size limit {opts.max_size} px from INPUT_SHAPE {tuple(settings.input_shape)} in {args.config}"
             + (" (larger slices are resized)" if args.resize else " (larger slices are refused; --resize shrinks "
                "them, --max-size sets another limit)"))
     opts.multiclass = opts.multiclass or args.multiclass
     opts.overwrite, opts.dry_run, opts.skip_bad_cases = args.overwrite, args.dry_run, args.skip_bad_cases
+    opts.unregistered = bool(getattr(args, "unregistered", False))
+    if opts.unregistered and args.max_size is None:
+        opts.max_size = None            # raw scans: the PREPROCESS stage crops them to the model input
     return opts
 
 
@@ -274,8 +284,12 @@ def config_lines(report, modalities: list, opts, args) -> str:
     lines = [f"config.py lines for the {len(shapes)} imported case(s) (set them in {args.config}):",
              f"MODALITY_PATTERNS = {pats!r}",
              f"MASK_PATTERN = {opts.mask_pattern_or_default()!r}",
-             f"WINDOWS_HU = {{{', '.join(f'{m!r}: {windows[m]!r}' for m in modalities)}}}  # {win_note}",
-             f"INPUT_SHAPE = ({rows}, {cols}, {len(modalities)})  # {size_note}; channels = modalities"]
+             f"WINDOWS_HU = {{{', '.join(f'{m!r}: {windows[m]!r}' for m in modalities)}}}  # {win_note}"]
+    if opts.unregistered:
+        lines.append("PREPROCESS = True  # raw scans: registered to the CTA, resampled to TARGET_SPACING_MM and "
+                     "cropped to ROI_SIZE_MM, which must fit INPUT_SHAPE")
+    else:
+        lines.append(f"INPUT_SHAPE = ({rows}, {cols}, {len(modalities)})  # {size_note}; channels = modalities")
     if opts.multiclass and settings.num_classes == 1:
         lines.append("NUM_CLASSES = 2  # or more: background + the classes of --multiclass masks")
     return "\n".join(lines)

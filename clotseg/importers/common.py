@@ -54,6 +54,11 @@ class ImportOptions:
         dry_run: read and check everything, write nothing.
         skip_bad_cases: report a bad case and go on instead of stopping.
         multiclass: masks may hold small class ids 0..MAX_CLASSES, not only 0/1.
+        unregistered: raw scans for the PREPROCESS stage: the modalities of a
+            case may lie on different grids (a CTA and a raw NCCT); each keeps
+            its own, recorded in the sidecar ("affines", "modality_spacing_mm",
+            "modality_shapes"); the mask must lie on the first modality's
+            grid; no in-plane size limit (the stage crops).
         log: function printing progress lines.
     """
 
@@ -69,6 +74,7 @@ class ImportOptions:
     dry_run: bool = False
     skip_bad_cases: bool = False
     multiclass: bool = False
+    unregistered: bool = False
     log: Callable = print
 
     @classmethod
@@ -254,6 +260,17 @@ def read_import_map(volume_path: Path) -> dict:
     return data
 
 
+def raw_geometry(volumes: dict, affines: dict, spacings: dict) -> dict:
+    """The sidecar fields of a case whose modalities keep their own grids
+    (--unregistered): {"affines": {modality: 4x4 voxel -> RAS mm},
+    "modality_spacing_mm": {...}, "modality_shapes": {...}, "registered": False}."""
+    r6 = lambda v: [round(float(x), 6) for x in v]  # noqa: E731
+    return {"affines": {m: [r6(row) for row in np.asarray(affines[m])] for m in volumes},
+            "modality_spacing_mm": {m: None if spacings.get(m) is None else r6(spacings[m]) for m in volumes},
+            "modality_shapes": {m: list(v.shape) for m, v in volumes.items()},
+            "registered": False}
+
+
 # ------------------------------------------------------------------ checks
 def mask_to_labels(arr: np.ndarray, multiclass: bool, what: str) -> np.ndarray:
     """Turn a mask read as numbers into uint8 labels.
@@ -306,11 +323,13 @@ def describe_sources(files: dict) -> str:
     return ", ".join(parts)
 
 
-def check_loaded(case: LoadedCase, what: str) -> tuple[int, int, int]:
-    """Check shapes, dtypes and values of a loaded case; return (H, W, D).
+def check_loaded(case: LoadedCase, what: str, same_grid: bool = True) -> tuple[int, int, int]:
+    """Check shapes, dtypes and values of a loaded case; return (H, W, D)
+    of the first modality.
 
-    Volumes must be finite 3D arrays of one shape; the mask (if any) uint8 of
-    the same shape. Raises InputDataError naming the case's files.
+    Volumes must be finite 3D arrays of one shape (any shapes without
+    `same_grid`: raw scans); the mask (if any) uint8 of the first modality's
+    shape. Raises InputDataError naming the case's files.
     """
     if not case.volumes:
         raise InputDataError(f"{what}: no image volumes")
@@ -326,7 +345,7 @@ def check_loaded(case: LoadedCase, what: str) -> tuple[int, int, int]:
                                  f"{int((~np.isfinite(vol)).sum())} NaN/inf voxel(s)")
         if shape is None:
             shape, first = vol.shape, modality
-        elif vol.shape != shape:
+        elif vol.shape != shape and same_grid:
             raise InputDataError(f"{what}: {modality} is {vol.shape} but {first} is {shape} "
                                  f"({describe_sources(case.source_files)}); modalities must share one voxel grid")
     if case.mask is not None:
@@ -485,6 +504,9 @@ def run_import(importer: str, sources: list[CaseSource], loader: Callable[[CaseS
     names cases whose files exist (a run whose first case fails leaves none).
     """
     options.check_patterns(modalities)
+    if options.unregistered and options.resize:
+        raise InputDataError("--resize and --unregistered do not go together: raw scans keep their grids, the "
+                             "PREPROCESS stage resamples and crops them")
     if not sources:
         raise InputDataError("no cases found in the source")
     names = [s.name for s in sources]
@@ -511,9 +533,11 @@ def run_import(importer: str, sources: list[CaseSource], loader: Callable[[CaseS
             if src.problem:
                 raise InputDataError(f"{what}: {src.problem}")
             case = loader(src)
-            check_loaded(case, what)
-            case = fit_in_plane(case, options.max_size, options.resize, what)
-            shape = check_loaded(case, what)
+            same = not options.unregistered
+            check_loaded(case, what, same)
+            if same:      # raw scans keep their size: the PREPROCESS stage crops them
+                case = fit_in_plane(case, options.max_size, options.resize, what)
+            shape = check_loaded(case, what, same)
             status = write_case(cid, src.name, importer, case, options)
         except InputDataError as exc:
             if not options.skip_bad_cases:

@@ -29,7 +29,7 @@ from pydicom.errors import InvalidDicomError
 
 from clotseg.errors import InputDataError
 from clotseg.importers.common import (CaseSource, ImportOptions, ImportReport, LoadedCase, mask_to_labels,
-                                      natural_key, run_import)
+                                      natural_key, raw_geometry, run_import)
 from clotseg.io import load_npy
 
 DEFAULT_AFFINE_TOL_MM = 1e-3
@@ -348,11 +348,13 @@ def import_dicom(source: Path | str, modalities: dict, options: ImportOptions, m
     def loader(src: CaseSource) -> LoadedCase:
         what = f"case {src.name}"
         volumes, ref, info = {}, None, {}
+        affines, spacings = {}, {}
         for modality in modalities:
             series = read_dicom_series(src.files[modality], allow_single_slice)
+            affines[modality], spacings[modality] = series.affine, series.spacing_mm
             if ref is None:
                 ref = series
-            else:
+            elif not options.unregistered:
                 diff = (float(np.abs(series.affine - ref.affine).max())
                         if series.volume.shape == ref.volume.shape else math.inf)
                 if diff > affine_tol_mm:
@@ -368,7 +370,10 @@ def import_dicom(source: Path | str, modalities: dict, options: ImportOptions, m
                                          affine_tol_mm, f"{what} mask")
         sources = {m: str(Path(src.files[m]).resolve()) for m in modalities}
         sources["mask"] = None if src.files.get("mask") is None else str(Path(src.files["mask"]).resolve())
+        extra = {"dicom": info}
+        if options.unregistered:
+            extra.update(raw_geometry(volumes, affines, spacings))
         return LoadedCase(volumes, mask_arr, ref.spacing_mm, ref.orientation, sources, affine=ref.affine,
-                          intensity="HU", extra={"dicom": info})
+                          intensity="HU", extra=extra)
 
     return run_import("dicom", cases, loader, list(modalities), options)

@@ -20,7 +20,7 @@ import numpy as np
 from clotseg.errors import InputDataError
 from clotseg.helpers import pattern_regex as _pattern_regex
 from clotseg.importers.common import (CaseSource, ImportOptions, ImportReport, LoadedCase, mask_to_labels,
-                                      natural_key, run_import)
+                                      natural_key, raw_geometry, run_import)
 
 DEFAULT_AFFINE_TOL_MM = 1e-3
 
@@ -113,22 +113,26 @@ def check_same_grid(ref_path, ref_shape, ref_affine, path, shape, affine, tol_mm
 
 
 def load_nifti_case(files: dict, mask_path: Path | None, multiclass: bool = False,
-                    tol_mm: float = DEFAULT_AFFINE_TOL_MM, what: str = "case") -> LoadedCase:
+                    tol_mm: float = DEFAULT_AFFINE_TOL_MM, what: str = "case", same_grid: bool = True) -> LoadedCase:
     """Read one case: {modality: NIfTI path} (+ optional mask NIfTI) -> LoadedCase.
 
     Volumes float32 HU (X, Y, Z) in RAS orientation; mask uint8 labels.
-    Raises InputDataError naming the files whose grids disagree.
+    Raises InputDataError naming the files whose grids disagree. Without
+    `same_grid` (raw scans for the PREPROCESS stage) each modality keeps its
+    own grid, recorded in the sidecar; the mask must lie on the first one's.
     """
     volumes, ref = {}, None
     spacing = orientation = affine = None
+    affines, spacings = {}, {}
     for modality, path in files.items():
         data, aff, zooms, orient = load_nifti(path, f"{what} {modality}")
         if ref is None:
             ref = (path, data.shape, aff)
             spacing, orientation, affine = zooms, orient, aff
-        else:
+        elif same_grid:
             check_same_grid(ref[0], ref[1], ref[2], path, data.shape, aff, tol_mm, what)
         volumes[modality] = data
+        affines[modality], spacings[modality] = aff, zooms
     mask = None
     if mask_path is not None:
         data, aff, _, _ = load_nifti(mask_path, f"{what} mask")
@@ -136,7 +140,8 @@ def load_nifti_case(files: dict, mask_path: Path | None, multiclass: bool = Fals
         mask = mask_to_labels(data, multiclass, f"{what} mask {mask_path}")
     sources = {m: str(Path(p).resolve()) for m, p in files.items()}
     sources["mask"] = None if mask_path is None else str(Path(mask_path).resolve())
-    return LoadedCase(volumes, mask, spacing, orientation, sources, affine=affine, intensity="HU")
+    extra = {} if same_grid else raw_geometry(volumes, affines, spacings)
+    return LoadedCase(volumes, mask, spacing, orientation, sources, affine=affine, intensity="HU", extra=extra)
 
 
 # ----------------------------------------------------------------- import
@@ -217,6 +222,7 @@ def import_nifti(source: Path | str, modalities: dict, options: ImportOptions, m
 
     def loader(src: CaseSource) -> LoadedCase:
         files = {m: src.files[m] for m in modalities}
-        return load_nifti_case(files, src.files.get("mask"), options.multiclass, affine_tol_mm, f"case {src.name}")
+        return load_nifti_case(files, src.files.get("mask"), options.multiclass, affine_tol_mm, f"case {src.name}",
+                               same_grid=not options.unregistered)
 
     return run_import("nifti", cases, loader, list(modalities), options)
