@@ -20,6 +20,10 @@ there SimpleITK's exhaustive optimiser tries rotations on a grid
 (ANGLE_STEPS x ANGLE_STEP_DEG about each axis, on the SEARCH_SHRINK level)
 and the gradient descent starts from the best: a head is nearly symmetric,
 and from a start 10 degrees off the descent can settle in a wrong optimum.
+Last, SimpleITK's Powell optimiser polishes the result at full resolution
+(POLISH_ITERATIONS sweeps of line searches along each parameter): on a
+nearly round head the in-plane angle has a flat metric, on which the
+gradient descent stops early.
 
 The transform maps a world point of the fixed image (CTA) to the world point
 of the moving image (NCCT) that shows the same anatomy (ITK convention), so
@@ -57,8 +61,9 @@ ANGLE_STEP_DEG = 3.0
 MASK_MARGIN_MM = 3.0             # air around the head that the metric still samples
 FLAG_MIN_SKULL_DICE = 0.6
 FLAG_DICE_DROP = 0.05
+POLISH_ITERATIONS = 8             # Powell sweeps over the six parameters at full resolution
 SEED = 20240611                  # metric sampling (a run repeats itself)
-VERSION = 1                      # bump when the method changes: cached registrations are redone
+VERSION = 2                      # bump when the method changes: cached registrations are redone
 
 
 @dataclass
@@ -90,15 +95,16 @@ class Registration:
         r6 = lambda v: [round(float(x), 6) for x in v]  # noqa: E731
         m = self.matrix
         return {
-            "method": "SimpleITK Euler3DTransform, Mattes mutual information, regular-step gradient descent, "
-                      f"shrink {list(self.levels)}",
+            "method": "SimpleITK Euler3DTransform, Mattes mutual information, exhaustive angle start, "
+                      f"regular-step gradient descent on shrink {list(self.levels)}, Powell polish",
             "transform": "Euler3DTransform", "direction": "maps CTA world points to NCCT world points (ITK)",
             "parameters": r6(t.GetParameters()), "center_mm": r6(t.GetCenter()),
             "matrix": [r6(row) for row in m],
             "rotation_deg": round(rotation_deg(m), 4),
             "translation_mm": r6(t.GetTranslation()),
             "initializer": self.initializer,
-            "metric": "mattes_mutual_information", "final_metric": round(float(self.metric), 6),
+            "metric": "mattes_mutual_information",
+            "final_metric": round(float(self.metric), 6) if math.isfinite(self.metric) else None,
             "iterations": int(self.iterations), "stop_condition": self.stop_condition,
             "skull_dice_before": None if self.skull_dice_before is None else round(self.skull_dice_before, 4),
             "skull_dice_after": None if self.skull_dice_after is None else round(self.skull_dice_after, 4),
@@ -174,6 +180,20 @@ def _head_region(img: sitk.Image) -> sitk.Image:
     head = sitk.BinaryThreshold(img, HEAD_HU, 1e12, 1, 0)
     radius = [max(1, int(round(MASK_MARGIN_MM / s))) for s in img.GetSpacing()]
     return sitk.BinaryDilate(head, radius)
+
+
+def probe_metric(fixed: sitk.Image, moving: sitk.Image, mask, transform: sitk.Transform, threads) -> float:
+    """The metric of `transform` at full resolution (inf when it cannot be evaluated)."""
+    probe = _method([1], fixed.GetSize())
+    if threads:
+        probe.SetNumberOfThreads(int(threads))
+    if mask is not None:
+        probe.SetMetricFixedMask(mask)
+    probe.SetInitialTransform(transform, inPlace=False)
+    try:
+        return float(probe.MetricEvaluate(fixed, moving))
+    except RuntimeError:
+        return math.inf
 
 
 def _coarse_mask(mask: sitk.Image, factor: int) -> sitk.Image:
@@ -295,12 +315,33 @@ def _register(fixed: sitk.Image, moving: sitk.Image, threads: int | None) -> Reg
     reg.SetMetricFixedMask(mask)
     iterations = [0]
     reg.AddCommand(sitk.sitkIterationEvent, lambda: iterations.__setitem__(0, iterations[0] + 1))
-    final = reg.Execute(fixed, moving)
-    euler = _as_euler(final)
-    metric = float(reg.GetMetricValue())
+    reasons = []
+    try:
+        final = _as_euler(reg.Execute(fixed, moving))
+        # Polish at full resolution with Powell's line searches, one parameter
+        # direction at a time: on a nearly round head the in-plane angle has a
+        # flat metric, where the gradient descent above stops early (its step
+        # shrinks whenever the translations make it turn).
+        pol = _method([1], fixed.GetSize())
+        if threads:
+            pol.SetNumberOfThreads(int(threads))
+        pol.SetMetricFixedMask(mask)
+        pol.SetOptimizerAsPowell(numberOfIterations=POLISH_ITERATIONS, maximumLineIterations=20, stepLength=0.5,
+                                 stepTolerance=1e-3, valueTolerance=1e-6)
+        pol.SetOptimizerScalesFromPhysicalShift()
+        pol.AddCommand(sitk.sitkIterationEvent, lambda: iterations.__setitem__(0, iterations[0] + 1))
+        pol.SetInitialTransform(final, inPlace=False)
+        euler = _as_euler(pol.Execute(fixed, moving))
+        metric, stop = float(pol.GetMetricValue()), pol.GetOptimizerStopConditionDescription()
+    except RuntimeError as exc:
+        # the optimisation ran off (e.g. the scans stopped overlapping): keep the start, flag the case
+        text = [ln for ln in str(exc).splitlines() if ln.strip()]
+        reasons.append("the optimisation failed (" + (text[-1].split("):")[-1].strip()[:160] if text else "?")
+                       + "); the transform is the search's start")
+        euler, stop = initial, "failed"
+        metric = float(probe_metric(fixed, moving, mask, initial, threads))
     before = skull_dice(fixed, moving, candidates["as_given"])
     after = skull_dice(fixed, moving, euler)
-    reasons = []
     if after is None:
         reasons.append(f"no skull (HU >= {BONE_HU:g}) in the overlap of the two scans")
     else:
@@ -314,5 +355,5 @@ def _register(fixed: sitk.Image, moving: sitk.Image, threads: int | None) -> Reg
                         skull_dice_after=after, initializer=f"{start} (coarse metric " + ", ".join(
                             f"{k} {v:.4f}" for k, v in scores.items()) + ")",
                         levels=levels, iterations=iterations[0],
-                        stop_condition=reg.GetOptimizerStopConditionDescription(), flagged=bool(reasons),
+                        stop_condition=stop, flagged=bool(reasons),
                         reasons=reasons)

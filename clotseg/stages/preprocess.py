@@ -386,7 +386,8 @@ def _case_line(cid: str, side: dict) -> str:
     for m, r in pre["registration"].items():
         before, after = r.get("skull_dice_before"), r.get("skull_dice_after")
         fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
-        parts.append(f"{m} registered (rotation {r['rotation_deg']:.1f} deg, metric {r['final_metric']:.3f}, skull "
+        metric = "-" if r["final_metric"] is None else f"{r['final_metric']:.3f}"
+        parts.append(f"{m} registered (rotation {r['rotation_deg']:.1f} deg, metric {metric}, skull "
                      f"overlap {fmt(before)} -> {fmt(after)}{', FLAGGED' if r['flagged'] else ''})")
     box = pre["roi"]["box"]
     parts.append(f"ROI {'x'.join(str(b - a) for a, b in box)} at {[a for a, _ in box]}"
