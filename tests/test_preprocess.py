@@ -16,7 +16,6 @@ import pytest
 from clotseg.errors import ConfigError, InputDataError, StageError
 from clotseg.io import load_npy, read_json
 from clotseg.phantom import make_case, make_unregistered, write_cohort
-from clotseg.pipeline import prepare_data
 from clotseg.preprocessing.geometry import Grid, transform_error
 from clotseg.preprocessing.registration import register
 from clotseg.preprocessing.resampling import resample_image, resample_mask, volume_mm3
@@ -41,9 +40,9 @@ def _grids(raw):
     return (Grid.from_affine(raw.cta.shape, raw.affines["CTA"]), Grid.from_affine(raw.ncct.shape, raw.affines["NCCT"]))
 
 
-def _project(root: Path, n=3, seed=3, **overrides) -> Settings:
+def _project(root: Path, n=2, seed=3, **overrides) -> Settings:
     s = tiny_settings(root, **{**PREP, **overrides})
-    write_cohort(s.volume_path, s.mask_path, n, seed=seed, in_plane=(48, 56), slices=(14, 18), progress=False,
+    write_cohort(s.volume_path, s.mask_path, n, seed=seed, in_plane=(40, 48), slices=(12, 14), progress=False,
                  unregistered=True)
     return s
 
@@ -79,7 +78,7 @@ def test_unregistered_phantom_is_the_prepared_case_moved(tmp_path):
 
 
 # --------------------------------------------------------------- algorithms
-@pytest.mark.parametrize("seed", [0, 1, 3])
+@pytest.mark.parametrize("seed", [0, 3])
 def test_registration_recovers_the_known_transform(seed):
     _, raw = _raw_case(seed)
     gc, gn = _grids(raw)
@@ -125,11 +124,11 @@ def test_crop_contains_the_whole_clot():
 
 # -------------------------------------------------------------------- stage
 def test_stage_writes_prepared_cases_that_go_back_to_the_original_grid(tmp_path):
-    s = _project(tmp_path, n=2)
+    s = _project(tmp_path, n=1)
     msgs = []
     prepared = stage.run_preprocess(s, discover_cases(s, warn=quiet), msgs.append)
     cases = discover_cases(prepared, warn=quiet)
-    assert [c.case_id for c in cases] == ["CS1", "CS2"]
+    assert [c.case_id for c in cases] == ["CS1"]
     for case in cases:
         side = read_json(case.sidecar)
         cta = load_npy(case.volumes["CTA"])
@@ -147,7 +146,7 @@ def test_stage_writes_prepared_cases_that_go_back_to_the_original_grid(tmp_path)
         dice = 2 * np.logical_and(back, raw_mask).sum() / (back.sum() + raw_mask.sum())
         assert dice > 0.8, dice
     summary = read_json(s.processed_path / "Preprocessed" / "Cohort" / "summary.json")
-    assert set(summary["cases"]) == {"CS1", "CS2"} and summary["flagged"] == []
+    assert set(summary["cases"]) == {"CS1"} and summary["flagged"] == []
 
 
 def test_rerun_does_nothing_and_an_interrupted_run_resumes(tmp_path, monkeypatch):
@@ -169,15 +168,14 @@ def test_rerun_does_nothing_and_an_interrupted_run_resumes(tmp_path, monkeypatch
     msgs = []
     stage.run_preprocess(s, discover_cases(s, warn=quiet), msgs.append)
     done = [m for m in msgs if m.startswith("[preprocess] CS")]
-    assert len(done) == 2 and "CS2" in done[0] and done[0].endswith("[2/3: roi]")      # CS1 was finished
-    assert "CS3" in done[1] and done[1].endswith("registration, resampling, roi]")
+    assert len(done) == 1 and "CS2" in done[0] and done[0].endswith("[2/2: roi]")      # CS1 was finished
     assert _cohort_bytes(s) == _cohort_bytes(reference)                              # as if never interrupted
 
     cohort = s.processed_path / "Preprocessed" / "Cohort"
     before = {p: p.stat().st_mtime_ns for p in cohort.rglob("*")}
     msgs = []
     stage.run_preprocess(s, discover_cases(s, warn=quiet), msgs.append)
-    assert msgs == [f"[preprocess] up to date: {cohort} (3 cases)"]
+    assert msgs == [f"[preprocess] up to date: {cohort} (2 cases)"]
     assert {p: p.stat().st_mtime_ns for p in cohort.rglob("*")} == before
 
     # another ROI size redoes the crop only
@@ -188,7 +186,7 @@ def test_rerun_does_nothing_and_an_interrupted_run_resumes(tmp_path, monkeypatch
 
 
 def test_a_failing_case_names_the_case_and_the_step(tmp_path, monkeypatch):
-    s = _project(tmp_path, n=2)
+    s = _project(tmp_path)
 
     def broken(*_args, **_kwargs):
         raise RuntimeError("Exception thrown in SimpleITK ImageRegistrationMethod_Execute: /src/x.cxx:12:\n"
@@ -203,7 +201,7 @@ def test_a_failing_case_names_the_case_and_the_step(tmp_path, monkeypatch):
 
 
 def test_bad_raw_input_is_listed_with_its_file(tmp_path):
-    s = _project(tmp_path, n=2)
+    s = _project(tmp_path)
     (s.volume_path / "CS2_NCCT_Reg_Binary.npy").write_bytes(b"\x93NUMPY garbage")
     side = read_json(s.volume_path / "CS1.json")
     del side["affines"]
@@ -313,19 +311,20 @@ def test_importers_feed_the_stage(tmp_path, importer):
 # --------------------------------------------------------------- training.py
 def test_training_py_runs_the_data_stages_on_a_raw_cohort(tmp_path):
     values = {**TINY, **PREP, "MODEL_TRAINING": False}
-    text = (ROOT / "config.py").read_text() + "\n# test overrides\n" + "".join(f"{k} = {v!r}\n" for k, v in values.items())
+    text = (ROOT / "config.py").read_text() + "\n# test overrides\n"
+    text += "".join(f"{k} = {v!r}\n" for k, v in values.items())
     (tmp_path / "config.py").write_text(text)
     s = Settings.from_file(tmp_path / "config.py")
-    write_cohort(s.volume_path, s.mask_path, 5, seed=2, in_plane=(48, 56), slices=(12, 16), progress=False,
+    write_cohort(s.volume_path, s.mask_path, 3, seed=2, in_plane=(40, 48), slices=(12, 14), progress=False,
                  unregistered=True)
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [sys.executable, str(ROOT / "training.py"), "--config", str(tmp_path / "config.py")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "[preprocess] 5 case(s): 5 registered" in done.stdout
+    assert "[preprocess] 3 case(s): 3 registered" in done.stdout
     assert "MODEL_TRAINING is False" in done.stdout
     split = read_json(s.processed_path / "split.json")
-    assert sorted(sum(split["cohorts"].values(), [])) == ["CS1", "CS2", "CS3", "CS4", "CS5"]
+    assert sorted(sum(split["cohorts"].values(), [])) == ["CS1", "CS2", "CS3"]
     images = np.load(s.processed_path / "Sliced" / "Training" / "images.npy", mmap_mode="r")
     assert images.shape[1:] == (64, 64, 2)
 
