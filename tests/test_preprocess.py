@@ -75,6 +75,13 @@ def test_unregistered_phantom_is_the_prepared_case_moved(tmp_path):
         assert raw_side["modality_spacing_mm"]["NCCT"] != raw_side["modality_spacing_mm"]["CTA"]
         assert 2.0 <= raw_side["unregistered"]["applied_rotation_deg"] <= 10.0
         assert {k: side[k] for k in side if k != "shape"} == {k: raw_side[k] for k in side if k != "shape"}
+    # the CLI writes the same files
+    from clotseg.phantom import main
+
+    cli = tmp_path / "cli"
+    assert main(["--cases", "1", "--seed", "5", "--in-plane", "40", "48", "--slices", "10", "12", "--quiet",
+                 "--unregistered", "--volume-dir", str(cli / "v"), "--mask-dir", str(cli / "m")]) == 0
+    assert (cli / "v" / "CS1_NCCT_Reg_Binary.npy").read_bytes() == (b / "v" / "CS1_NCCT_Reg_Binary.npy").read_bytes()
 
 
 # --------------------------------------------------------------- algorithms
