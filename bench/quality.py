@@ -108,7 +108,8 @@ def headline(summary: dict) -> dict:
 
 
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
-             test_domains=("standard", "shifted"), untuned: bool = False, reuse: bool = False) -> dict:
+             test_domains=("standard", "shifted"), untuned: bool = False, reuse: bool = False,
+             retune: bool = False) -> dict:
     """One training + testing round; returns figures per test cohort."""
     from clotseg.settings import Settings
 
@@ -147,6 +148,9 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
     if runs:  # --reuse: score the finished run of an earlier call again (e.g. after a crash in testing)
         run, prep_seconds = runs[-1].parent, None
         log(f"[quality] reusing run {run}")
+        if retune:  # choose the post-processing again with today's code (same Validation cases)
+            from clotseg.stages.train import tune_run_postprocessing
+            tune_run_postprocessing(settings, run, log)
     else:
         prepare_data(settings, log=log, demo_if_empty=False)
         prep_seconds = time.perf_counter() - started
@@ -228,6 +232,8 @@ def main(argv=None) -> int:
     parser.add_argument("--test-domains", default="standard,shifted")
     parser.add_argument("--reuse", action="store_true",
                         help="with --workdir: keep its cohorts and score its finished run again instead of training")
+    parser.add_argument("--retune", action="store_true",
+                        help="with --reuse: choose the run's post-processing again on its Validation cases first")
     parser.add_argument("--untuned", action="store_true",
                         help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
@@ -243,7 +249,7 @@ def main(argv=None) -> int:
             for r in range(args.repeats):
                 results.append(run_once(args.scale, preset, overrides, r, workdir,
                                         tuple(d for d in args.test_domains.split(",") if d), args.untuned,
-                                        args.reuse))
+                                        args.reuse, args.retune))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
