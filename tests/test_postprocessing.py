@@ -7,7 +7,7 @@ import pytest
 
 from clotseg.evaluation.metrics import case_metrics
 from clotseg.inference import postprocess, to_mask
-from clotseg.postprocessing import DEFAULT, MIN_SIZES, THRESHOLDS, PostProcessing, resolve, tune
+from clotseg.postprocessing import DEFAULT, MIN_CLOT_CASES, MIN_SIZES, THRESHOLDS, PostProcessing, resolve, tune
 from tests.conftest import tiny_settings
 
 SHAPE = (24, 24, 10)
@@ -41,7 +41,7 @@ def test_min_size_removes_a_small_spurious_blob():
     cases = [([_clot_case(blob=(2, 2, 1))[0]], _clot_case()[1]),      # 4-voxel false positive
              ([_clot_case(blob=(1, 2, 2))[0]], _clot_case()[1]),
              ([_clot_case()[0]], _clot_case()[1])]
-    result = tune(cases)
+    result = tune(cases, min_clot_cases=1)
     chosen = _chosen(result)
     # a filter that removes the 4-voxel blobs but keeps the 27-voxel clot
     assert 4 < chosen.min_component_voxels <= 27
@@ -61,7 +61,7 @@ def test_a_faint_false_alarm_on_a_clot_free_case_raises_the_threshold():
     clot = _clot_case(prob_value=0.9)
     control_prob, control_truth = _empty()
     _box(control_prob, 10, 10, 3, (4, 4, 4), 0.55)    # 64 voxels: no size filter removes it without the clot
-    result = tune([([clot[0]], clot[1]), ([control_prob], control_truth)])
+    result = tune([([clot[0]], clot[1]), ([control_prob], control_truth)], min_clot_cases=1)
     chosen = _chosen(result)
     assert chosen.threshold > 0.55
     assert chosen.threshold == min(t for t in THRESHOLDS if t > 0.55)
@@ -84,7 +84,7 @@ def test_a_dice_gain_that_adds_false_positives_is_refused():
     _box(truth2, 2, 2, 1, (5, 3, 2))
     _box(truth2, 15, 15, 6, (5, 3, 2))
     prob2[truth2] = 0.9
-    result = tune([([prob1], truth1), ([prob2], truth2)])
+    result = tune([([prob1], truth1), ([prob2], truth2)], min_clot_cases=1)
     table = result["table"]
     best_unconstrained = max(table, key=lambda r: r["mean_dice"])
     base = next(r for r in table if PostProcessing(r["threshold"], r["tta_flips"], r["min_component_voxels"],
@@ -104,7 +104,7 @@ def test_flip_tta_is_chosen_when_it_removes_a_one_member_artefact():
     prob, truth = _clot_case()
     artefact = prob.copy()
     _box(artefact, 12, 12, 4, (4, 4, 4), 0.95)     # only the plain prediction sees it; 64 voxels > the clot
-    result = tune([([artefact, prob, prob], truth), ([prob, prob, prob], truth)])
+    result = tune([([artefact, prob, prob], truth), ([prob, prob, prob], truth)], min_clot_cases=1)
     chosen = _chosen(result)
     assert chosen.tta_flips is True
     assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
@@ -113,7 +113,7 @@ def test_flip_tta_is_chosen_when_it_removes_a_one_member_artefact():
 
 def test_without_tta_members_tta_is_never_offered():
     prob, truth = _clot_case(blob=(2, 2, 1))
-    result = tune([([prob], truth), ([prob, prob, prob], truth)])    # one case has no flip members
+    result = tune([([prob], truth), ([prob, prob, prob], truth)], min_clot_cases=1)    # one case has no flip members
     assert {r["tta_flips"] for r in result["table"]} == {False}
     assert len(result["table"]) == len(THRESHOLDS) * 2 * len(MIN_SIZES)
 
@@ -136,7 +136,7 @@ def test_every_table_row_matches_the_testing_code_path():
             prob[truth] = rng.uniform(0.45, 0.95, int(truth.sum()))
         members = [prob, np.clip(prob + rng.normal(0, 0.1, SHAPE), 0, 1).astype(np.float32)]
         cases.append((members, truth))
-    result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10))
+    result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10), min_clot_cases=1)
     assert len(result["table"]) == 2 * 3 * 2 * 3
     for row in result["table"]:
         dices, fps = [], []
@@ -162,7 +162,7 @@ def test_chosen_never_worse_than_default_on_random_cases():
                 _box(truth, rng.integers(0, 18), rng.integers(0, 18), rng.integers(0, 6), (4, 4, 3))
                 prob[truth] = rng.uniform(0.3, 1.0, int(truth.sum()))
             cases.append(([prob], truth))
-        val = tune(cases)["validation"]
+        val = tune(cases, min_clot_cases=1)["validation"]
         assert val["chosen"]["mean_dice"] >= val["default"]["mean_dice"] - 1e-12
         assert val["chosen"]["fp_components_per_case"] <= val["default"]["fp_components_per_case"] + 1e-12
 
@@ -204,7 +204,7 @@ def test_tuned_choice_round_trips_through_json(tmp_path):
     import json
 
     prob, truth = _clot_case(blob=(2, 2, 1))
-    result = tune([([prob], truth)])
+    result = tune([([prob], truth)], min_clot_cases=1)
     text = json.dumps(result)                     # what postprocessing.json holds
     again = json.loads(text)
     assert resolve(tiny_settings(tmp_path), again) == _chosen(result)
@@ -227,7 +227,7 @@ def test_a_filter_that_loses_a_validation_clot_is_refused():
         control_prob, control_truth = _empty()
         _box(control_prob, 10, 10, 3, (3, 3, 3), 0.9)
         cases.append(([control_prob], control_truth))
-    result = tune(cases)
+    result = tune(cases, min_clot_cases=1)
     best_unconstrained = max(result["table"], key=lambda r: r["mean_dice"])
     assert best_unconstrained["mean_dice"] == pytest.approx(0.75)
     assert best_unconstrained["clots_found"] == 1
@@ -235,3 +235,17 @@ def test_a_filter_that_loses_a_validation_clot_is_refused():
     assert val["default"]["clots_found"] == val["chosen"]["clots_found"] == 2
     assert val["chosen"]["mean_dice"] == pytest.approx(0.5)
     assert _chosen(result).min_component_voxels < 8
+
+
+def test_too_few_validation_clot_cases_keep_the_plain_default():
+    """The same cases that choose a 10-voxel filter with the guard off keep
+    the plain default when fewer than MIN_CLOT_CASES of them hold clot."""
+    cases = [([_clot_case(blob=(2, 2, 1))[0]], _clot_case()[1]) for _ in range(3)]
+    assert _chosen(tune(cases, min_clot_cases=1)).min_component_voxels > 0
+    result = tune(cases)
+    assert MIN_CLOT_CASES > 3
+    assert _chosen(result) == DEFAULT
+    assert "only 3 validation case(s) with clot" in result["reason"]
+    assert result["table"]                                  # the table is still there to read
+    many = cases * 2                                        # 6 clot cases: tuned again
+    assert _chosen(tune(many)).min_component_voxels > 0

@@ -488,6 +488,8 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
     result = postprocessing.tune(data)
     atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
     chosen, val = result["chosen"], result["validation"]
+    if result["reason"].startswith("only"):
+        log(f"[train] post-processing: {result['reason']}")
     log(f"[train] post-processing chosen on {len(cases)} Validation volumes: threshold {chosen['threshold']}, "
         f"TTA {'on' if chosen['tta_flips'] else 'off'}, min component {chosen['min_component_voxels']} voxels, "
         f"keep largest {'yes' if chosen['keep_largest_component'] else 'no'} (mean Dice "
