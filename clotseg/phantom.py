@@ -51,7 +51,8 @@ Domain "standard" (the default; ranges in HU unless stated):
 
 Domain "shifted" draws from deliberately different ranges and mechanisms,
 to test generalisation to data the standard distribution never produced:
-calibre x0.55-0.68 or x1.42-1.7; tortuosity 5-9% with tighter loops; head
+calibre x0.5-0.68 (70%) or x1.41-1.5 (with the coarser spacing: ectatic
+arteries up to ~9 mm across); tortuosity 5-9% with tighter loops; head
 rotation 15-30 degrees, tilt +-8; lumen 500-700 (a hot bolus) or 120-150
 (20%, a poor one); collaterals 0-30%; veins as bright as arteries (late
 phase), 4-10 cortical veins; blood 33-38 or 45-50; clots 45% hyperdense
@@ -216,7 +217,7 @@ def _draw_params(rng, domain: str) -> dict:
     if std:
         p["calibre"] = rng.uniform(0.7, 1.4)
     else:
-        p["calibre"] = rng.uniform(0.55, 0.68) if rng.random() < 0.5 else rng.uniform(1.42, 1.7)
+        p["calibre"] = rng.uniform(0.5, 0.68) if rng.random() < 0.7 else rng.uniform(1.41, 1.5)
     p["tortuosity"] = rng.uniform(0.0, 1.0) if std else rng.uniform(1.0, 1.8)
     p["wavelength"] = (0.3, 0.8) if std else (0.15, 0.35)          # x half FOV
     p["hypoplastic"] = {k: (rng.uniform(0.35, 0.6) if rng.random() < 0.12 else 1.0) for k in _HYPOPLASTIC}
