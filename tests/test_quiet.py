@@ -63,7 +63,7 @@ def test_prepare_only_stderr_has_no_backend_lines_and_ends_with_outputs(tmp_path
     config = tmp_path / "config.py"
     config.write_text((ROOT / "config.py").read_text() + "\nNUM_WORKERS = 1\n"
                       "PRESETS['demo'].update({'INPUT_SHAPE': (64, 64, 2), 'TARGET_SAMPLE_SIZE_AUG_TRAIN': 16,"
-                      " 'TARGET_SAMPLE_SIZE_AUG_VAL': 8})\n")
+                      " 'TARGET_SAMPLE_SIZE_AUG_VAL': 8, 'BATCH_SIZE': 8})\n")
     out = subprocess.run([sys.executable, str(ROOT / "training.py"), "--config", str(config), "--preset", "demo",
                           "--prepare-only"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
