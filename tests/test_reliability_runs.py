@@ -80,7 +80,10 @@ def test_ctrl_c_during_augmentation_with_two_workers_ends_within_seconds(tmp_pat
     # terminal's foreground job; Ctrl-C there sends SIGINT to the whole group
     proc = subprocess.Popen([sys.executable, str(ROOT / "training.py"), "--config", str(s.root / "config.py"),
                              "--prepare-only"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV, start_new_session=True)
+                            env=ENV, start_new_session=True,
+                            # a suite started in the background (`cmd &` in a script) ignores SIGINT, and
+                            # children inherit that: give the run a terminal's default disposition
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     aug = s.processed_path / "Augmented"
     try:
         deadline = time.monotonic() + 240
