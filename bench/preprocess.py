@@ -39,7 +39,6 @@ big GPU), "tiny" (seconds; plumbing only, the figures mean nothing).
 from __future__ import annotations
 
 import argparse
-import ast
 import contextlib
 import csv
 import json
@@ -75,22 +74,8 @@ CLOT_FREE_FRACTION = 0.15
 N_BOOT = 2000
 
 
-def log(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"--set expects NAME=VALUE, got {item!r}")
-        name, raw = item.split("=", 1)
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        out[name.strip().upper()] = value
-    return out
+# one --set parser and one stderr log for both benchmarks
+from bench.quality import log, parse_overrides  # noqa: E402
 
 
 def _settings(project: Path, preset, values: dict, preprocess: bool, budget: float):

@@ -222,12 +222,7 @@ def check_case(case: Case, settings: Settings) -> tuple[int, int, int]:
     check_memory(case)
     for modality, path in case.volumes.items():
         what = f"case {case.case_id} {modality}"
-        arr = load_npy(path, mmap=True, what=what)
-        if arr.ndim != 3:
-            raise InputDataError(f"{what} file {path.name} has {arr.ndim} dimensions {arr.shape}; "
-                                 "expected a 3D volume (H, W, D) with slices along the last axis")
-        if arr.dtype.kind not in "iuf":
-            raise InputDataError(f"{what} file {path.name} has dtype {arr.dtype}; expected a numeric array")
+        arr = load_volume(path, what)
         if shape is None:
             shape = arr.shape
         elif arr.shape != shape:
@@ -348,3 +343,15 @@ def load_case(case: Case) -> tuple[list[np.ndarray], np.ndarray | None]:
     vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
     mask = load_npy(case.mask, what=f"case {case.case_id} mask") if case.mask is not None else None
     return vols, mask
+
+
+def load_volume(path: Path, what: str) -> np.ndarray:
+    """Memory-map one modality's volume and check it is a numeric 3D array
+    (H, W, D); InputDataError names `what` ("case CS1 CTA") and the file."""
+    arr = load_npy(path, mmap=True, what=what)
+    if arr.ndim != 3:
+        raise InputDataError(f"{what} file {path.name} has {arr.ndim} dimensions {arr.shape}; "
+                             "expected a 3D volume (H, W, D) with slices along the last axis")
+    if arr.dtype.kind not in "iuf":
+        raise InputDataError(f"{what} file {path.name} has dtype {arr.dtype}; expected a numeric array")
+    return arr

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clotseg.cohort import Case, check_mask, check_memory, listing, read_sidecar
+from clotseg.cohort import Case, check_mask, check_memory, listing, load_volume, read_sidecar
 from clotseg.errors import ClotSegError, InputDataError, StageError
 from clotseg.helpers import jsonable
 from clotseg.io import (atomic_save_npy, atomic_write_json, clean_stale_temps, file_signature, fingerprint,
@@ -143,12 +143,7 @@ def check_raw_case(case: Case, settings: Settings) -> RawCase:
     shapes = {}
     for modality, path in case.volumes.items():
         what = f"case {case.case_id} {modality}"
-        arr = load_npy(path, mmap=True, what=what)
-        if arr.ndim != 3:
-            raise InputDataError(f"{what} file {path.name} has {arr.ndim} dimensions {arr.shape}; "
-                                 "expected a 3D volume (H, W, D) with slices along the last axis")
-        if arr.dtype.kind not in "iuf":
-            raise InputDataError(f"{what} file {path.name} has dtype {arr.dtype}; expected a numeric array")
+        arr = load_volume(path, what)
         if min(arr.shape) < MIN_SIDE:
             raise InputDataError(f"{what} file {path.name} has shape {arr.shape}; PREPROCESS needs at least "
                                  f"{MIN_SIDE} voxels along every axis")
