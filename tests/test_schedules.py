@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clotseg.errors import ConfigError
-from clotseg.stages import train as train_stage
-from clotseg.stages.train import TimeBudget, learning_rate
+from clotseg.stages import schedules as schedules_module
+from clotseg.stages.schedules import BudgetedSchedule, TimeBudget, learning_rate, schedule_value
 from tests.conftest import tiny_settings
 
 LR = 2e-3
@@ -117,7 +117,7 @@ class _Model:
 
 def test_time_budget_stops_before_the_epoch_that_would_cross_it(monkeypatch):
     # 10 s epochs, 1 minute: after epoch 6 (60 s) one more would end at 70 s
-    monkeypatch.setattr(train_stage, "time", FakeClock(step=10.0))
+    monkeypatch.setattr(schedules_module, "time", FakeClock(step=10.0))
     budget = TimeBudget(1.0)
     model = _Model()
     budget.set_model(model)
@@ -141,7 +141,7 @@ def test_time_budget_uses_the_mean_epoch_time(monkeypatch):
         def monotonic():
             return next(times)
 
-    monkeypatch.setattr(train_stage, "time", Clock)
+    monkeypatch.setattr(schedules_module, "time", Clock)
     budget = TimeBudget(61 / 60)
     model = _Model()
     budget.set_model(model)
@@ -154,7 +154,7 @@ def test_time_budget_uses_the_mean_epoch_time(monkeypatch):
 
 
 def test_generous_time_budget_never_stops(monkeypatch):
-    monkeypatch.setattr(train_stage, "time", FakeClock(step=1.0))
+    monkeypatch.setattr(schedules_module, "time", FakeClock(step=1.0))
     budget = TimeBudget(10.0)
     model = _Model()
     budget.set_model(model)
@@ -180,7 +180,7 @@ def _data():
 def test_time_budget_ends_fit_early(monkeypatch):
     """25 s per epoch on a fake clock, a 1-minute budget: fit stops after 2
     of 10 epochs (a third would end at 75 s)."""
-    monkeypatch.setattr(train_stage, "time", FakeClock(step=25.0))
+    monkeypatch.setattr(schedules_module, "time", FakeClock(step=25.0))
     keras.utils.set_random_seed(0)
     model = _tiny_model()
     model.compile(optimizer="adam", loss="binary_crossentropy")
@@ -215,3 +215,111 @@ def test_schedule_follows_the_optimizer_steps_and_survives_save_load(tmp_path):
     assert float(keras.ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(
         _lr_at(sched, 2 * steps), rel=1e-4)
     assert _lr_at(sched, 2 * steps) < LR
+
+
+# ---------------------------------------------- schedule over the time budget
+@pytest.mark.parametrize("kind,warmup_epochs", [("cosine", 2), ("cosine", 0), ("poly", 0)])
+def test_schedule_value_is_the_keras_schedule(tmp_path, kind, warmup_epochs):
+    """The host-side formula BudgetedSchedule uses is Keras' own schedule."""
+    s = tiny_settings(tmp_path, lr_schedule=kind, learning_rate=LR, warmup_epochs=warmup_epochs, epochs=6)
+    steps = 5
+    sched = learning_rate(s, steps)
+    for step in range(0, 6 * steps + 1, 3):
+        assert schedule_value(kind, LR, step, 6 * steps, warmup_epochs * steps) == pytest.approx(
+            _lr_at(sched, step), rel=1e-4, abs=1e-9)
+
+
+def test_with_a_budget_the_optimizer_gets_a_plain_rate(tmp_path):
+    s = tiny_settings(tmp_path, lr_schedule="cosine", learning_rate=LR, warmup_epochs=1, epochs=10,
+                      max_training_minutes=5)
+    assert learning_rate(s, 4) == pytest.approx(0.01 * LR)        # the warm-up's first rate
+    s = tiny_settings(tmp_path, lr_schedule="plateau", learning_rate=LR, max_training_minutes=5)
+    assert learning_rate(s, 4) == LR
+
+
+class _Optimizer:
+    def __init__(self, iterations=0):
+        self.iterations, self.learning_rate = iterations, None
+
+
+class _FitModel:
+    def __init__(self, iterations=0):
+        self.stop_training, self.optimizer = False, _Optimizer(iterations)
+
+
+def _simulate(monkeypatch, epochs, steps, epoch_seconds, minutes, warmup_epochs=1, kind="cosine",
+              initial_epoch=0):
+    """Drive TimeBudget + BudgetedSchedule as model.fit would; return the
+    rate of every batch and the schedule."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr(schedules_module, "time", type("Clock", (), {"monotonic": staticmethod(lambda: clock["now"])}))
+    budget = TimeBudget(minutes)
+    schedule = BudgetedSchedule(kind, LR, epochs, steps, warmup_epochs, budget, initial_epoch)
+    model = _FitModel(initial_epoch * steps)
+    callbacks = [schedule, budget]        # the schedule first: the order must not matter
+    for cb in callbacks:
+        cb.set_model(model)
+        cb.on_train_begin()
+    rates = []
+    for epoch in range(initial_epoch, epochs):
+        for cb in callbacks:
+            cb.on_epoch_begin(epoch)
+        for batch in range(steps):
+            schedule.on_train_batch_begin(batch)
+            rates.append(model.optimizer.learning_rate)
+            schedule.on_train_batch_end(batch)
+            clock["now"] += epoch_seconds / steps
+        for cb in callbacks:
+            cb.on_epoch_end(epoch)
+        if model.stop_training:
+            break
+    return np.array(rates), schedule, budget
+
+
+def test_budgeted_cosine_ends_its_decay_where_the_budget_ends(monkeypatch):
+    # 10 s epochs, a 1-minute budget, EPOCHS 20: 6 epochs fit, and the rate
+    # reaches its floor there instead of stopping near the top of a 20-epoch curve
+    rates, schedule, budget = _simulate(monkeypatch, epochs=20, steps=4, epoch_seconds=10.0, minutes=1.0)
+    assert budget.stopped_epoch == 6 and len(rates) == 24
+    assert schedule.horizon_epochs == 6
+    assert rates[0] == pytest.approx(0.01 * LR)                       # warm-up
+    assert rates[4] == pytest.approx(LR, rel=1e-6)                    # peak after WARMUP_EPOCHS
+    assert np.all(np.diff(rates[4:]) < 0)                             # then a monotone decay ...
+    assert rates[-1] == pytest.approx(schedule_value("cosine", LR, 23, 24, 4))
+    assert rates[-1] < 0.02 * LR                                      # ... to the floor at the end
+    unbudgeted_last = schedule_value("cosine", LR, 23, 20 * 4, 4)     # what EPOCHS alone would give
+    assert unbudgeted_last > 0.8 * LR
+
+
+def test_budgeted_schedule_never_runs_past_epochs(monkeypatch):
+    # a generous budget: the horizon stays EPOCHS, the curve is the plain one
+    rates, schedule, budget = _simulate(monkeypatch, epochs=5, steps=3, epoch_seconds=1.0, minutes=10.0,
+                                        kind="poly", warmup_epochs=0)
+    assert budget.stopped_epoch == 0 and schedule.horizon_epochs == 5
+    np.testing.assert_allclose(rates, [schedule_value("poly", LR, k, 15) for k in range(15)], rtol=1e-9)
+
+
+def test_budgeted_schedule_continues_a_resumed_run(monkeypatch):
+    # resumed at epoch 3 with 30 s left at 10 s per epoch: the curve picks up at step 3 * 4
+    # and ends after epoch 6
+    rates, schedule, budget = _simulate(monkeypatch, epochs=20, steps=4, epoch_seconds=10.0, minutes=0.5,
+                                        initial_epoch=3)
+    assert budget.stopped_epoch == 6 and schedule.horizon_epochs == 6
+    assert rates[0] == pytest.approx(schedule_value("cosine", LR, 12, 20 * 4, 4))   # horizon unknown yet
+    assert rates[-1] == pytest.approx(schedule_value("cosine", LR, 23, 24, 4))
+
+
+@pytest.mark.slow
+def test_budgeted_schedule_sets_the_rate_in_fit(tmp_path):
+    """Through a real model.fit on this backend: the optimizer ends at the
+    schedule's rate of its last step."""
+    keras.utils.set_random_seed(0)
+    model = _tiny_model()
+    model.compile(optimizer=keras.optimizers.Adam(0.01 * LR), loss="binary_crossentropy")
+    budget = TimeBudget(10.0)
+    schedule = BudgetedSchedule("cosine", LR, 3, 2, 1, budget)
+    x, y = _data()
+    model.fit(x, y, batch_size=8, epochs=3, callbacks=[budget, schedule], verbose=0)
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 6
+    assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(
+        schedule_value("cosine", LR, 5, 6, 2), rel=1e-5)

@@ -42,6 +42,7 @@ from clotseg.layout import (AUGMENTED, BEST_MODEL, DATA_MANIFESTS, HISTORY, LAST
                             list_runs, load_run_settings, sliced_dir, split_path)
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
+from clotseg.stages.schedules import BudgetedSchedule, TimeBudget, budgeted, learning_rate
 from myModels import build_model, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
 
@@ -186,44 +187,6 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
                            settings.depth, settings.dropout, settings.num_classes)
     copy.set_weights(model.get_weights())
     return copy
-
-
-class TimeBudget(keras.callbacks.Callback):
-    """Stops training after the epoch at which one more epoch would cross
-    `minutes` of wall-clock time (MAX_TRAINING_MINUTES)."""
-
-    def __init__(self, minutes: float):
-        super().__init__()
-        self.seconds = 60.0 * float(minutes)
-        self.stopped_epoch = 0
-
-    def on_train_begin(self, logs=None):
-        self.start, self.epochs_run = time.monotonic(), 0
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.epochs_run += 1
-        elapsed = time.monotonic() - self.start
-        if elapsed + elapsed / self.epochs_run > self.seconds:
-            self.model.stop_training = True
-            self.stopped_epoch = epoch + 1
-
-
-def learning_rate(settings: Settings, steps_per_epoch: int):
-    """The optimizer's learning rate for LR_SCHEDULE: a float ("plateau",
-    changed by ReduceLROnPlateau) or a Keras schedule over the step budget
-    EPOCHS * steps_per_epoch. The schedule is a function of the optimizer's
-    step counter, which the checkpoint keeps, so a resumed run continues it.
-    """
-    lr = float(settings.learning_rate)
-    total = max(1, settings.epochs * steps_per_epoch)
-    if settings.lr_schedule == "cosine":
-        warmup = min(settings.warmup_epochs * steps_per_epoch, total - 1)
-        return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=lr * 0.01 if warmup else lr, decay_steps=total - warmup, alpha=0.01,
-            warmup_target=lr if warmup else None, warmup_steps=warmup)
-    if settings.lr_schedule == "poly":  # nnU-Net: lr * (1 - step / total) ** 0.9
-        return keras.optimizers.schedules.PolynomialDecay(lr, decay_steps=total, end_learning_rate=0.0, power=0.9)
-    return lr
 
 
 class PredictionPanel(keras.callbacks.Callback):
@@ -430,14 +393,21 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         CurvesPlotter(run),
     ]
     budget = TimeBudget(settings.max_training_minutes) if settings.max_training_minutes else None
+    schedule = None
     if budget is not None:
         callbacks.append(budget)
+        if budgeted(settings) and not isinstance(getattr(model.optimizer, "_learning_rate", None),
+                                                 keras.optimizers.schedules.LearningRateSchedule):
+            # the decay ends where the budget ends (clotseg.stages.schedules)
+            schedule = BudgetedSchedule(settings.lr_schedule, settings.learning_rate, settings.epochs,
+                                        len(train_gen), settings.warmup_epochs, budget, initial_epoch)
+            callbacks.insert(0, schedule)
     if runtime.tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / LOGS_DIR)))
     inputs = (f"{tuple(settings.patch_size)} patches of {settings.model_input_shape}" if settings.patch_size
               else f"{settings.model_input_shape}")
     log(f"[train] {settings.model} on {inputs} inputs ({model.count_params():,} parameters), "
-        f"LR {settings.lr_schedule}; backend {runtime.backend()}, device {record['device']}, precision {policy}, "
+        f"LR {settings.lr_schedule}{' (decay over MAX_TRAINING_MINUTES)' if schedule else ''}; backend {runtime.backend()}, device {record['device']}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, {replicas} replica(s), {len(train_gen)} batches of {settings.batch_size} "
         "per epoch")
     started = time.monotonic()
@@ -456,6 +426,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     record.update(status="finished", finished=_now(), epochs_done=final["epochs_done"],
                   best_val_dice=final["best_val_dice"], best_epoch=final["best_epoch"],
                   training_seconds=round(record.get("training_seconds", 0.0) + time.monotonic() - started, 1))
+    if schedule is not None:
+        record["lr_horizon_epochs"] = schedule.horizon_epochs
     atomic_write_json(run / RUN_RECORD, record)
     if settings.tune_postprocessing and settings.num_classes == 1:
         tune_run_postprocessing(settings, run, log)
