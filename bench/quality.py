@@ -21,7 +21,8 @@ training seconds and the settings. With several repeats it adds the spread
 
 Scales: "cpu" = 128 px cases, the `cpu` preset, a training budget of at
 most 20 minutes on a 2-core machine; "gpu" = up to 256 px cases, the `gpu`
-preset, at most 5 minutes on one H100; "tiny" = seconds, for the test suite
+preset, at most 5 minutes on one H100; "demo" = the README demo's preset
+on 40 training cases (its own 5-minute cap, about 10 minutes a run); "tiny" = seconds, for the test suite
 (plumbing only, the figures mean nothing).
 """
 
@@ -50,6 +51,10 @@ if str(ROOT) not in sys.path:
 SCALES = {
     "cpu": {"preset": "cpu", "train_cases": 50, "test_cases": 40, "in_plane": (96, 128), "slices": (20, 48),
             "budget_minutes": 20.0},
+    # the README demo as a user (or an independent check) runs it: 40 training cases, its own
+    # 5-minute cap; 40 unseen test cases. About 10 minutes per run, for quick comparisons
+    "demo": {"preset": "demo", "train_cases": 40, "test_cases": 40, "in_plane": (96, 128), "slices": (20, 48),
+             "budget_minutes": 5.0},
     "gpu": {"preset": "gpu", "train_cases": 200, "test_cases": 60, "in_plane": (192, 256), "slices": (24, 64),
             "budget_minutes": 5.0},
     "tiny": {"preset": None, "train_cases": 6, "test_cases": 4, "in_plane": (32, 48), "slices": (6, 8),
