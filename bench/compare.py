@@ -1,0 +1,107 @@
+"""Paired comparison of two scorings of the same test cases.
+
+    python -m bench.compare A/Testing_standard B/Testing_standard [--labels base lever] [--out F.json]
+
+Each argument is a testing output folder (its `metrics.csv`, as testing.py
+and bench/quality.py write it). Two configurations scored on the same
+unseen cohort differ case by case far less than their separate confidence
+intervals suggest, so a lever's effect is judged on the per-case
+differences B - A: mean clot-case Dice difference with its bootstrap 95%
+CI, how many clot cases got better / worse, clots found, false-positive
+components per case and clot-free cases with a false alarm, each for A
+and B. Only cases present in both folders are compared (a case missing from
+one is reported, never silently dropped).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from clotseg.evaluation.stats import summarize  # noqa: E402
+
+
+def read_metrics(folder: Path) -> dict[str, dict]:
+    """case_id -> row of `folder/metrics.csv` (SystemExit naming the file if absent)."""
+    path = Path(folder) / "metrics.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path}: no metrics.csv (run testing.py or bench/quality.py first)")
+    with open(path, newline="", encoding="utf-8") as fh:
+        return {row["case_id"]: row for row in csv.DictReader(fh)}
+
+
+def _f(row: dict, key: str) -> float:
+    value = row.get(key, "")
+    return float(value) if value not in ("", None) else float("nan")
+
+
+def compare(a: dict[str, dict], b: dict[str, dict], n_resamples: int = 5000) -> dict:
+    """Paired figures of B against A over their common cases (see the module docstring)."""
+    common = sorted(set(a) & set(b), key=lambda c: (len(c), c))
+    clot = [c for c in common if _f(a[c], "true_voxels") > 0]
+    free = [c for c in common if c not in clot]
+    diffs = [_f(b[c], "dice") - _f(a[c], "dice") for c in clot]
+
+    def side(rows):
+        found = sum(_f(rows[c], "n_detected") > 0 for c in clot)
+        alarms = sum(_f(rows[c], "pred_voxels") > 0 for c in free)
+        fp = [_f(rows[c], "n_false_positive_components") for c in common]
+        return {"clot_dice_mean": summarize([_f(rows[c], "dice") for c in clot], n_resamples)["mean"] if clot else None,
+                "clots_found": int(found), "false_alarms": int(alarms),
+                "fp_components_per_case": float(sum(fp) / len(fp)) if fp else None}
+
+    s = summarize(diffs, n_resamples) if diffs else None
+    return {"n_common": len(common), "n_clot_cases": len(clot), "n_clot_free_cases": len(free),
+            "only_in_a": sorted(set(a) - set(b)), "only_in_b": sorted(set(b) - set(a)),
+            "a": side(a), "b": side(b),
+            "dice_difference": None if s is None else
+            {"mean": s["mean"], "ci": [s["ci_low"], s["ci_high"]], "median": s["median"],
+             "better": int(sum(d > 1e-9 for d in diffs)), "worse": int(sum(d < -1e-9 for d in diffs))}}
+
+
+def markdown(result: dict, labels: tuple[str, str]) -> str:
+    a, b, d = result["a"], result["b"], result["dice_difference"]
+    n_clot, n_free = result["n_clot_cases"], result["n_clot_free_cases"]
+    lines = [f"| | {labels[0]} | {labels[1]} |", "| --- | --- | --- |",
+             f"| clot-case Dice mean ({n_clot} cases) | {a['clot_dice_mean']:.3f} | {b['clot_dice_mean']:.3f} |",
+             f"| clots found | {a['clots_found']}/{n_clot} | {b['clots_found']}/{n_clot} |",
+             f"| FP components per case | {a['fp_components_per_case']:.2f} | {b['fp_components_per_case']:.2f} |",
+             f"| clot-free cases with a false alarm | {a['false_alarms']}/{n_free} | {b['false_alarms']}/{n_free} |"]
+    if d is not None:
+        lines += ["", f"Paired Dice difference ({labels[1]} - {labels[0]}): {d['mean']:+.3f} "
+                      f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}] (95% bootstrap CI), median {d['median']:+.3f}; "
+                      f"{d['better']} clot cases better, {d['worse']} worse."]
+    for key in ("only_in_a", "only_in_b"):
+        if result[key]:
+            lines.append(f"Cases {key.replace('_', ' ')}, not compared: {', '.join(result[key])}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path, help="testing folder of the baseline")
+    parser.add_argument("b", type=Path, help="testing folder of the configuration compared with it")
+    parser.add_argument("--labels", nargs=2, default=("A", "B"))
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+    result = compare(read_metrics(args.a), read_metrics(args.b))
+    if not result["n_common"]:
+        raise SystemExit(f"{args.a} and {args.b} share no case")
+    text = json.dumps(result, indent=2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    print(text)
+    print(markdown(result, tuple(args.labels)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

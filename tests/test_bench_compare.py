@@ -1,0 +1,50 @@
+"""bench/compare.py: paired comparison of two testing folders."""
+
+import csv
+import json
+
+import pytest
+
+from bench import compare
+
+FIELDS = ["case_id", "dice", "true_voxels", "pred_voxels", "n_detected", "n_false_positive_components"]
+
+
+def _write(folder, rows):
+    folder.mkdir(parents=True)
+    with open(folder / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(dict(zip(FIELDS, r)))
+
+
+def test_paired_difference_counts_and_false_alarms(tmp_path, capsys):
+    # 3 clot cases (CS1-3), 2 controls (CS4-5); B improves CS1 by 0.4 and CS2 by 0.2, loses CS3 by 0.3,
+    # finds CS2 (A missed it), and clears one control's false alarm
+    _write(tmp_path / "a", [("CS1", 0.2, 100, 80, 1, 2), ("CS2", 0.0, 50, 0, 0, 0), ("CS3", 0.6, 70, 60, 1, 0),
+                            ("CS4", 0.0, 0, 30, 0, 1), ("CS5", 1.0, 0, 0, 0, 0)])
+    _write(tmp_path / "b", [("CS1", 0.6, 100, 90, 1, 0), ("CS2", 0.2, 50, 40, 1, 1), ("CS3", 0.3, 70, 20, 1, 0),
+                            ("CS4", 1.0, 0, 0, 0, 0), ("CS5", 1.0, 0, 0, 0, 0), ("CS6", 1.0, 0, 0, 0, 0)])
+    assert compare.main([str(tmp_path / "a"), str(tmp_path / "b"), "--labels", "base", "lever",
+                         "--out", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert (result["n_common"], result["n_clot_cases"], result["n_clot_free_cases"]) == (5, 3, 2)
+    assert result["only_in_b"] == ["CS6"] and result["only_in_a"] == []
+    d = result["dice_difference"]
+    assert d["mean"] == pytest.approx((0.4 + 0.2 - 0.3) / 3)
+    assert (d["better"], d["worse"]) == (2, 1)
+    assert d["ci"][0] <= d["mean"] <= d["ci"][1]
+    assert result["a"]["clots_found"] == 2 and result["b"]["clots_found"] == 3
+    assert result["a"]["false_alarms"] == 1 and result["b"]["false_alarms"] == 0
+    assert result["a"]["fp_components_per_case"] == pytest.approx(3 / 5)
+    assert result["b"]["clot_dice_mean"] == pytest.approx((0.6 + 0.2 + 0.3) / 3)
+    out = capsys.readouterr().out
+    assert "Paired Dice difference (lever - base): +0.100" in out
+    assert "only in b, not compared: CS6" in out
+
+
+def test_missing_metrics_names_the_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(SystemExit, match="metrics.csv"):
+        compare.main([str(tmp_path / "a"), str(tmp_path / "a")])
