@@ -108,13 +108,16 @@ TARGET_NAME = "clot"             # what the masks mark, used in logs and reports
 LOSS = "bce_dice"                # "dice", "bce_dice", "tversky", "focal_tversky"
 LEARNING_RATE = 1e-3
 LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
-                                 # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau
+                                 # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau.
+                                 # With MAX_TRAINING_MINUTES the decay ends with the budget instead
+                                 # (over the epochs that fit, re-estimated every epoch, at most EPOCHS)
 WARMUP_EPOCHS = 1                # linear warm-up from 1% of LEARNING_RATE ("cosine" only)
 EPOCHS = 100
 BATCH_SIZE = 16
 EARLY_STOPPING_PATIENCE = 15     # epochs without better validation Dice
 REDUCE_LR_PATIENCE = 5           # "plateau" schedule only
-MAX_TRAINING_MINUTES = None      # stop after the epoch that would cross this wall-clock budget
+MAX_TRAINING_MINUTES = None      # stop after the epoch that would cross this wall-clock budget;
+                                 # "cosine" / "poly" then decay over the budget (see LR_SCHEDULE)
 MIXED_PRECISION = "auto"         # "auto" = on when a GPU is present; True / False to force
 JIT_COMPILE = "auto"             # XLA; "auto" = on under TensorFlow and JAX (CPU too), off under torch
 RESUME = False                   # continue the latest unfinished run from its last checkpoint
