@@ -50,7 +50,7 @@ def _default_modalities():
 
 
 def _default_windows():
-    return {"CTA": (-100.0, 600.0), "NCCT": (0.0, 80.0)}
+    return {"CTA": (-100.0, 600.0), "NCCT": (0.0, 200.0)}   # see config.py
 
 
 @dataclass(frozen=True)

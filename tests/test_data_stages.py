@@ -52,8 +52,8 @@ def test_prepare_data_writes_expected_stores(project):
     cta = np.load(project.volume_path / f"{row['case_id']}_CTA_Binary.npy")
     ncct = np.load(project.volume_path / f"{row['case_id']}_NCCT_Reg_Binary.npy")
     k = int(row["slice"])
-    np.testing.assert_array_equal(center_crop(images[3, ..., 0], cta.shape[:2]), encode(cta[..., k], (-100, 600)))
-    np.testing.assert_array_equal(center_crop(images[3, ..., 1], cta.shape[:2]), encode(ncct[..., k], (0, 80)))
+    np.testing.assert_array_equal(center_crop(images[3, ..., 0], cta.shape[:2]), encode(cta[..., k], project.windows_hu["CTA"]))
+    np.testing.assert_array_equal(center_crop(images[3, ..., 1], cta.shape[:2]), encode(ncct[..., k], project.windows_hu["NCCT"]))
     aug = np.load(augmented_dir(project, "Training") / "images.npy")
     assert aug.shape == (40, 64, 64, project.model_channels)
     assert np.load(augmented_dir(project, "Validation") / "images.npy").shape[0] == 16
