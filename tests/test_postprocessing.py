@@ -249,3 +249,24 @@ def test_too_few_validation_clot_cases_keep_the_plain_default():
     assert result["table"]                                  # the table is still there to read
     many = cases * 2                                        # 6 clot cases: tuned again
     assert _chosen(tune(many)).min_component_voxels > 0
+
+
+def test_a_filter_near_the_smallest_validation_clot_is_refused():
+    """Confident 12-voxel false alarms on two controls, 27-voxel clots: a
+    20-voxel filter removes the alarms and keeps every clot, the best on
+    these cases, but it is above half the smallest validation clot
+    (SIZE_MARGIN) and would delete the smaller clots of new cases, so the
+    tuner keeps a filter of at most 13.5 voxels."""
+    from clotseg.postprocessing import SIZE_MARGIN
+    cases = [([_clot_case()[0]], _clot_case()[1]) for _ in range(3)]
+    for _ in range(2):
+        control_prob, control_truth = _empty()
+        _box(control_prob, 10, 10, 3, (2, 2, 3), 0.9)
+        cases.append(([control_prob], control_truth))
+    result = tune(cases, min_clot_cases=1)
+    best_unconstrained = max(result["table"], key=lambda r: (r["mean_dice"], -r["min_component_voxels"]))
+    assert best_unconstrained["min_component_voxels"] == 20 and best_unconstrained["mean_dice"] == pytest.approx(1.0)
+    chosen = _chosen(result)
+    assert chosen.min_component_voxels <= SIZE_MARGIN * 27
+    assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(0.6)     # the controls keep their alarm
+    assert "13.5 voxels" in result["reason"]
