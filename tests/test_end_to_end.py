@@ -127,6 +127,31 @@ def test_best_model_loads_with_plain_keras_in_a_fresh_interpreter(trained):
     assert out.stdout.strip().endswith("(1, 64, 64, 1)")
 
 
+def test_retuning_feeds_the_model_with_the_runs_own_windows(trained, monkeypatch):
+    """Re-tuning after config.py changed (bench --retune) must feed the model
+    the windows it was trained with, not today's config.py ones."""
+    from clotseg.stages import train as train_stage
+
+    s, run, _ = trained
+    before = read_json(run / "postprocessing.json")
+    seen = []
+    real = train_stage.predict_volume_members
+
+    def spy(model, volumes, windows, *args, **kwargs):
+        seen.append([tuple(w) if w is not None else None for w in windows])
+        return real(model, volumes, windows, *args, **kwargs)
+
+    monkeypatch.setattr(train_stage, "predict_volume_members", spy)
+    other = s.replace(windows_hu={m: (-1000.0, 3000.0) for m in s.modalities})
+    try:
+        again = train_stage.tune_run_postprocessing(other, run, log=lambda *_: None)
+        trained_windows = [tuple(s.windows_hu[m]) for m in s.modalities]
+        assert seen and all(w == trained_windows for w in seen)
+        assert again["table"] == before["table"]
+    finally:
+        (run / "postprocessing.json").write_text(json.dumps(before), encoding="utf-8")
+
+
 def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
     s, run, summary = trained
     record = read_json(run / "postprocessing.json")

@@ -440,8 +440,15 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
     """Choose threshold, flip TTA and component filters on the Validation
     volumes with the run's best model; write <run>/postprocessing.json.
 
+    The model's inputs (windows, modalities, shape, 2.5D context) follow the
+    run's own settings (Relevant_Files/config.json), not `settings`: a run
+    re-tuned after config.py changed (bench/quality.py --retune) is fed as
+    it was trained.
+
     Returns the record, or None when the Validation cohort has no labelled case.
     """
+    if (run / RUN_CONFIG).is_file():
+        settings = load_run_settings(run, settings.root)
     split = read_json(run / RUN_SPLIT) if (run / RUN_SPLIT).is_file() else read_json(split_path(settings))
     wanted = set(split["cohorts"][VALIDATION])
     cases = [c for c in discover_cases(settings, require_masks=True, warn=lambda *_: None) if c.case_id in wanted]
