@@ -245,7 +245,8 @@ def test_stage_gathers_neighbours_of_the_same_case(tmp_path):
             cta = np.load(s.volume_path / f"{cid}_CTA_Binary.npy")
             ncct = np.load(s.volume_path / f"{cid}_NCCT_Reg_Binary.npy")
             mask = np.load(s.mask_path / f"{cid}_seg_corrected_binary.npy")
-            expected[cid] = add_context(volume_to_samples([cta, ncct], WINDOWS, (64, 64)), 1)
+            windows = [s.windows_hu[m] for m in s.modalities]
+            expected[cid] = add_context(volume_to_samples([cta, ncct], windows, (64, 64)), 1)
             expected_masks[cid] = mask_to_samples(mask, (64, 64))
         np.testing.assert_array_equal(images[i], expected[cid][z], err_msg=f"sample {i} ({cid} slice {z})")
         np.testing.assert_array_equal(masks[i], expected_masks[cid][z])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from clotseg.errors import ConfigError
-from clotseg.stages import schedules as schedules_module
-from clotseg.stages.schedules import BudgetedSchedule, TimeBudget, learning_rate, schedule_value
+from clotseg import schedules as schedules_module
+from clotseg.schedules import BudgetedSchedule, TimeBudget, learning_rate, schedule_value
 from tests.conftest import tiny_settings
 
 LR = 2e-3

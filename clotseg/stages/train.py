@@ -42,7 +42,7 @@ from clotseg.layout import (AUGMENTED, BEST_MODEL, DATA_MANIFESTS, HISTORY, LAST
                             list_runs, load_run_settings, sliced_dir, split_path)
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
-from clotseg.stages.schedules import BudgetedSchedule, TimeBudget, budgeted, learning_rate
+from clotseg.schedules import BudgetedSchedule, TimeBudget, budgeted, learning_rate
 from myModels import build_model, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
 
@@ -398,7 +398,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         callbacks.append(budget)
         if budgeted(settings) and not isinstance(getattr(model.optimizer, "_learning_rate", None),
                                                  keras.optimizers.schedules.LearningRateSchedule):
-            # the decay ends where the budget ends (clotseg.stages.schedules)
+            # the decay ends where the budget ends (clotseg.schedules)
             schedule = BudgetedSchedule(settings.lr_schedule, settings.learning_rate, settings.epochs,
                                         len(train_gen), settings.warmup_epochs, budget, initial_epoch)
             callbacks.insert(0, schedule)
