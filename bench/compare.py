@@ -16,8 +16,8 @@ one is reported, never silently dropped).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -25,21 +25,21 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from clotseg.evaluation.report import read_metrics_csv  # noqa: E402
 from clotseg.evaluation.stats import summarize  # noqa: E402
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:
-    """case_id -> row of `folder/metrics.csv` (SystemExit naming the file if absent)."""
+    """case_id -> typed row of `folder/metrics.csv` (SystemExit naming the file if absent)."""
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
         raise SystemExit(f"{path}: no metrics.csv (run testing.py or bench/quality.py first)")
-    with open(path, newline="", encoding="utf-8") as fh:
-        return {row["case_id"]: row for row in csv.DictReader(fh)}
+    return {row["case_id"]: row for row in read_metrics_csv(path)}
 
 
 def _f(row: dict, key: str) -> float:
-    value = row.get(key, "")
-    return float(value) if value not in ("", None) else float("nan")
+    value = row.get(key)
+    return float("nan") if value is None else float(value)
 
 
 def compare(a: dict[str, dict], b: dict[str, dict], n_resamples: int = 5000) -> dict:
@@ -53,7 +53,7 @@ def compare(a: dict[str, dict], b: dict[str, dict], n_resamples: int = 5000) -> 
         found = sum(_f(rows[c], "n_detected") > 0 for c in clot)
         alarms = sum(_f(rows[c], "pred_voxels") > 0 for c in free)
         fp = [_f(rows[c], "n_false_positive_components") for c in common]
-        return {"clot_dice_mean": summarize([_f(rows[c], "dice") for c in clot], n_resamples)["mean"] if clot else None,
+        return {"clot_dice_mean": math.fsum(_f(rows[c], "dice") for c in clot) / len(clot) if clot else None,
                 "clots_found": int(found), "false_alarms": int(alarms),
                 "fp_components_per_case": float(sum(fp) / len(fp)) if fp else None}
 

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -76,6 +75,7 @@ N_BOOT = 2000
 
 # one --set parser and one stderr log for both benchmarks
 from bench.quality import log, parse_overrides  # noqa: E402
+from bench.compare import read_metrics  # noqa: E402
 
 
 def _settings(project: Path, preset, values: dict, preprocess: bool, budget: float):
@@ -98,11 +98,6 @@ def _stats(values: list[float], rng) -> dict:
             "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
 
 
-def _metrics(testing: Path) -> dict:
-    with open(testing / "metrics.csv", newline="", encoding="utf-8") as fh:
-        return {row["case_id"]: row for row in csv.DictReader(fh)}
-
-
 def _train_and_test(settings, label: str) -> tuple[Path, dict, dict]:
     from clotseg.io import read_json
     from clotseg.pipeline import prepare_data
@@ -115,7 +110,7 @@ def _train_and_test(settings, label: str) -> tuple[Path, dict, dict]:
     run = run_training(data["settings"], log=log)
     run_evaluation(settings, run_name=run.name, log=log)
     record = read_json(run / "run.json")
-    return run, _metrics(run / "Testing"), {"data_seconds": round(t_data, 1),
+    return run, read_metrics(run / "Testing"), {"data_seconds": round(t_data, 1),
                                            "training_seconds": record.get("training_seconds"),
                                            "epochs_done": record.get("epochs_done"),
                                            "best_val_dice": record.get("best_val_dice"), "label": label}

@@ -132,7 +132,7 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
     def simplicity(r):  # ties: no TTA, no keep-largest, smallest filter, threshold nearest 0.5
         return (r["tta_flips"], r["keep_largest_component"], r["min_component_voxels"], abs(r["threshold"] - 0.5))
 
-    n_clot = sum(bool(np.any(truth)) for _, truth in cases)
+    n_clot = len(clot_sizes)
     if n_clot < min_clot_cases:
         best = base
         reason = (f"only {n_clot} validation case(s) with clot (fewer than {min_clot_cases}): "

@@ -93,18 +93,22 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self.start, self.epochs_run = time.monotonic(), 0
 
+    def _elapsed_and_mean(self) -> tuple[float, float]:
+        elapsed = time.monotonic() - self.start
+        return elapsed, elapsed / self.epochs_run
+
     def expected_epochs(self) -> int | None:
         """Epochs this session will run at the mean epoch time so far (None
         before the first epoch ends): the stopping rule below, solved."""
         if not self.epochs_run:
             return None
-        mean = (time.monotonic() - self.start) / self.epochs_run
+        _, mean = self._elapsed_and_mean()
         return max(self.epochs_run, int(self.seconds // max(mean, 1e-9)))
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs_run += 1
-        elapsed = time.monotonic() - self.start
-        if elapsed + elapsed / self.epochs_run > self.seconds:
+        elapsed, mean = self._elapsed_and_mean()
+        if elapsed + mean > self.seconds:
             self.model.stop_training = True
             self.stopped_epoch = epoch + 1
 
@@ -116,8 +120,8 @@ class BudgetedSchedule(keras.callbacks.Callback):
 
     Until the first epoch ends the horizon is EPOCHS; the warm-up (one
     epoch by default) covers that time. `horizon_epochs` is final when fit
-    returns. The optimizer's step counter is in
-    every checkpoint, so a resumed run continues the curve.
+    returns. The optimizer's step counter is in every checkpoint, so a
+    resumed run continues the curve.
     """
 
     def __init__(self, kind: str, learning_rate: float, epochs: int, steps_per_epoch: int,

@@ -396,9 +396,10 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     schedule = None
     if budget is not None:
         callbacks.append(budget)
+        # the decay ends where the budget ends (clotseg.schedules); a checkpoint saved before
+        # budgeted schedules existed holds a Keras schedule object, which keeps owning its rate
         if budgeted(settings) and not isinstance(getattr(model.optimizer, "_learning_rate", None),
                                                  keras.optimizers.schedules.LearningRateSchedule):
-            # the decay ends where the budget ends (clotseg.schedules)
             schedule = BudgetedSchedule(settings.lr_schedule, settings.learning_rate, settings.epochs,
                                         len(train_gen), settings.warmup_epochs, budget, initial_epoch)
             callbacks.insert(0, schedule)
@@ -407,7 +408,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     inputs = (f"{tuple(settings.patch_size)} patches of {settings.model_input_shape}" if settings.patch_size
               else f"{settings.model_input_shape}")
     log(f"[train] {settings.model} on {inputs} inputs ({model.count_params():,} parameters), "
-        f"LR {settings.lr_schedule}{' (decay over MAX_TRAINING_MINUTES)' if schedule else ''}; backend {runtime.backend()}, device {record['device']}, precision {policy}, "
+        f"LR {settings.lr_schedule}{' (decay over MAX_TRAINING_MINUTES)' if schedule else ''}; "
+        f"backend {runtime.backend()}, device {record['device']}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, {replicas} replica(s), {len(train_gen)} batches of {settings.batch_size} "
         "per epoch")
     started = time.monotonic()
