@@ -30,10 +30,10 @@ from clotseg.evaluation.stats import summarize  # noqa: E402
 
 
 def read_metrics(folder: Path) -> dict[str, dict]:
-    """case_id -> typed row of `folder/metrics.csv` (SystemExit naming the file if absent)."""
+    """case_id -> typed row of `folder/metrics.csv` (FileNotFoundError naming the file if absent)."""
     path = Path(folder) / "metrics.csv"
     if not path.is_file():
-        raise SystemExit(f"{path}: no metrics.csv (run testing.py or bench/quality.py first)")
+        raise FileNotFoundError(f"{path}: no metrics.csv (run testing.py or bench/quality.py first)")
     return {row["case_id"]: row for row in read_metrics_csv(path)}
 
 
@@ -91,9 +91,12 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs=2, default=("A", "B"))
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    result = compare(read_metrics(args.a), read_metrics(args.b))
+    try:  # a wrong folder is a user's mistake: one line, exit status 2
+        result = compare(read_metrics(args.a), read_metrics(args.b))
+    except FileNotFoundError as exc:
+        parser.exit(2, f"bench.compare: {exc}\n")
     if not result["n_common"]:
-        raise SystemExit(f"{args.a} and {args.b} share no case")
+        parser.exit(2, f"bench.compare: {args.a} and {args.b} share no case\n")
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,7 +44,19 @@ def test_paired_difference_counts_and_false_alarms(tmp_path, capsys):
     assert "only in b, not compared: CS6" in out
 
 
-def test_missing_metrics_names_the_file(tmp_path):
+def test_missing_metrics_names_the_file_in_one_line_with_exit_2(tmp_path, capsys):
     (tmp_path / "a").mkdir()
-    with pytest.raises(SystemExit, match="metrics.csv"):
+    with pytest.raises(SystemExit) as exit_info:
         compare.main([str(tmp_path / "a"), str(tmp_path / "a")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "a" / "metrics.csv") in err and err.count("\n") == 1
+
+
+def test_folders_without_a_common_case_exit_2(tmp_path, capsys):
+    _write(tmp_path / "a", [("CS1", 0.5, 10, 10, 1, 0)])
+    _write(tmp_path / "b", [("CS2", 0.5, 10, 10, 1, 0)])
+    with pytest.raises(SystemExit) as exit_info:
+        compare.main([str(tmp_path / "a"), str(tmp_path / "b")])
+    assert exit_info.value.code == 2
+    assert "share no case" in capsys.readouterr().err
