@@ -85,7 +85,8 @@ TARGET_SAMPLE_SIZE_AUG_TRAIN = 20000
 TARGET_SAMPLE_SIZE_AUG_VAL = 4000
 AUG_P = 0.8                      # probability that a sample is augmented at all
 AUGMENTATION = "strong"          # "standard": flips, brightness/contrast, gamma, blur, CLAHE;
-                                 # "strong": + rotation/scaling, noise and per-modality HU shifts
+                                 # "strong": + rotation/scaling, noise and per-modality HU shifts;
+                                 # "domain": the same from wider ranges + sharpening, low resolution
 POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices with clot
 HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from hard negatives: slices
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels

@@ -26,7 +26,7 @@ from clotseg.helpers import jsonable
 LOSSES = ("dice", "bce_dice", "tversky", "focal_tversky")
 MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test keeps them in sync)
 LR_SCHEDULES = ("plateau", "cosine", "poly")
-AUGMENTATIONS = ("standard", "strong")
+AUGMENTATIONS = ("standard", "strong", "domain")
 _AUTO_BOOL = ("auto", True, False)
 # Limits of what the consumers accept (or what could ever fit in memory/disk).
 MAX_HU = 1e6                # windows: beyond float32 precision of the HU arithmetic

@@ -154,10 +154,12 @@ def test_augment_one_gives_every_context_plane_the_mask_geometry():
     assert len(seen) >= 3   # the flips really happen
 
 
-def test_strong_augmentation_warps_all_planes_with_the_mask():
-    """Affine rotation/scaling under "strong": each plane's bright region
-    stays on the (nearest-neighbour) warped mask, which stays binary."""
-    t = build_transform(6, p=1.0, strength="strong")
+@pytest.mark.parametrize("strength", ["strong", "domain"])
+def test_strong_augmentation_warps_all_planes_with_the_mask(strength):
+    """Affine rotation/scaling under "strong" and "domain": each plane's
+    bright region stays on the (nearest-neighbour) warped mask, which stays
+    binary."""
+    t = build_transform(6, p=1.0, strength=strength)
     mask = np.zeros((48, 48), np.uint8)
     mask[8:34, 10:16] = 1
     mask[28:34, 10:30] = 1
@@ -166,7 +168,7 @@ def test_strong_augmentation_warps_all_planes_with_the_mask():
         img[mask > 0, c] = 180 + 10 * c
     moved = 0
     for seed in range(16):
-        a_img, a_mask = augment_one(t, img, mask, [seed, 0, 1, seed], n_modalities=2)
+        a_img, a_mask = augment_one(t, img, mask, [seed, 0, 1, seed], n_modalities=2, strength=strength)
         assert a_img.shape == img.shape and a_mask.shape == mask.shape
         assert set(np.unique(a_mask)) <= {0, 1}
         moved += not any(np.array_equal(m, a_mask) for m in _flips(mask).values())

@@ -208,22 +208,40 @@ def _unchanged_share(strength, p, n=400):
     mask[4:20, 3:6] = 1
     same = 0
     for seed in range(n):
-        out, out_mask = augment_one(t, img, mask, [1, 0, 1, seed], 2 if strength == "strong" else None)
+        out, out_mask = augment_one(t, img, mask, [1, 0, 1, seed], None if strength == "standard" else 2,
+                                    strength)
         same += np.array_equal(out, img) and np.array_equal(out_mask, mask)
     return same / n
 
 
-def test_aug_p_zero_leaves_every_sample_untouched():
-    assert _unchanged_share("strong", 0.0, n=60) == 1.0
-    assert _unchanged_share("standard", 0.0, n=60) == 1.0
+@pytest.mark.parametrize("strength", ["standard", "strong", "domain"])
+def test_aug_p_zero_leaves_every_sample_untouched(strength):
+    assert _unchanged_share(strength, 0.0, n=60) == 1.0
 
 
-def test_standard_augmentation_transforms_about_aug_p_of_the_samples():
-    assert 0.42 <= _unchanged_share("standard", 0.5) <= 0.62
+@pytest.mark.parametrize("strength", ["standard", "strong", "domain"])
+def test_augmentation_transforms_about_aug_p_of_the_samples(strength):
+    assert 0.42 <= _unchanged_share(strength, 0.5) <= 0.62
 
 
-def test_strong_augmentation_transforms_about_aug_p_of_the_samples():
-    assert 0.42 <= _unchanged_share("strong", 0.5) <= 0.62
+def test_domain_augmentation_draws_wider_than_strong():
+    """"domain" randomises more: over the same seeds its outputs stray
+    further from the input than "strong"'s, and its per-modality shift
+    reaches gains and offsets "strong" never draws."""
+    rng = np.random.default_rng(0)
+    img = rng.integers(60, 160, (32, 32, 2)).astype(np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    spread = {}
+    for strength in ("strong", "domain"):
+        t = build_transform(2, 1.0, strength)
+        spread[strength] = np.mean([np.abs(augment_one(t, img, mask, [2, 0, 1, seed], 2, strength)[0]
+                                           .astype(float).mean(axis=(0, 1)) - img.mean(axis=(0, 1))).mean()
+                                    for seed in range(200)])
+    assert spread["domain"] > 1.3 * spread["strong"], spread
+    flat = np.full((2, 2, 2), 128, np.uint8)
+    strong = [abs(int(modality_shift(flat, 2, s, "strong")[0, 0, 0]) - 128) for s in range(300)]
+    domain = [abs(int(modality_shift(flat, 2, s, "domain")[0, 0, 0]) - 128) for s in range(300)]
+    assert max(domain) > max(strong) + 10
 
 
 def test_modality_shift_moves_all_planes_of_a_modality_together():

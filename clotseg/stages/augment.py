@@ -8,7 +8,8 @@ HARD_NEGATIVE_FRACTION of the clot-free ones from hard negatives (see
 reused. The transform (AUGMENTATION "standard": HorizontalFlip, VerticalFlip,
 RandomBrightnessContrast, RandomGamma, AdvancedBlur, CLAHE; "strong" adds
 Affine rotation/scaling/shift, GaussNoise and a per-modality intensity
-shift; applied as a whole with probability AUG_P) sees all channels and the
+shift; "domain" draws these from wider ranges and adds sharpening and a
+low-resolution simulation; applied as a whole with probability AUG_P) sees all channels and the
 mask together, so every modality, every 2.5D context slice and the mask
 share one geometry, and the mask stays binary (nearest-neighbour warps;
 intensity transforms skip masks).
@@ -43,7 +44,7 @@ from tqdm import tqdm
 from clotseg.errors import StageError
 from clotseg.intensity import stack_context, store_context_rows
 from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
-from clotseg.settings import Settings
+from clotseg.settings import AUGMENTATIONS, Settings
 from clotseg.layout import TRAIN_COHORTS, TRAINING, augmented_dir, sliced_dir  # noqa: F401  (augmented_dir kept here)
 from clotseg.stages.common import (IMAGES, MASKS, SAMPLES, decide, read_samples_csv, store_bytes,
                                    write_samples_csv)
@@ -59,8 +60,10 @@ PARALLEL_MIN_PIXELS = 30_000_000
 # "strong": per-modality intensity shift of the codes, code -> a * code + b,
 # a in 1 +- GAIN, b in +- OFFSET codes: scanners and protocols calibrate HU
 # and contrast timing differently per modality, which a shared brightness
-# change cannot imitate.
-MODALITY_SHIFT = {"p": 0.5, "gain": 0.12, "offset": 15.0}
+# change cannot imitate. "domain" widens it (a hot or a poor bolus moves the
+# CTA's vessels by 100+ HU; an NCCT calibration by 5-10 HU).
+MODALITY_SHIFT = {"strong": {"p": 0.5, "gain": 0.12, "offset": 15.0},
+                  "domain": {"p": 0.6, "gain": 0.25, "offset": 25.0}}
 
 
 def build_transform(n_channels: int, p: float, strength: str = "standard"):
@@ -69,27 +72,45 @@ def build_transform(n_channels: int, p: float, strength: str = "standard"):
     Channel 0 is passed as `image`, the others as `image1`, `image2`, ...
     additional targets of type image, so all get the same parameters.
     strength "strong" adds a small rotation/scaling/shift (Affine, mask
-    nearest-neighbour) and Gaussian noise.
+    nearest-neighbour) and Gaussian noise. "domain" (domain randomisation,
+    the nnU-Net set widened for other scanners and protocols) draws the
+    same kinds from wider ranges: scaling 0.7-1.4 (vessel calibre), any
+    in-plane rotation up to 30 degrees, stronger blur and noise, gamma
+    0.7-1.5, and adds a sharpening kernel (edge overshoot of sharp
+    reconstruction kernels) and a low-resolution simulation (thick slices,
+    a coarser matrix: nnU-Net's SimulateLowResolution).
     """
     import albumentations as A
     import cv2
 
+    if strength not in AUGMENTATIONS:
+        raise ValueError(f"augmentation strength must be one of {AUGMENTATIONS}, got {strength!r}")
+    wide = strength == "domain"
     transforms = [
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
     ]
-    if strength == "strong":
-        transforms.append(A.Affine(rotate=(-20, 20), scale=(0.85, 1.2), translate_percent=(-0.06, 0.06),
+    if strength in ("strong", "domain"):
+        transforms.append(A.Affine(rotate=(-30, 30) if wide else (-20, 20),
+                                   scale=(0.7, 1.4) if wide else (0.85, 1.2),
+                                   translate_percent=(-0.06, 0.06),
                                    interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                                    border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5))
     transforms += [
-        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
-        A.RandomGamma(gamma_limit=(80, 120), p=0.5),
-        A.AdvancedBlur(blur_limit=(3, 5), p=0.2),
+        A.RandomBrightnessContrast(brightness_limit=0.15 if wide else 0.1,
+                                   contrast_limit=0.25 if wide else 0.1, p=0.5),
+        A.RandomGamma(gamma_limit=(70, 150) if wide else (80, 120), p=0.5),
+        A.AdvancedBlur(blur_limit=(3, 7) if wide else (3, 5), p=0.3 if wide else 0.2),
         A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=0.2),
     ]
-    if strength == "strong":
-        transforms.append(A.GaussNoise(std_range=(0.01, 0.05), p=0.3))
+    if wide:
+        transforms += [
+            A.Sharpen(alpha=(0.1, 0.4), lightness=(1.0, 1.0), p=0.15),
+            A.Downscale(scale_range=(0.5, 0.9),
+                        interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}, p=0.2),
+        ]
+    if strength in ("strong", "domain"):
+        transforms.append(A.GaussNoise(std_range=(0.01, 0.08) if wide else (0.01, 0.05), p=0.4 if wide else 0.3))
     return A.Compose(transforms, p=p,
                      additional_targets={f"image{c}": "image" for c in range(1, n_channels)})
 
@@ -100,37 +121,39 @@ def transform_description(n_channels: int, p: float, strength: str) -> dict:
     import albumentations as A
 
     desc = {"albumentations": A.to_dict(build_transform(n_channels, p, strength))}
-    if strength == "strong":
-        desc["modality_shift"] = MODALITY_SHIFT
+    if strength in MODALITY_SHIFT:
+        desc["modality_shift"] = MODALITY_SHIFT[strength]
     return desc
 
 
-def modality_shift(image: np.ndarray, n_modalities: int, seed) -> np.ndarray:
+def modality_shift(image: np.ndarray, n_modalities: int, seed, strength: str = "strong") -> np.ndarray:
     """Shift each modality's codes by its own random gain and offset.
 
     image: (H, W, C) uint8 with C = n_modalities * context planes,
     modality-major; every plane of one modality gets the same shift.
     """
+    params = MODALITY_SHIFT[strength]
     rng = np.random.default_rng(seed)
     planes = image.shape[-1] // n_modalities
     out = image.astype(np.float32)
     for m in range(n_modalities):
-        if rng.random() >= MODALITY_SHIFT["p"]:
+        if rng.random() >= params["p"]:
             continue
-        gain = 1.0 + rng.uniform(-MODALITY_SHIFT["gain"], MODALITY_SHIFT["gain"])
-        offset = rng.uniform(-MODALITY_SHIFT["offset"], MODALITY_SHIFT["offset"])
+        gain = 1.0 + rng.uniform(-params["gain"], params["gain"])
+        offset = rng.uniform(-params["offset"], params["offset"])
         sl = slice(m * planes, (m + 1) * planes)
         out[..., sl] = out[..., sl] * gain + offset
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
-                n_modalities: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                n_modalities: int | None = None, strength: str = "strong") -> tuple[np.ndarray, np.ndarray]:
     """Augment one sample: image (H, W, C) uint8, mask (H, W) uint8 -> same shapes.
 
     `seed` (an int or a sequence of ints) fully determines the result.
-    `n_modalities` given: also apply the per-modality shift ("strong") when
-    the sample is augmented (probability transform.p).
+    `n_modalities` given: also apply the per-modality shift of `strength`
+    ("strong" or "domain") when the sample is augmented (probability
+    transform.p).
     """
     # Compose.set_random_seed hands the *same* seed to every transform, which
     # would make e.g. HorizontalFlip and VerticalFlip fire together; give
@@ -148,7 +171,7 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
     out = transform(mask=mask, force_apply=True, **planes)
     stacked = np.stack([out["image"]] + [out[f"image{c}"] for c in range(1, image.shape[-1])], axis=-1)
     if n_modalities:
-        stacked = modality_shift(stacked, n_modalities, int(states[2]))
+        stacked = modality_shift(stacked, n_modalities, int(states[2]), strength)
     return stacked, out["mask"]
 
 
@@ -268,7 +291,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
             store = create_npy(tmp / name, np.uint8, shape, what)
             store.flush()
             del store
-        shift = src_images.shape[-1] if settings.augmentation == "strong" else None
+        shift = src_images.shape[-1] if settings.augmentation in MODALITY_SHIFT else None
         jobs = [(str(source), str(tmp), context[picks[s:s + CHUNK]], s, settings.random_seed, cohort_id,
                  settings.aug_p, settings.augmentation, shift)
                 for s in range(0, n, CHUNK)]
@@ -403,7 +426,8 @@ def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: i
     for k, rows in enumerate(picks):
         img = stack_context(np.asarray(src_images[rows])[None])[0]
         msk = np.asarray(src_masks[rows[centre]])
-        aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities)
+        aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities,
+                                       strength)
         images[start + k] = aug_img
         masks[start + k] = aug_msk
         changed += int(not (np.array_equal(aug_img, img) and np.array_equal(aug_msk, msk)))
