@@ -48,6 +48,13 @@ WINDOWS_HU = {
     "CTA": (-100.0, 600.0),
     "NCCT": (0.0, 200.0),
 }
+# HU windows of the report's pictures only (overlays, montage), per modality
+# name; a modality not named here is shown in its WINDOWS_HU, a name that is
+# no modality of yours is ignored. The model never sees these: the NCCT is
+# shown in the brain window W80/L40 a reader expects, not the model's 0-200.
+DISPLAY_WINDOWS_HU = {
+    "NCCT": (0.0, 80.0),
+}
 # Voxel spacing in mm (row, column, slice) used for mm-based metrics when a
 # case has no <case>.json sidecar with "spacing_mm". None = report in voxels.
 VOXEL_SPACING_MM = None

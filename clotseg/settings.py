@@ -53,6 +53,10 @@ def _default_windows():
     return {"CTA": (-100.0, 600.0), "NCCT": (0.0, 200.0)}   # see config.py
 
 
+def _default_display_windows():
+    return {"NCCT": (0.0, 80.0)}                             # see config.py
+
+
 @dataclass(frozen=True)
 class Settings:
     """All ClotSeg settings; field names are config.py names in lower case.
@@ -77,6 +81,7 @@ class Settings:
     modality_patterns: dict = field(default_factory=_default_modalities)
     mask_pattern: str = "CS<ID>_seg_corrected_binary.npy"
     windows_hu: dict = field(default_factory=_default_windows)
+    display_windows_hu: dict = field(default_factory=_default_display_windows)
     voxel_spacing_mm: tuple | None = None
     # preprocessing (raw cohorts)
     target_spacing_mm: tuple = (0.5, 0.5, 1.0)
@@ -315,11 +320,15 @@ class Settings:
             check(name in wins, f"WINDOWS_HU has no entry for modality {_short(name)} (use None if already normalised)")
         for name, win in wins.items():
             check(name in mods, f"WINDOWS_HU[{_short(name)}] names no modality of MODALITY_PATTERNS")
-            if win is not None:
-                ok = (isinstance(win, (tuple, list)) and len(win) == 2 and all(_is_num(v) for v in win)
-                      and all(abs(v) <= MAX_HU for v in win) and win[1] - win[0] >= MIN_WINDOW_WIDTH)
-                check(ok, f"WINDOWS_HU[{_short(name)}] must be (low, high) with low < high (at least "
-                          f"{MIN_WINDOW_WIDTH:g} apart, within +-{MAX_HU:g}), or None; got {_short(win)}")
+            check(win is None or _is_window(win),
+                  f"WINDOWS_HU[{_short(name)}] must be (low, high) with low < high (at least "
+                  f"{MIN_WINDOW_WIDTH:g} apart, within +-{MAX_HU:g}), or None; got {_short(win)}")
+        shown = self.display_windows_hu
+        check(isinstance(shown, dict), "DISPLAY_WINDOWS_HU must be a dict {modality: (low, high)}")
+        for name, win in (shown.items() if isinstance(shown, dict) else ()):
+            check(_is_window(win),
+                  f"DISPLAY_WINDOWS_HU[{_short(name)}] must be (low, high) with low < high (at least "
+                  f"{MIN_WINDOW_WIDTH:g} apart, within +-{MAX_HU:g}); got {_short(win)}")
         if self.voxel_spacing_mm is not None:
             sp = self.voxel_spacing_mm
             ok = (isinstance(sp, (tuple, list)) and len(sp) == 3
@@ -513,6 +522,15 @@ class Settings:
     def modalities(self) -> list[str]:
         return list(self.modality_patterns)
 
+    def figure_windows(self, windows_hu: dict | None = None) -> dict:
+        """{modality: (low, high) HU or None} for the report's pictures:
+        DISPLAY_WINDOWS_HU where it names the modality, else the model's
+        window (`windows_hu`, default WINDOWS_HU; a run's own windows when
+        scoring an older run)."""
+        model = dict(self.windows_hu if windows_hu is None else windows_hu)
+        return {m: tuple(self.display_windows_hu[m]) if m in self.display_windows_hu else model.get(m)
+                for m in model}
+
     @property
     def model_channels(self) -> int:
         """Channels the network sees: every modality at 2 * CONTEXT_SLICES + 1 slices."""
@@ -632,6 +650,12 @@ def _is_num(v) -> bool:
         return False
 
 
+def _is_window(win) -> bool:
+    """(low, high) HU numbers, at least MIN_WINDOW_WIDTH apart, within +-MAX_HU."""
+    return (isinstance(win, (tuple, list)) and len(win) == 2 and all(_is_num(v) for v in win)
+            and all(abs(v) <= MAX_HU for v in win) and win[1] - win[0] >= MIN_WINDOW_WIDTH)
+
+
 def _normalise(kwargs: dict) -> dict:
     """Lists from JSON back to tuples where the dataclass expects tuples."""
     out = dict(kwargs)
@@ -641,8 +665,9 @@ def _normalise(kwargs: dict) -> dict:
     for name in ("voxel_spacing_mm", "target_spacing_mm", "roi_size_mm"):
         if isinstance(out.get(name), list):
             out[name] = tuple(out[name])
-    if isinstance(out.get("windows_hu"), dict):
-        out["windows_hu"] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in out["windows_hu"].items()}
+    for name in ("windows_hu", "display_windows_hu"):
+        if isinstance(out.get(name), dict):
+            out[name] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in out[name].items()}
     return out
 
 

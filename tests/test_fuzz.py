@@ -49,7 +49,8 @@ VALID_CONFIG = [
     ("RANDOM_SEED", "2**32 - 1"), ("NUM_WORKERS", "0"), ("INPUT_SHAPE", "(24, 40, 2)"), ("DEPTH", "3"),
     ("BATCH_SIZE", "12"), ("MODALITY_PATTERNS", "{'CTA': 'cs<ID>_cta_binary.NPY', 'NCCT': 'CS<ID>_NCCT_Reg_Binary.npy'}"),
     ("CASE_PREFIX", "'cs'"), ("TARGET_SAMPLE_SIZE_AUG_VAL", "1"), ("PROCESSED_DIR", "'out/Processed'"),
-    ("NUM_CLASSES", "2"), ("VOXEL_SPACING_MM", "[0.5, 0.5, 1]"),
+    ("NUM_CLASSES", "2"), ("VOXEL_SPACING_MM", "[0.5, 0.5, 1]"), ("DISPLAY_WINDOWS_HU", "{}"),
+    ("DISPLAY_WINDOWS_HU", "{'CT': (0, 80), 'CTA': [0, 400]}"),
 ]
 # ... and invalid ones
 INVALID_CONFIG = [
@@ -70,6 +71,8 @@ INVALID_CONFIG = [
     ("MASK_DIR", f"'{VOL}/CS1_CTA_Binary.npy'"), ("VOLUME_DIR", "''"), ("LEARNIG_RATE", "0.1"),
     ("SLICE_EXTRACT", "False"), ("DATA_AUG", "0"), ("TEST_RUN", "'..'"), ("VOXEL_SPACING_MM", "(1, 1)"),
     ("THRESHOLD", "1.5"), ("BOOTSTRAP_RESAMPLES", "10**9"), ("DISTRIBUTION", "'all'"),
+    ("DISPLAY_WINDOWS_HU", "{'NCCT': None}"), ("DISPLAY_WINDOWS_HU", "{'NCCT': (80, 0)}"),
+    ("DISPLAY_WINDOWS_HU", "(0, 80)"),
     ("__SYNTAX__", "TRAIN_PERC = ("), ("__RAISE__", "raise RuntimeError('config.py failed')"),
     ("__NUMPY__", "import numpy as np\nBATCH_SIZE = np.int64(4)"),
     ("PRESET", "'demo'"),   # valid, but slow (128 px, 800 samples): kept rare here
