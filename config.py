@@ -131,7 +131,8 @@ REDUCE_LR_PATIENCE = 5           # "plateau" schedule only
 MAX_TRAINING_MINUTES = None      # stop after the epoch that would cross this wall-clock budget;
                                  # "cosine" / "poly" then decay over the budget (see LR_SCHEDULE)
 MIXED_PRECISION = "auto"         # "auto" = on when a GPU is present; True / False to force
-JIT_COMPILE = "auto"             # XLA; "auto" = on under TensorFlow and JAX (CPU too), off under torch
+JIT_COMPILE = "auto"             # XLA; "auto" = on under JAX, under TensorFlow only on a GPU (on the CPU
+                                 # TF's XLA halves the U-Net's training speed), off under torch
 RESUME = False                   # continue the latest unfinished run from its last checkpoint
 DISTRIBUTION = None              # None = one device; "data_parallel" = all local GPUs (and hosts), see README
 

@@ -51,17 +51,26 @@ def resolve_auto(value, has_gpu: bool) -> bool:
     return has_gpu if value == "auto" else bool(value)
 
 
-def resolve_jit(value) -> bool:
-    """'auto' -> XLA on under TensorFlow and JAX, on CPU as well as GPU.
+def resolve_jit(value, has_gpu: bool | None = None) -> bool:
+    """'auto' -> whether to compile with XLA; True/False pass through.
 
-    Measured on a 2-core CPU (bench/benchmark.py --size small): XLA doubled
-    U-Net training throughput under both backends (TF 25 -> 51 images/s, JAX
-    28 -> 68). torch compiles through a different, slow-to-start path, so
-    'auto' leaves it off there.
+    'auto' is on under JAX (without jit JAX runs op by op), on under
+    TensorFlow only with a GPU, and off under torch (a different,
+    slow-to-start compile path). Measured on this project's 2-core CPU
+    (`python -m bench.benchmark --size small --only training --jit-compile
+    true|false`): TensorFlow's XLA *halves* U-Net training throughput on
+    the CPU (114 vs 231 images/s; 124 vs 255 for the demo's 8-filter U-Net
+    at batch 32 on 64x64 patches) and slows inference (663 vs 774 slices/s),
+    while JAX needs it (170 vs 59 images/s). `has_gpu` None: asks the backend.
     """
-    if value == "auto":
-        return backend() in ("tensorflow", "jax")
-    return bool(value)
+    if value != "auto":
+        return bool(value)
+    name = backend()
+    if name == "jax":
+        return True
+    if name == "tensorflow":
+        return bool(gpu_names()) if has_gpu is None else bool(has_gpu)
+    return False
 
 
 def configure_precision(mixed, has_gpu: bool) -> str:

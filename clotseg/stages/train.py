@@ -327,7 +327,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     keras.utils.set_random_seed(settings.random_seed)
     gpus = runtime.gpu_names()
     policy = runtime.configure_precision(settings.mixed_precision, bool(gpus))
-    jit = runtime.resolve_jit(settings.jit_compile)
+    jit = runtime.resolve_jit(settings.jit_compile, bool(gpus))
 
     scope, replicas = runtime.distribution_scope(settings.distribution)
     if replicas > 1 and runtime.backend() == "tensorflow":
