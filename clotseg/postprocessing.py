@@ -9,13 +9,15 @@ the mean per-case Dice over every validation case, with the conventions of
 `clotseg.evaluation.metrics` (a clot-free case scores 1 when nothing is
 predicted and 0 for a false alarm, so false alarms on controls count); among
 combinations that neither raise the false-positive components per case above
-the plain choice (0.5, no TTA, no filtering) nor find fewer of the
-validation clots than it (a clot is found when a kept component touches
-it), and whose size filter stays under half the smallest validation clot
-(SIZE_MARGIN), the best mean Dice wins, ties going to the simpler choice. The
-detection floor matters most for a weak model: without it, a high threshold
-and a large minimum size can win on mean Dice by deleting every prediction
-of the clot-free cases and of the hard clot cases alike. The result is `<run>/postprocessing.json`,
+the plain choice (0.5, no TTA, no filtering) nor find more than FOUND_SLACK
+of the validation clot cases fewer than it (a clot is found when a kept
+component touches it), and whose size filter stays under half the smallest
+validation clot (SIZE_MARGIN), the best mean Dice wins, ties going to the
+simpler choice. The detection floor matters most for a weak model: without
+it, a high threshold and a large minimum size can win on mean Dice by
+deleting every prediction of the clot-free cases and of the hard clot cases
+alike. The slack lets keep-largest-component lose the odd clot that sits
+beside a larger false alarm when that raises the mean Dice. The result is `<run>/postprocessing.json`,
 which testing.py uses unless config.py sets a value.
 
 Scoring a combination costs no relabelling: each (threshold, TTA) mask is
@@ -45,6 +47,15 @@ MIN_SIZES = (0, 3, 6, 10, 20, 40, 80, 160)
 # clots of new cases: on the demo scale's 6 validation clots of 120-540
 # voxels a 160-voxel filter won, and test sensitivity fell to 0.34.
 SIZE_MARGIN = 0.5
+# A choice may find floor(FOUND_SLACK x the validation clot cases) fewer clots
+# than the plain default (1 of 5-9, none of 1-4). With no slack at all,
+# keep-largest-component was refused whenever one validation clot sat beside
+# a larger false alarm. Resampled on a separate 40-case development cohort
+# (never a test cohort; 4 demo-scale models x 60 draws of 8 tuning cases,
+# scored on the other 32): clot-case Dice 0.323 -> 0.326, FP components per
+# case 1.61 -> 0.77, clot-free cases without an alarm 0.36 -> 0.45, case
+# sensitivity 0.59 -> 0.55 (bench/README.md, "Post-processing rules").
+FOUND_SLACK = 0.2
 
 
 @dataclass(frozen=True)
@@ -126,13 +137,14 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
     base = next(r for r in table if _choice(r) == DEFAULT)
     clot_sizes = [int(np.count_nonzero(truth)) for _, truth in cases if np.any(truth)]
     size_cap = SIZE_MARGIN * min(clot_sizes) if clot_sizes else 0.0
+    n_clot = len(clot_sizes)
+    slack = int(FOUND_SLACK * n_clot + 1e-9)
     allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"] + 1e-12
-               and r["clots_found"] >= base["clots_found"] and r["min_component_voxels"] <= size_cap]
+               and r["clots_found"] >= base["clots_found"] - slack and r["min_component_voxels"] <= size_cap]
 
     def simplicity(r):  # ties: no TTA, no keep-largest, smallest filter, threshold nearest 0.5
         return (r["tta_flips"], r["keep_largest_component"], r["min_component_voxels"], abs(r["threshold"] - 0.5))
 
-    n_clot = len(clot_sizes)
     if n_clot < min_clot_cases:
         best = base
         reason = (f"only {n_clot} validation case(s) with clot (fewer than {min_clot_cases}): "
@@ -140,8 +152,8 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
     else:
         best = min(allowed, key=lambda r: (-round(r["mean_dice"], 6), simplicity(r)))
         reason = (f"best mean Dice on {len(cases)} validation cases ({n_clot} with clot) without more "
-                  "false-positive components or fewer clots found than the plain default, size filter "
-                  f"at most {size_cap:g} voxels ({SIZE_MARGIN:g} x the smallest validation clot)")
+                  f"false-positive components or more than {slack} fewer clots found than the plain default, "
+                  f"size filter at most {size_cap:g} voxels ({SIZE_MARGIN:g} x the smallest validation clot)")
     return {"chosen": _choice(best).as_dict(), "reason": reason,
             "validation": {"chosen": {k: best[k] for k in ("mean_dice", "fp_components_per_case", "clots_found")},
                            "default": {k: base[k] for k in ("mean_dice", "fp_components_per_case", "clots_found")}},

@@ -270,3 +270,38 @@ def test_a_filter_near_the_smallest_validation_clot_is_refused():
     assert chosen.min_component_voxels <= SIZE_MARGIN * 27
     assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(0.6)     # the controls keep their alarm
     assert "13.5 voxels" in result["reason"]
+
+
+def _keep_largest_cohort():
+    """Five clot cases: in four a 27-voxel clot beside an 8-voxel false
+    alarm, in one an 8-voxel clot beside a 27-voxel false alarm. Keeping
+    the largest component raises the mean Dice (0.771 -> 0.800) and clears
+    four alarms, but loses the fifth case's clot."""
+    cases = []
+    for k in range(5):
+        prob, truth = _empty()
+        big, small = (3, 3, 3), (2, 2, 2)
+        clot, alarm = (big, small) if k < 4 else (small, big)
+        _box(truth, 2, 2, 2, clot)
+        _box(prob, 2, 2, 2, clot, 0.9)
+        _box(prob, 14, 14, 5, alarm, 0.9)
+        cases.append(([prob], truth))
+    return cases
+
+
+def test_keep_largest_may_lose_one_of_five_validation_clots_for_a_better_mean_dice():
+    result = tune(_keep_largest_cohort(), min_clot_cases=1)
+    chosen, val = _chosen(result), result["validation"]
+    assert chosen.keep_largest_component
+    assert val["default"]["clots_found"] == 5 and val["chosen"]["clots_found"] == 4
+    assert val["chosen"]["mean_dice"] == pytest.approx(0.8)
+    assert val["chosen"]["fp_components_per_case"] == pytest.approx(0.2)
+    assert "more than 1 fewer clots" in result["reason"]
+
+
+def test_without_found_slack_keep_largest_is_refused(monkeypatch):
+    from clotseg import postprocessing
+    monkeypatch.setattr(postprocessing, "FOUND_SLACK", 0.0)
+    result = tune(_keep_largest_cohort(), min_clot_cases=1)
+    assert not _chosen(result).keep_largest_component
+    assert result["validation"]["chosen"]["clots_found"] == 5
