@@ -1,0 +1,155 @@
+"""How well the post-processing tuner's choice carries over to new cases.
+
+    python -m bench.tuner_resampling WORKDIR [WORKDIR ...] [--draws 60] [--dev DIR]
+
+WORKDIR is a `bench/quality.py --workdir` folder; the latest run of its
+repeat0 is used. Each model predicts (plain + flip members) a separate
+40-case development cohort of the standard phantom domain (seed 5000, the
+demo scale's sizes; never a benchmark test cohort, seeds 2000+ and 3000+),
+written to --dev once and cached there with the predictions. Then, --draws
+times per model: 8 random development cases play the Validation cohort the
+tuner chooses on, and the other 32 score the choice. Rules compared:
+
+  strict      the tuner without FOUND_SLACK (no choice may find fewer
+              validation clots than the plain default)
+  tuner       clotseg.postprocessing.tune as shipped
+  plain       0.5, no TTA, no filter
+  plain + KL  0.5, keep the largest component
+
+Prints JSON and a Markdown table: clot-case Dice, FP components per case,
+case sensitivity and the share of clot-free cases without an alarm, pooled
+over models and draws (draws whose 8 cases hold fewer than MIN_CLOT_CASES
+clot cases are skipped, as the tuner would keep the default there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from unittest import mock
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+DEV_SEED, DEV_CASES, N_TUNE = 5000, 40, 8
+RULES = ("strict", "tuner", "plain", "plain + KL")
+
+
+def _dev_cohort(dev: Path, scale: str) -> list[str]:
+    from bench.quality import SCALES, _write_phantom
+
+    if not (dev / "masks").is_dir():
+        _write_phantom(dev / "volumes", dev / "masks", DEV_CASES, DEV_SEED, SCALES[scale], "standard")
+    return [f"CS{i}" for i in range(1, DEV_CASES + 1)]
+
+
+def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
+    """(M, H, W, D) float32 members per development case, cached as float16."""
+    from clotseg.io import load_npy
+    from clotseg.layout import load_run_settings
+
+    runs = sorted((workdir / "repeat0" / "Trainings").glob("*/run.json"))
+    if not runs:
+        raise SystemExit(f"{workdir}: no finished bench run (repeat0/Trainings/*/run.json)")
+    run = runs[-1].parent
+    cache = dev / "predictions" / f"{workdir.name}-{run.name}"
+    if not all((cache / f"{c}.npy").is_file() for c in cases):
+        from clotseg.quiet import load_backend
+
+        keras = load_backend()
+        import myModels  # noqa: F401  (registers the custom objects)
+        from clotseg.inference import predict_volume_members
+
+        settings = load_run_settings(run, run.parent.parent)
+        model = keras.models.load_model(run / "Best_Model" / "model.keras", safe_mode=True, compile=False)
+        windows = [settings.windows_hu[m] for m in settings.modalities]
+        cache.mkdir(parents=True, exist_ok=True)
+        for c in cases:
+            vols = [load_npy(dev / "volumes" / settings.modality_patterns[m].replace("<ID>", c[2:]))
+                    for m in settings.modalities]
+            members = predict_volume_members(model, vols, windows, settings.input_shape[:2], batch_size=64,
+                                             tta_flips=True, context_slices=settings.context_slices)
+            np.save(cache / f"{c}.npy", np.stack([m[..., 0] for m in members]).astype(np.float16))
+    return [np.load(cache / f"{c}.npy").astype(np.float32) for c in cases]
+
+
+def _choose(rule: str, tune_cases) -> dict:
+    from clotseg import postprocessing as pp
+
+    if rule == "plain":
+        return pp.DEFAULT.as_dict()
+    if rule == "plain + KL":
+        return pp.PostProcessing(keep_largest_component=True).as_dict()
+    if rule == "strict":
+        with mock.patch.object(pp, "FOUND_SLACK", 0.0):
+            return pp.tune(tune_cases)["chosen"]
+    return pp.tune(tune_cases)["chosen"]
+
+
+def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, seed: int = 0) -> dict:
+    """{rule: [(clot Dice, FP components per case, sensitivity, control specificity), ...]} per draw."""
+    from clotseg import postprocessing as pp
+
+    n = len(truths)
+    comps = {(tta, t): [pp._case_components(np.mean(m, 0) if tta else m[0], truth, t)
+                        for m, truth in zip(members, truths)]
+             for tta in (False, True) for t in pp.THRESHOLDS}
+    rng = np.random.default_rng(seed)
+    out = {rule: [] for rule in RULES}
+    for _ in range(draws):
+        order = rng.permutation(n)
+        tune_idx, score_idx = order[:N_TUNE], order[N_TUNE:]
+        if sum(truths[i].any() for i in tune_idx) < pp.MIN_CLOT_CASES:
+            continue
+        tune_cases = [(list(members[i]), truths[i]) for i in tune_idx]
+        for rule in RULES:
+            ch = _choose(rule, tune_cases)
+            scores = [pp._score(comps[(ch["tta_flips"], ch["threshold"])][i], ch["min_component_voxels"],
+                                ch["keep_largest_component"]) for i in score_idx]
+            clot = [s for s, i in zip(scores, score_idx) if truths[i].any()]
+            ctrl = [s for s, i in zip(scores, score_idx) if not truths[i].any()]
+            out[rule].append((float(np.mean([s[0] for s in clot])), float(np.mean([s[1] for s in scores])),
+                              float(np.mean([s[2] for s in clot])),
+                              float(np.mean([s[0] for s in ctrl])) if ctrl else float("nan")))
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdirs", nargs="+", type=Path)
+    parser.add_argument("--draws", type=int, default=60)
+    parser.add_argument("--dev", type=Path, default=Path("/tmp/clotseg-dev-cohort"))
+    parser.add_argument("--scale", default="demo", help="bench/quality.py scale whose case sizes to use")
+    args = parser.parse_args(argv)
+    from clotseg.io import load_npy
+
+    cases = _dev_cohort(args.dev, args.scale)
+    truths = [load_npy(args.dev / "masks" / f"{c}_seg_corrected_binary.npy") > 0 for c in cases]
+    pooled = {rule: [] for rule in RULES}
+    for workdir in args.workdirs:
+        for rule, rows in resample(_members(workdir, args.dev, cases), truths, args.draws).items():
+            pooled[rule] += rows
+    keys = ("clot_dice", "fp_components_per_case", "case_sensitivity", "controls_without_alarm")
+    report = {"models": [str(w) for w in args.workdirs], "draws_per_model": args.draws,
+              "rules": {rule: {**dict(zip(keys, np.nanmean(np.array(rows), axis=0).round(4).tolist())),
+                               "n": len(rows)} for rule, rows in pooled.items() if rows}}
+    print(json.dumps(report, indent=2))
+    print("\n| rule | clot-case Dice | FP components/case | case sensitivity | controls without alarm | draws |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for rule, r in report["rules"].items():
+        print(f"| {rule} | {r['clot_dice']:.3f} | {r['fp_components_per_case']:.2f} | {r['case_sensitivity']:.3f} "
+              f"| {r['controls_without_alarm']:.2f} | {r['n']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
