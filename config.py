@@ -50,8 +50,9 @@ WINDOWS_HU = {
 }
 # HU windows of the report's pictures only (overlays, montage), per modality
 # name; a modality not named here is shown in its WINDOWS_HU, a name that is
-# no modality of yours is ignored. The model never sees these: the NCCT is
-# shown in the brain window W80/L40 a reader expects, not the model's 0-200.
+# no modality of yours is ignored, and cases that are not HU (8-bit slice
+# imports, window None) keep their WINDOWS_HU. The model never sees these:
+# the NCCT is shown in the brain window W80/L40 a reader expects, not 0-200.
 DISPLAY_WINDOWS_HU = {
     "NCCT": (0.0, 80.0),
 }

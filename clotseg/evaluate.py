@@ -96,7 +96,8 @@ def main(argv=None) -> int:
     if not args.no_report:
         from clotseg.evaluation.rendering import render_report
 
-        report = render_report(out, cases, modalities=settings.modalities, windows=settings.figure_windows(),
+        report = render_report(out, cases, modalities=settings.modalities, windows=dict(settings.windows_hu),
+                               display_windows=settings.display_windows_hu,
                                title=f"ClotSeg scores: {pred.name}",
                                target_name=str(getattr(settings, "target_name", None) or "clot"))
         print(f"report: {report}")

@@ -522,15 +522,6 @@ class Settings:
     def modalities(self) -> list[str]:
         return list(self.modality_patterns)
 
-    def figure_windows(self, windows_hu: dict | None = None) -> dict:
-        """{modality: (low, high) HU or None} for the report's pictures:
-        DISPLAY_WINDOWS_HU where it names the modality, else the model's
-        window (`windows_hu`, default WINDOWS_HU; a run's own windows when
-        scoring an older run)."""
-        model = dict(self.windows_hu if windows_hu is None else windows_hu)
-        return {m: tuple(self.display_windows_hu[m]) if m in self.display_windows_hu else model.get(m)
-                for m in model}
-
     @property
     def model_channels(self) -> int:
         """Channels the network sees: every modality at 2 * CONTEXT_SLICES + 1 slices."""

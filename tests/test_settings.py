@@ -84,17 +84,6 @@ def test_broken_config_file_is_a_config_error(tmp_path):
         Settings.from_file(bad)
 
 
-def test_figure_windows_show_the_display_window_and_fall_back_to_the_model_window():
-    s = Settings()
-    assert s.figure_windows() == {"CTA": s.windows_hu["CTA"], "NCCT": (0.0, 80.0)}
-    # an older run's own model windows are the fallback, the display window still wins
-    assert s.figure_windows({"CTA": (0.0, 400.0), "NCCT": (0.0, 100.0)}) == {"CTA": (0.0, 400.0),
-                                                                            "NCCT": (0.0, 80.0)}
-    # a display window for a modality the cohort does not have is ignored
-    ct = Settings(modality_patterns={"CT": "CS<ID>_CT.npy"}, windows_hu={"CT": (0.0, 255.0)})
-    assert ct.figure_windows() == {"CT": (0.0, 255.0)}
-
-
 def test_a_bad_display_window_is_named_in_the_message():
     with pytest.raises(ConfigError, match=r"DISPLAY_WINDOWS_HU\['NCCT'\] must be \(low, high\)"):
         Settings(display_windows_hu={"NCCT": (80.0, 0.0)}).validate()

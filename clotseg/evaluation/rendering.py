@@ -38,7 +38,7 @@ from clotseg.evaluation.html_report import write_html_report
 from clotseg.evaluation.report import CSV_NAME, SUMMARY_NAME, read_metrics_csv
 from clotseg.evaluation.scoring import PREDICTIONS_JSON, CaseFiles, as_labels, case_dice, load_array, read_summary
 from clotseg.evaluation.uncertainty import uncertainty_scatter_plot
-from clotseg.io import load_npy
+from clotseg.io import load_npy, read_json
 from clotseg.layout import HISTORY, TRAINING_CURVES
 
 OVERLAYS = "overlays"
@@ -57,6 +57,30 @@ def read_rows(out_dir) -> list[dict]:
 
 def _rel(path: Path, base: Path) -> str:
     return Path(os.path.relpath(Path(path).resolve(), Path(base).resolve())).as_posix()
+
+
+def figure_windows(windows: dict, display: dict | None, raw: bool = False) -> dict:
+    """{modality: (low, high) or None} the pictures of one case use.
+
+    `windows` are the model's (WINDOWS_HU), `display` DISPLAY_WINDOWS_HU.
+    A display window replaces the model's only for HU data: not where the
+    model window is None (volumes already normalised) nor for a case whose
+    sidecar says "intensity": "raw" (8-bit slice imports), where a HU brain
+    window would clip the image to white.
+    """
+    display = {} if raw else dict(display or {})
+    return {m: (tuple(display[m]) if m in display and w is not None else w) for m, w in windows.items()}
+
+
+def _is_raw(case: CaseFiles) -> bool:
+    """Whether the case's sidecar marks its intensities as raw image values (not HU)."""
+    if case.sidecar is None or not Path(case.sidecar).is_file():
+        return False
+    try:
+        side = read_json(case.sidecar)
+    except (OSError, ValueError):
+        return False          # the score step has already reported a broken sidecar
+    return isinstance(side, dict) and side.get("intensity") == "raw"
 
 
 def _overlay(case: CaseFiles, out_png: Path, modalities, windows: dict, dice, target_name: str):
@@ -106,19 +130,26 @@ def _case_links(case: CaseFiles, out_dir: Path) -> list[tuple[str, str]]:
 
 
 def render_report(out_dir, cases: list[CaseFiles], *, modalities=(), windows: dict | None = None,
-                  run_dir=None, title: str = "ClotSeg test report", target_name: str = "clot",
-                  log=print) -> Path:
-    """Write the figures and report.html into `out_dir` (see the module docstring); return report.html."""
+                  display_windows: dict | None = None, run_dir=None, title: str = "ClotSeg test report",
+                  target_name: str = "clot", log=print) -> Path:
+    """Write the figures and report.html into `out_dir` (see the module docstring); return report.html.
+
+    windows: the model's HU window per modality; display_windows: the
+    pictures' windows where they differ (DISPLAY_WINDOWS_HU, see `figure_windows`).
+    """
     out_dir = Path(out_dir)
     modalities = list(modalities)
-    windows = dict(windows or {})
+    model_windows = dict(windows or {})
+    any_raw = any(_is_raw(case) for case in cases)
+    windows = figure_windows(model_windows, display_windows, raw=any_raw)
     summary = read_summary(out_dir)
     rows = read_rows(out_dir)
     by_id = {str(r.get("case_id")): r for r in rows}
     overlays, tiles = {}, []
     for case in cases:
         dice = case_dice(by_id.get(case.case_id, {}))
-        png, tile = _overlay(case, out_dir / OVERLAYS / f"{case.case_id}.png", modalities, windows,
+        case_windows = figure_windows(model_windows, display_windows, raw=_is_raw(case))
+        png, tile = _overlay(case, out_dir / OVERLAYS / f"{case.case_id}.png", modalities, case_windows,
                              dice, target_name)
         if png is not None:
             overlays[case.case_id] = png

@@ -255,8 +255,8 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
                                        n_resamples=settings.bootstrap_resamples, seed=settings.random_seed,
                                        meta=meta, log=log)
         log(f"[test] score: {'metrics.csv, summary.json' if labelled else 'predictions.json (unlabelled)'}")
-        report = render_report(out, scored, modalities=trained.modalities,
-                               windows=settings.figure_windows(trained.windows_hu),
+        report = render_report(out, scored, modalities=trained.modalities, windows=dict(trained.windows_hu),
+                               display_windows=settings.display_windows_hu,
                                run_dir=run, title=f"ClotSeg test report: {run.name}", target_name=target, log=log)
         log(f"[test] render: figures and {report.name}")
         write_manifest(out, "test", fingerprint([c.signature() for c in cases]),
