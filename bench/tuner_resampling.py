@@ -54,23 +54,20 @@ def _dev_cohort(dev: Path, scale: str) -> list[str]:
 
 def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
     """(M, H, W, D) float32 members per development case, cached as float16."""
-    from clotseg.io import load_npy
+    from clotseg.io import atomic_save_npy, load_npy
     from clotseg.layout import load_run_settings
 
     runs = sorted((workdir / "repeat0" / "Trainings").glob("*/run.json"))
     if not runs:
-        raise SystemExit(f"{workdir}: no finished bench run (repeat0/Trainings/*/run.json)")
+        raise FileNotFoundError(f"{workdir}: no finished bench run (repeat0/Trainings/*/run.json)")
     run = runs[-1].parent
     cache = dev / "predictions" / f"{workdir.name}-{run.name}"
     if not all((cache / f"{c}.npy").is_file() for c in cases):
-        from clotseg.quiet import load_backend
-
-        keras = load_backend()
-        import myModels  # noqa: F401  (registers the custom objects)
         from clotseg.inference import predict_volume_members
+        from clotseg.stages.evaluate import load_model   # safe mode, the run's best model
 
         settings = load_run_settings(run, run.parent.parent)
-        model = keras.models.load_model(run / "Best_Model" / "model.keras", safe_mode=True, compile=False)
+        model = load_model(run)
         windows = [settings.windows_hu[m] for m in settings.modalities]
         cache.mkdir(parents=True, exist_ok=True)
         for c in cases:
@@ -78,8 +75,9 @@ def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
                     for m in settings.modalities]
             members = predict_volume_members(model, vols, windows, settings.input_shape[:2], batch_size=64,
                                              tta_flips=True, context_slices=settings.context_slices)
-            np.save(cache / f"{c}.npy", np.stack([m[..., 0] for m in members]).astype(np.float16))
-    return [np.load(cache / f"{c}.npy").astype(np.float32) for c in cases]
+            # atomic: a killed run never leaves a half-written cache file that looks finished
+            atomic_save_npy(cache / f"{c}.npy", np.stack([m[..., 0] for m in members]).astype(np.float16))
+    return [load_npy(cache / f"{c}.npy").astype(np.float32) for c in cases]
 
 
 def _choose(rule: str, tune_cases) -> dict:
@@ -136,7 +134,11 @@ def main(argv=None) -> int:
     truths = [load_npy(args.dev / "masks" / f"{c}_seg_corrected_binary.npy") > 0 for c in cases]
     pooled = {rule: [] for rule in RULES}
     for workdir in args.workdirs:
-        for rule, rows in resample(_members(workdir, args.dev, cases), truths, args.draws).items():
+        try:  # a folder without a finished run is a user's mistake: one line, exit status 2
+            members = _members(workdir, args.dev, cases)
+        except FileNotFoundError as exc:
+            parser.exit(2, f"bench.tuner_resampling: {exc}\n")
+        for rule, rows in resample(members, truths, args.draws).items():
             pooled[rule] += rows
     keys = ("clot_dice", "fp_components_per_case", "case_sensitivity", "controls_without_alarm")
     report = {"models": [str(w) for w in args.workdirs], "draws_per_model": args.draws,

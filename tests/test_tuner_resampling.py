@@ -43,3 +43,20 @@ def test_resampling_scores_every_rule_on_the_held_out_cases():
     for rule in RULES:
         rows = np.array(out[rule])
         assert (rows[:, :3] >= 0).all() and (rows[:, 0] <= 1).all() and (rows[:, 2] <= 1).all(), rule
+
+
+def test_a_folder_without_a_finished_run_is_one_line_and_exit_status_2(tmp_path, capsys):
+    import pytest
+
+    from bench.tuner_resampling import DEV_CASES, main
+
+    masks = tmp_path / "dev" / "masks"
+    masks.mkdir(parents=True)
+    for i in range(1, DEV_CASES + 1):
+        np.save(masks / f"CS{i}_seg_corrected_binary.npy", np.zeros(SHAPE, np.uint8))
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path / "no_run"), "--dev", str(tmp_path / "dev")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "no_run: no finished bench run" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

@@ -140,15 +140,16 @@ def render_report(out_dir, cases: list[CaseFiles], *, modalities=(), windows: di
     out_dir = Path(out_dir)
     modalities = list(modalities)
     model_windows = dict(windows or {})
-    any_raw = any(_is_raw(case) for case in cases)
-    windows = figure_windows(model_windows, display_windows, raw=any_raw)
+    raw = {case.case_id: _is_raw(case) for case in cases}     # each sidecar read once
+    # the montage shares one window per modality: the model's when any case is not HU
+    windows = figure_windows(model_windows, display_windows, raw=any(raw.values()))
     summary = read_summary(out_dir)
     rows = read_rows(out_dir)
     by_id = {str(r.get("case_id")): r for r in rows}
     overlays, tiles = {}, []
     for case in cases:
         dice = case_dice(by_id.get(case.case_id, {}))
-        case_windows = figure_windows(model_windows, display_windows, raw=_is_raw(case))
+        case_windows = figure_windows(model_windows, display_windows, raw=raw[case.case_id])
         png, tile = _overlay(case, out_dir / OVERLAYS / f"{case.case_id}.png", modalities, case_windows,
                              dice, target_name)
         if png is not None:

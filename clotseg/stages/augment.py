@@ -86,11 +86,12 @@ def build_transform(n_channels: int, p: float, strength: str = "standard"):
     if strength not in AUGMENTATIONS:
         raise ValueError(f"augmentation strength must be one of {AUGMENTATIONS}, got {strength!r}")
     wide = strength == "domain"
+    extra = strength != "standard"      # "strong" and "domain": geometry and noise too
     transforms = [
         A.HorizontalFlip(p=0.5),
         A.VerticalFlip(p=0.5),
     ]
-    if strength in ("strong", "domain"):
+    if extra:
         transforms.append(A.Affine(rotate=(-30, 30) if wide else (-20, 20),
                                    scale=(0.7, 1.4) if wide else (0.85, 1.2),
                                    translate_percent=(-0.06, 0.06),
@@ -109,7 +110,7 @@ def build_transform(n_channels: int, p: float, strength: str = "standard"):
             A.Downscale(scale_range=(0.5, 0.9),
                         interpolation_pair={"downscale": cv2.INTER_AREA, "upscale": cv2.INTER_LINEAR}, p=0.2),
         ]
-    if strength in ("strong", "domain"):
+    if extra:
         transforms.append(A.GaussNoise(std_range=(0.01, 0.08) if wide else (0.01, 0.05), p=0.4 if wide else 0.3))
     return A.Compose(transforms, p=p,
                      additional_targets={f"image{c}": "image" for c in range(1, n_channels)})
