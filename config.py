@@ -98,6 +98,9 @@ AUGMENTATION = "strong"          # "standard": flips, brightness/contrast, gamma
 POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices with clot
 HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from hard negatives: slices
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels
+CLOT_APPEARANCE_AUG = 0.0        # share of clot samples whose clot intensity is moved per modality
+                                 # (NCCT -30..+10 HU: not every clot is hyperdense; CTA -20..+60 HU: more
+                                 # or less pervious); the mask is unchanged. 0 = off
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
 CONTEXT_SLICES = 0               # 2.5D: also feed the k slices above and below of every modality as
                                  # channels (0 = plain 2D); edge slices repeat the first/last slice

@@ -9,7 +9,10 @@ For each repeat r (seed offset r) it writes, in a temporary project folder:
   - a test cohort of unseen cases (seed 2000 + r, standard domain, at least
     40 cases including clot-free controls), and a "shifted" test cohort
     (seed 3000 + r, the phantom's deliberately different domain: other noise,
-    calibre, contrast and blur ranges). Neither test cohort is used for any
+    calibre, contrast and blur ranges), and a "first-build" test cohort
+    (seed 4000 + r) of another generator: the first build's phantom, frozen
+    in bench/first_build_phantom.py (other geometry, small clots at other
+    sites), which the training never sees. No test cohort is used for any
     choice: the post-processing is tuned on the Validation cases only.
 It then runs `python training.py`'s code path (prepare_data, run_training)
 with the preset plus overrides and testing.py's code path (run_evaluation
@@ -87,7 +90,17 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+# test cohort -> seed base (plus the repeat); "first-build" is another generator
+TEST_DOMAINS = {"standard": 2000, "shifted": 3000, "first-build": 4000}
+
+
 def _write_phantom(volume_dir: Path, mask_dir: Path, n: int, seed: int, scale: dict, domain: str) -> None:
+    if domain == "first-build":
+        from bench.first_build_phantom import write_cohort as first_build
+
+        first_build(volume_dir, mask_dir, n, seed=seed, in_plane=scale["in_plane"], slices=scale["slices"],
+                    clot_free_fraction=CLOT_FREE_FRACTION, progress=False)
+        return
     from clotseg.phantom import write_cohort
 
     kwargs = dict(in_plane=scale["in_plane"], slices=scale["slices"], clot_free_fraction=CLOT_FREE_FRACTION,
@@ -113,7 +126,7 @@ def headline(summary: dict) -> dict:
 
 
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
-             test_domains=("standard", "shifted"), untuned: bool = False, reuse: bool = False,
+             test_domains=("standard", "shifted", "first-build"), untuned: bool = False, reuse: bool = False,
              retune: bool = False) -> dict:
     """One training + testing round; returns figures per test cohort."""
     from clotseg.settings import Settings
@@ -136,7 +149,8 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
         _write_phantom(settings.volume_path, settings.mask_path, scale["train_cases"], 1000 + repeat, scale,
                        "standard")
     tests = {}
-    for domain, seed in (("standard", 2000 + repeat), ("shifted", 3000 + repeat)):
+    for domain, seed_base in TEST_DOMAINS.items():
+        seed = seed_base + repeat
         if domain in test_domains:
             folder = project / f"test_{domain}"
             if not (reuse and folder.is_dir()):
@@ -234,7 +248,8 @@ def main(argv=None) -> int:
     parser.add_argument("--label", default=None, help="a name for this configuration in the table")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the projects here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
-    parser.add_argument("--test-domains", default="standard,shifted")
+    parser.add_argument("--test-domains", default=",".join(TEST_DOMAINS),
+                        help=f"comma-separated, of {', '.join(TEST_DOMAINS)} (default: all)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --workdir: keep its cohorts and score its finished run again instead of training")
     parser.add_argument("--retune", action="store_true",
@@ -243,6 +258,11 @@ def main(argv=None) -> int:
                         help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
 
+    domains = tuple(d for d in args.test_domains.split(",") if d)
+    unknown = sorted(set(domains) - set(TEST_DOMAINS))
+    if unknown or not domains:
+        parser.error(f"--test-domains: unknown {', '.join(unknown) or '(none given)'}; "
+                     f"choose from {', '.join(TEST_DOMAINS)}")
     scale = SCALES[args.scale]
     preset = args.preset if args.preset is not None else scale["preset"]
     overrides = parse_overrides(args.overrides)
@@ -252,8 +272,7 @@ def main(argv=None) -> int:
         # Keras progress bars go to stdout: keep stdout for the JSON and the table
         with contextlib.redirect_stdout(sys.stderr):
             for r in range(args.repeats):
-                results.append(run_once(args.scale, preset, overrides, r, workdir,
-                                        tuple(d for d in args.test_domains.split(",") if d), args.untuned,
+                results.append(run_once(args.scale, preset, overrides, r, workdir, domains, args.untuned,
                                         args.reuse, args.retune))
     finally:
         if args.workdir is None:

@@ -103,6 +103,7 @@ class Settings:
     augmentation: str = "strong"
     positive_fraction: float = 0.5
     hard_negative_fraction: float = 0.25
+    clot_appearance_aug: float = 0.0
     num_workers: int = 0
     context_slices: int = 0
     patch_size: tuple | None = None
@@ -433,6 +434,8 @@ class Settings:
               "CONTEXT_SLICES must be an integer from 0 to 5 (slices above and below fed as extra channels)")
         check(_is_num(self.hard_negative_fraction) and 0 <= self.hard_negative_fraction <= 1,
               "HARD_NEGATIVE_FRACTION must be in [0, 1]")
+        check(_is_num(self.clot_appearance_aug) and 0 <= self.clot_appearance_aug <= 1,
+              "CLOT_APPEARANCE_AUG must be in [0, 1] (share of clot samples whose clot intensity is moved)")
         check(self.max_training_minutes is None
               or (_is_num(self.max_training_minutes) and self.max_training_minutes > 0),
               "MAX_TRAINING_MINUTES must be None or a positive number of minutes")

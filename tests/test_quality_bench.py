@@ -75,7 +75,7 @@ def test_markdown_of_one_repeat_has_no_spread_and_prints_missing_values():
 def test_tiny_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "result.json"
     work = tmp_path / "work"
-    cmd = [sys.executable, "-m", "bench.quality", "--scale", "tiny", "--test-domains", "standard",
+    cmd = [sys.executable, "-m", "bench.quality", "--scale", "tiny", "--test-domains", "standard,first-build",
            "--set", "CONTEXT_SLICES=0", "--label", "tiny-ctx0", "--workdir", str(work), "--out", str(out)]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -88,7 +88,7 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
     rep = report["repeats"][0]
     assert rep["epochs_done"] == 1 and rep["training_seconds"] > 0
     assert set(rep["postprocessing"]) == {"threshold", "tta_flips", "min_component_voxels", "keep_largest_component"}
-    assert list(rep["cohorts"]) == ["standard"]                   # --test-domains standard only
+    assert list(rep["cohorts"]) == ["standard", "first-build"]    # as --test-domains asked, no shifted
     fig = rep["cohorts"]["standard"]
     assert set(quality.HEADLINE) <= set(fig)
     assert fig["n_clot_cases"] + fig["n_clot_free_cases"] == quality.SCALES["tiny"]["test_cases"]
@@ -110,14 +110,39 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
     assert json.loads(stdout[start:table_at]) == report
     rows = [l for l in stdout[table_at:].splitlines() if l.startswith("| ")]
     assert rows[0].startswith("| repeat | test cohort | clot-case Dice mean [95% CI]")
-    assert rows[2].startswith("| 0 | standard |") and len(rows) == 3
+    assert rows[2].startswith("| 0 | standard |") and rows[3].startswith("| 0 | first-build |") and len(rows) == 4
 
     # the test cohort lives apart from the training project and was scored there
     project = work / "repeat0"
     assert (project / "test_standard" / "volumes").is_dir()
     assert not (project / "test_shifted").exists()
     assert (project / "Testing_standard" / "summary.json").is_file()
+    assert (project / "Testing_first-build" / "summary.json").is_file()
     run = project / "Trainings" / rep["run"]
     post = json.loads((run / "postprocessing.json").read_text())
     split = json.loads((project / "Processed" / "split.json").read_text())
     assert sorted(post["cases"]) == sorted(split["cohorts"]["Validation"])   # tuned on Validation only
+
+
+def test_unknown_test_domain_is_one_line_and_exit_status_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--scale", "tiny", "--test-domains", "standard,nonsense"])
+    assert exc.value.code == 2
+    assert "unknown nonsense" in capsys.readouterr().err
+
+
+def test_first_build_domain_is_another_generator_in_the_input_layout(tmp_path):
+    """The first-build test cohort comes from the frozen first phantom, not
+    clotseg.phantom, with its own seed, in the layout testing.py reads."""
+    scale = quality.SCALES["tiny"]
+    quality._write_phantom(tmp_path / "fb" / "v", tmp_path / "fb" / "m", 3, 4000, scale, "first-build")
+    quality._write_phantom(tmp_path / "st" / "v", tmp_path / "st" / "m", 3, 4000, scale, "standard")
+    for cid in ("CS1", "CS2", "CS3"):
+        for name in (f"{cid}_CTA_Binary.npy", f"{cid}_NCCT_Reg_Binary.npy", f"{cid}.json"):
+            assert (tmp_path / "fb" / "v" / name).is_file()
+        assert (tmp_path / "fb" / "m" / f"{cid}_seg_corrected_binary.npy").is_file()
+    fb = json.loads((tmp_path / "fb" / "v" / "CS1.json").read_text())
+    st = json.loads((tmp_path / "st" / "v" / "CS1.json").read_text())
+    assert "domain" not in fb and st["domain"] == "standard"      # the first build had no domains
+    assert set(quality.TEST_DOMAINS) == {"standard", "shifted", "first-build"}
+    assert len(set(quality.TEST_DOMAINS.values())) == 3             # a seed range of its own

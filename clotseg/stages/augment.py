@@ -66,6 +66,61 @@ MODALITY_SHIFT = {"strong": {"p": 0.5, "gain": 0.12, "offset": 15.0},
                   "domain": {"p": 0.6, "gain": 0.25, "offset": 25.0}}
 
 
+# CLOT_APPEARANCE_AUG: the HU range by which a clot's own intensity is moved
+# per modality (label-preserving: the clot stays where the mask says). NCCT
+# -30..+10: a hyperdense clot (45-75 HU) becomes iso- or hypodense to blood,
+# as 30-50% of clots are, so the model cannot rely on the hyperdense sign
+# alone; CTA -20..+60: a more or less pervious clot, a fainter filling
+# defect. Modalities not named here, or without an HU window, are left alone.
+CLOT_APPEARANCE_HU = {"NCCT": (-30.0, 10.0), "CTA": (-20.0, 60.0)}
+
+
+def clot_appearance_codes(modalities, windows_hu: dict) -> list:
+    """Per modality, CLOT_APPEARANCE_HU converted to uint8 codes of its window
+    (None where the modality is not named or has no HU window)."""
+    out = []
+    for m in modalities:
+        hu, window = CLOT_APPEARANCE_HU.get(m), windows_hu.get(m)
+        if hu is None or window is None:
+            out.append(None)
+            continue
+        per_hu = 255.0 / (float(window[1]) - float(window[0]))
+        out.append((hu[0] * per_hu, hu[1] * per_hu))
+    return out
+
+
+def clot_appearance(image: np.ndarray, mask: np.ndarray, codes: list, seed) -> np.ndarray:
+    """Move the clot's intensity, separately per modality, inside the mask.
+
+    image: (H, W, C) uint8, modality-major with C = len(codes) * planes
+    (2.5D context planes); mask: (H, W) uint8 of the centre slice. Each
+    modality with a range in `codes` (uint8 codes, see
+    `clot_appearance_codes`) gets, with probability 1/2, an offset drawn
+    from that range, applied to its centre plane only (the mask belongs to
+    the centre slice) through the mask blurred by a Gaussian of 0.7 pixels
+    and scaled to peak 1, so the clot's edge stays as soft as the scanner
+    made it rather than a step that traces the label. Returns a new array;
+    a slice without clot comes back unchanged.
+    """
+    from scipy.ndimage import gaussian_filter
+
+    if not mask.any():
+        return image.copy()
+    rng = np.random.default_rng(seed)
+    weight = gaussian_filter(mask.astype(np.float32), 0.7)
+    weight /= max(float(weight.max()), 1e-6)
+    planes = image.shape[-1] // len(codes)
+    out = image.astype(np.float32)
+    for m, rng_codes in enumerate(codes):
+        draw = rng.random()
+        offset = rng.uniform(*rng_codes) if rng_codes is not None else 0.0
+        if rng_codes is None or draw >= 0.5:
+            continue
+        c = m * planes + planes // 2
+        out[..., c] += offset * weight
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def build_transform(n_channels: int, p: float, strength: str = "standard"):
     """The ClotSeg albumentations pipeline for `n_channels` uint8 (H, W) planes.
 
@@ -148,14 +203,23 @@ def modality_shift(image: np.ndarray, n_modalities: int, seed, strength: str = "
 
 
 def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
-                n_modalities: int | None = None, strength: str = "strong") -> tuple[np.ndarray, np.ndarray]:
+                n_modalities: int | None = None, strength: str = "strong",
+                clot_look: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Augment one sample: image (H, W, C) uint8, mask (H, W) uint8 -> same shapes.
 
     `seed` (an int or a sequence of ints) fully determines the result.
     `n_modalities` given: also apply the per-modality shift of `strength`
     ("strong" or "domain") when the sample is augmented (probability
-    transform.p).
+    transform.p). `clot_look` = (probability, per-modality code ranges):
+    first, with that probability and whether or not the rest fires, move
+    the clot's own intensity (`clot_appearance`), before the geometry so
+    that it moves with the mask.
     """
+    if clot_look is not None and clot_look[0] > 0 and mask.any():
+        # its own stream (a spawned child), so the draws below stay as they were without it
+        look_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+        if look_rng.random() < clot_look[0]:
+            image = clot_appearance(image, mask, clot_look[1], look_rng.integers(2**63))
     # Compose.set_random_seed hands the *same* seed to every transform, which
     # would make e.g. HorizontalFlip and VerticalFlip fire together; give
     # each transform its own stream instead. Whether the sample is augmented
@@ -247,7 +311,9 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
         "transform": transform_description(n_channels, settings.aug_p, settings.augmentation),
         "settings": settings.subset(["target_sample_size_aug_train", "target_sample_size_aug_val",
                                      "aug_p", "augmentation", "positive_fraction", "hard_negative_fraction",
-                                     "context_slices", "random_seed"]),
+                                     "context_slices", "random_seed", "clot_appearance_aug"]),
+        **({"clot_appearance_hu": CLOT_APPEARANCE_HU, "windows_hu": settings.windows_hu}
+           if settings.clot_appearance_aug > 0 else {}),
     })
 
 
@@ -293,8 +359,12 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
             store.flush()
             del store
         shift = src_images.shape[-1] if settings.augmentation in MODALITY_SHIFT else None
+        look = None
+        if settings.clot_appearance_aug > 0:
+            look = (float(settings.clot_appearance_aug),
+                    clot_appearance_codes(settings.modalities, settings.windows_hu))
         jobs = [(str(source), str(tmp), context[picks[s:s + CHUNK]], s, settings.random_seed, cohort_id,
-                 settings.aug_p, settings.augmentation, shift)
+                 settings.aug_p, settings.augmentation, shift, look)
                 for s in range(0, n, CHUNK)]
         changed = 0
         bar = tqdm(total=n, desc=f"Augmenting {cohort}", unit="sample")
@@ -411,7 +481,8 @@ def _auto_workers(n: int, pixels_per_sample: int) -> int:
 
 
 def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: int, cohort_id: int, p: float,
-                   strength: str = "standard", n_modalities: int | None = None) -> int:
+                   strength: str = "standard", n_modalities: int | None = None,
+                   clot_look: tuple | None = None) -> int:
     """Worker: augment samples start..start+len(picks) into the output memmaps.
 
     picks: (n, 2k+1) store rows of each sample's context slices (centre in
@@ -428,7 +499,7 @@ def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: i
         img = stack_context(np.asarray(src_images[rows])[None])[0]
         msk = np.asarray(src_masks[rows[centre]])
         aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities,
-                                       strength)
+                                       strength, clot_look)
         images[start + k] = aug_img
         masks[start + k] = aug_msk
         changed += int(not (np.array_equal(aug_img, img) and np.array_equal(aug_msk, msk)))

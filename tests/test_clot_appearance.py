@@ -1,0 +1,108 @@
+"""CLOT_APPEARANCE_AUG: label-preserving changes of the clot's own intensity."""
+
+import numpy as np
+import pytest
+
+from clotseg.errors import ConfigError
+from clotseg.io import read_json
+from clotseg.pipeline import prepare_data
+from clotseg.settings import Settings
+from clotseg.stages.augment import (CLOT_APPEARANCE_HU, augment_key, augment_one, augmented_dir, build_transform,
+                                    clot_appearance, clot_appearance_codes)
+from clotseg.layout import sliced_dir
+from clotseg.stages.common import read_samples_csv
+from tests.conftest import quiet, tiny_settings, write_cohort
+
+CODES = clot_appearance_codes(["CTA", "NCCT"], {"CTA": (-100.0, 600.0), "NCCT": (0.0, 200.0)})
+
+
+def _sample(planes=1, shape=(32, 32)):
+    img = np.full((*shape, 2 * planes), 120, np.uint8)
+    mask = np.zeros(shape, np.uint8)
+    mask[12:16, 10:18] = 1
+    return img, mask
+
+
+def test_codes_are_the_hu_ranges_in_each_modalitys_window():
+    (cta_lo, cta_hi), (nc_lo, nc_hi) = CODES
+    assert (cta_lo, cta_hi) == pytest.approx((CLOT_APPEARANCE_HU["CTA"][0] * 255 / 700,
+                                              CLOT_APPEARANCE_HU["CTA"][1] * 255 / 700))
+    assert (nc_lo, nc_hi) == pytest.approx((-30 * 255 / 200, 10 * 255 / 200))
+    # a modality without a range, or without an HU window (normalised input), is left alone
+    assert clot_appearance_codes(["CTA", "MRI", "NCCT"], {"CTA": None, "MRI": (0, 1), "NCCT": (0, 200)})[:2] == \
+        [None, None]
+
+
+def test_only_the_clot_and_its_soft_edge_change_within_the_range():
+    img, mask = _sample()
+    far = np.ones_like(mask, bool)
+    far[9:19, 7:21] = False                 # more than 3 pixels from the clot
+    moved = set()
+    for seed in range(60):
+        out = clot_appearance(img, mask, CODES, seed)
+        assert np.array_equal(out[far], img[far])
+        for m, (lo, hi) in enumerate(CODES):
+            d = out[..., m].astype(int) - img[..., m]
+            assert np.floor(lo) - 1 <= d.min() and d.max() <= np.ceil(hi) + 1
+            if d.any():
+                moved.add(m)
+                centre = d[13, 13]
+                assert abs(centre) >= np.abs(d).max() - 1          # the clot's core moves most
+                assert np.abs(d[mask == 0]).max() < abs(centre) + 1
+    assert moved == {0, 1}                                          # both modalities get moved sometimes
+    assert np.array_equal(clot_appearance(img, mask, CODES, 5), clot_appearance(img, mask, CODES, 5))
+
+
+def test_a_slice_without_clot_and_context_planes_stay_as_they_were():
+    img, mask = _sample(planes=3)
+    assert np.array_equal(clot_appearance(img, np.zeros_like(mask), CODES, 1), img)
+    for seed in range(30):
+        out = clot_appearance(img, mask, CODES, seed)
+        # modality-major planes: only the centre plane of each modality (1 and 4) may move
+        for c in (0, 2, 3, 5):
+            assert np.array_equal(out[..., c], img[..., c])
+
+
+def test_augment_one_applies_it_with_its_probability_and_keeps_the_mask():
+    img, mask = _sample()
+    none = build_transform(2, 0.0)          # the rest of the augmentation off
+    changed = 0
+    for seed in range(200):
+        out, out_mask = augment_one(none, img, mask, [3, 0, 1, seed], 2, "strong", (0.5, CODES))
+        assert np.array_equal(out_mask, mask)
+        changed += not np.array_equal(out, img)
+    # p 0.5, then each modality with 1/2: about 0.5 * 0.75 of the samples change
+    assert 50 <= changed <= 100
+    # off, or on a clot-free sample: exactly what augment_one did before
+    t = build_transform(2, 1.0, "strong")
+    for seed in range(20):
+        base = augment_one(t, img, mask, [3, 0, 1, seed], 2, "strong")
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(base, augment_one(t, img, mask, [3, 0, 1, seed], 2, "strong", (0.0, CODES))))
+        empty = np.zeros_like(mask)
+        assert all(np.array_equal(a, b) for a, b in
+                   zip(augment_one(t, img, empty, [3, 0, 1, seed], 2, "strong"),
+                       augment_one(t, img, empty, [3, 0, 1, seed], 2, "strong", (1.0, CODES))))
+
+
+def test_setting_is_validated_and_rebuilds_the_augmented_samples(tmp_path):
+    with pytest.raises(ConfigError, match="CLOT_APPEARANCE_AUG"):
+        Settings.from_dict({"CLOT_APPEARANCE_AUG": 1.5}, root=tmp_path).validate()
+    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32)
+    write_cohort(s, n=6, shape=(40, 36, 12))
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    plain = np.load(augmented_dir(s, "Training") / "images.npy")
+    on = s.replace(clot_appearance_aug=1.0)
+    sliced = {c: read_json(sliced_dir(s, c) / "manifest.json") for c in ("Training", "Validation")}
+    assert augment_key(on, "Training", sliced["Training"]) != augment_key(s, "Training", sliced["Training"])
+    prepare_data(on, log=quiet, demo_if_empty=False)
+    looked = np.load(augmented_dir(s, "Training") / "images.npy")
+    masks = np.load(augmented_dir(s, "Training") / "masks.npy")
+    rows = read_samples_csv(augmented_dir(s, "Training") / "samples.csv")
+    assert len(rows) == 32 and masks.reshape(32, -1).any(axis=1).all()
+    diff = looked.astype(int) - plain
+    assert diff.any()
+    # what moved sits on the clot (the mask, dilated by the soft edge), nowhere else
+    from scipy.ndimage import binary_dilation
+    near = np.stack([binary_dilation(m > 0, iterations=3) for m in masks])
+    assert not diff[~near].any()
