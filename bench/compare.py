@@ -1,6 +1,7 @@
 """Paired comparison of two scorings of the same test cases.
 
     python -m bench.compare A/Testing_standard B/Testing_standard [--labels base lever] [--out F.json]
+                            [--also A2/Testing_standard B2/Testing_standard ...]
 
 Each argument is a testing output folder (its `metrics.csv`, as testing.py
 and bench/quality.py write it). Two configurations scored on the same
@@ -10,7 +11,10 @@ differences B - A: mean clot-case Dice difference with its bootstrap 95%
 CI, how many clot cases got better / worse, clots found, false-positive
 components per case and clot-free cases with a false alarm, each for A
 and B. Only cases present in both folders are compared (a case missing from
-one is reported, never silently dropped).
+one is reported, never silently dropped). `--also A2 B2` (repeatable) pools
+further pairs, e.g. the same two configurations trained and tested with
+another seed (`bench/quality.py --repeats`): their cases join the paired
+figures as `2:CS1`, `3:CS1`, ... so cases of different cohorts never match.
 """
 
 from __future__ import annotations
@@ -90,9 +94,15 @@ def main(argv=None) -> int:
     parser.add_argument("b", type=Path, help="testing folder of the configuration compared with it")
     parser.add_argument("--labels", nargs=2, default=("A", "B"))
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--also", nargs=2, type=Path, action="append", default=[], metavar=("A2", "B2"),
+                        help="pool another pair of testing folders (e.g. a second seed); repeatable")
     args = parser.parse_args(argv)
     try:  # a wrong folder is a user's mistake: one line, exit status 2
-        result = compare(read_metrics(args.a), read_metrics(args.b))
+        a, b = read_metrics(args.a), read_metrics(args.b)
+        for k, (extra_a, extra_b) in enumerate(args.also, start=2):
+            a.update({f"{k}:{c}": row for c, row in read_metrics(extra_a).items()})
+            b.update({f"{k}:{c}": row for c, row in read_metrics(extra_b).items()})
+        result = compare(a, b)
     except FileNotFoundError as exc:
         parser.exit(2, f"bench.compare: {exc}\n")
     if not result["n_common"]:

@@ -60,3 +60,28 @@ def test_folders_without_a_common_case_exit_2(tmp_path, capsys):
         compare.main([str(tmp_path / "a"), str(tmp_path / "b")])
     assert exit_info.value.code == 2
     assert "share no case" in capsys.readouterr().err
+
+
+def test_also_pools_a_second_pair_without_matching_its_cases_to_the_first(tmp_path):
+    # seed 1: CS1 +0.4; seed 2 reuses the name CS1 for another case: -0.1, and CS2 +0.3
+    _write(tmp_path / "a1", [("CS1", 0.2, 100, 80, 1, 0)])
+    _write(tmp_path / "b1", [("CS1", 0.6, 100, 90, 1, 0)])
+    _write(tmp_path / "a2", [("CS1", 0.5, 60, 50, 1, 0), ("CS2", 0.0, 40, 0, 0, 0)])
+    _write(tmp_path / "b2", [("CS1", 0.4, 60, 50, 1, 0), ("CS2", 0.3, 40, 20, 1, 0)])
+    assert compare.main([str(tmp_path / "a1"), str(tmp_path / "b1"), "--also", str(tmp_path / "a2"),
+                         str(tmp_path / "b2"), "--out", str(tmp_path / "c.json")]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["n_clot_cases"] == 3                      # CS1, 2:CS1, 2:CS2: nothing merged
+    d = result["dice_difference"]
+    assert d["mean"] == pytest.approx((0.4 - 0.1 + 0.3) / 3) and (d["better"], d["worse"]) == (2, 1)
+    assert result["a"]["clots_found"] == 2 and result["b"]["clots_found"] == 3
+
+
+def test_also_with_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys):
+    _write(tmp_path / "a", [("CS1", 0.2, 100, 80, 1, 0)])
+    with pytest.raises(SystemExit) as exc:
+        compare.main([str(tmp_path / "a"), str(tmp_path / "a"), "--also", str(tmp_path / "a"),
+                      str(tmp_path / "nope")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope" in err and "metrics.csv" in err and len(err.splitlines()) == 1
