@@ -105,7 +105,7 @@ class Settings:
     hard_negative_fraction: float = 0.25
     clot_appearance_aug: float = 0.0
     num_workers: int = 0
-    context_slices: int = 0
+    context_slices: int = 1
     patch_size: tuple | None = None
     # model
     model: str = "unet"

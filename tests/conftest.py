@@ -27,6 +27,9 @@ TINY = {
     "BATCH_SIZE": 8,
     "NUM_WORKERS": 1,
     "BOOTSTRAP_RESAMPLES": 200,
+    # plain 2D keeps the plumbing tests' shapes (H, W, 2) readable; config.py ships
+    # CONTEXT_SLICES = 1, which tests/test_context.py and the end-to-end runs cover
+    "CONTEXT_SLICES": 0,
 }
 
 
