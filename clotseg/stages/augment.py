@@ -10,7 +10,8 @@ RandomBrightnessContrast, RandomGamma, AdvancedBlur, CLAHE; "strong" adds
 Affine rotation/scaling/shift, GaussNoise and a per-modality intensity
 shift; "domain" draws these from wider ranges and adds sharpening and a
 low-resolution simulation; applied as a whole with probability AUG_P) sees all channels and the
-mask together, so every modality, every 2.5D context slice and the mask
+mask together (CLOT_APPEARANCE_AUG, off by default, first moves a clot's own
+intensity inside its mask; see `clot_appearance`), so every modality, every 2.5D context slice and the mask
 share one geometry, and the mask stays binary (nearest-neighbour warps;
 intensity transforms skip masks).
 
@@ -112,6 +113,7 @@ def clot_appearance(image: np.ndarray, mask: np.ndarray, codes: list, seed) -> n
     planes = image.shape[-1] // len(codes)
     out = image.astype(np.float32)
     for m, rng_codes in enumerate(codes):
+        # both draws every time, so one modality's draws never depend on another's range
         draw = rng.random()
         offset = rng.uniform(*rng_codes) if rng_codes is not None else 0.0
         if rng_codes is None or draw >= 0.5:
