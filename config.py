@@ -100,14 +100,16 @@ HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from har
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels
 CLOT_APPEARANCE_AUG = 0.0        # share of clot samples whose clot intensity is moved per modality
                                  # (NCCT -30..+10 HU: not every clot is hyperdense; CTA -20..+60 HU: more
-                                 # or less pervious); the mask is unchanged. 0 = off
+                                 # or less pervious); the mask is unchanged. 0 = off: over 2 seeds it
+                                 # did not help (README, demo scale third round)
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
 CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below of every modality as
                                  # channels (0 = plain 2D); edge slices repeat the first/last slice.
                                  # 1: an ICA or basilar clot runs through the slices, and only the slices
-                                 # around it show where the bright lumen stops. Measured (demo scale, 2
-                                 # seeds, 64 unseen clot cases): Dice +0.042 [+0.011, +0.081] over 0, fewer
-                                 # false positives; k = 2 scored the same as 1 (README)
+                                 # around it show where the bright lumen stops. Measured (demo scale, 3
+                                 # seeds, 96 unseen clot cases): Dice +0.044 [+0.017, +0.073] over 0, and
+                                 # on another generator's cohort 4/24 instead of 15/24 controls with a false
+                                 # alarm; k = 2 scored the same as 1 (README)
 PATCH_SIZE = None                # (rows, cols): train on random patches of the slices, a clot slice cropped
                                  # around its clot (nnU-Net style); validation and testing see whole slices.
                                  # None = train on whole slices
