@@ -1,0 +1,64 @@
+"""bench/subgroups.py: clot-case Dice by NCCT density, site and volume."""
+
+import csv
+import json
+
+import pytest
+
+from bench import subgroups
+
+FIELDS = ["case_id", "dice", "true_voxels"]
+
+
+def _cohort(tmp_path, cases):
+    """cases: (case_id, dice, true_voxels, sidecar dict or None)."""
+    test, vols = tmp_path / "Testing", tmp_path / "volumes"
+    test.mkdir()
+    vols.mkdir()
+    with open(test / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(FIELDS)
+        for cid, dice, voxels, side in cases:
+            w.writerow([cid, dice, voxels])
+            if side is not None:
+                (vols / f"{cid}.json").write_text(json.dumps(side))
+    return test, vols
+
+
+def test_groups_clot_cases_by_density_site_and_volume(tmp_path):
+    test, vols = _cohort(tmp_path, [
+        ("CS1", 0.8, 200, {"has_clot": True, "hyperdense": True, "clot_vessel": "M1_L", "clot_volume_mm3": 150}),
+        ("CS2", 0.0, 40, {"has_clot": True, "hyperdense": False, "clot_vessel": "M2s_R", "clot_volume_mm3": 12}),
+        ("CS3", 0.4, 90, {"has_clot": True, "hyperdense": False, "clot_vessel": "BA", "clot_volume_mm3": 45}),
+        ("CS4", 1.0, 0, {"has_clot": False}),          # a control: not a clot case
+        ("CS5", 0.5, 30, None),                          # no sidecar: "unknown" everywhere
+    ])
+    assert subgroups.main([str(test), str(vols), "--out", str(tmp_path / "s.json")]) == 0
+    got = json.loads((tmp_path / "s.json").read_text())
+    assert got["hyperdense"]["False"] == {"n": 2, "dice_mean": pytest.approx(0.2), "found": 1}
+    assert got["hyperdense"]["True"] == {"n": 1, "dice_mean": pytest.approx(0.8), "found": 1}
+    assert set(got["site"]) == {"M1/ICA", "M2", "other", "unknown"}
+    assert got["site"]["other"]["n"] == 1 and got["site"]["M2"]["found"] == 0
+    assert got["volume"]["< 30 mm^3"]["n"] == 1 and got["volume"][">= 100 mm^3"]["n"] == 1
+    assert got["volume"]["30-100 mm^3"]["dice_mean"] == pytest.approx(0.4)
+    assert sum(g["n"] for g in got["hyperdense"].values()) == 4     # the control is left out
+
+
+@pytest.mark.parametrize("what", ["testing", "volumes"])
+def test_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys, what):
+    test, vols = _cohort(tmp_path, [("CS1", 0.5, 10, {"has_clot": True})])
+    args = [str(tmp_path / "nope"), str(vols)] if what == "testing" else [str(test), str(tmp_path / "nope")]
+    with pytest.raises(SystemExit) as exc:
+        subgroups.main(args)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "nope" in err and len(err.splitlines()) == 1
+
+
+def test_a_broken_sidecar_is_one_line_and_exit_2(tmp_path, capsys):
+    test, vols = _cohort(tmp_path, [("CS1", 0.5, 10, {"has_clot": True})])
+    (vols / "CS1.json").write_text("{broken")
+    with pytest.raises(SystemExit) as exc:
+        subgroups.main([str(test), str(vols)])
+    assert exc.value.code == 2
+    assert "not valid JSON" in capsys.readouterr().err
