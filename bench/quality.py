@@ -261,8 +261,8 @@ def main(argv=None) -> int:
     domains = tuple(d for d in args.test_domains.split(",") if d)
     unknown = sorted(set(domains) - set(TEST_DOMAINS))
     if unknown or not domains:
-        parser.error(f"--test-domains: unknown {', '.join(unknown) or '(none given)'}; "
-                     f"choose from {', '.join(TEST_DOMAINS)}")
+        parser.exit(2, f"bench.quality: --test-domains: unknown {', '.join(unknown) or '(none given)'}; "
+                       f"choose from {', '.join(TEST_DOMAINS)}\n")
     scale = SCALES[args.scale]
     preset = args.preset if args.preset is not None else scale["preset"]
     overrides = parse_overrides(args.overrides)
