@@ -121,6 +121,9 @@ MODEL = "unet"                   # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (
 BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
 DROPOUT = 0.1
+DEEP_SUPERVISION = False         # also train the decoder's coarser levels (1/2, 1/4 size) against the
+                                 # pooled mask, weights 1/2**k (nnU-Net); the saved model keeps only
+                                 # the full-size output, so testing is unchanged
 NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
 TARGET_NAME = "clot"             # what the masks mark, used in logs and reports ("hemorrhage" for an ICH cohort)
 

@@ -27,7 +27,10 @@ def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndar
         k = chunk.shape[0]
         if k < batch_size:
             chunk = np.concatenate([chunk, np.zeros((batch_size - k, *chunk.shape[1:]), chunk.dtype)])
-        prob = np.asarray(model.predict_on_batch(chunk), dtype=np.float32)[:k]
+        prob = model.predict_on_batch(chunk)
+        if isinstance(prob, (list, tuple)):
+            prob = prob[0]  # a deep-supervision training model: the full-size output comes first
+        prob = np.asarray(prob, dtype=np.float32)[:k]
         if out is None:
             out = np.empty((n, *prob.shape[1:]), dtype=np.float32)
         out[start:start + k] = prob

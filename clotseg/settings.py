@@ -112,6 +112,7 @@ class Settings:
     base_filters: int = 32
     depth: int = 3
     dropout: float = 0.1
+    deep_supervision: bool = False
     num_classes: int = 1
     target_name: str = "clot"
     # training
@@ -274,7 +275,7 @@ class Settings:
                 p.append(msg)
 
         for name in ("preprocess", "train_test_split", "slice_extract", "data_aug", "model_training", "resume",
-                     "stratify_split", "save_probabilities", "tune_postprocessing"):
+                     "stratify_split", "save_probabilities", "tune_postprocessing", "deep_supervision"):
             check(isinstance(getattr(self, name), bool), f"{name.upper()} must be True or False")
         for name in ("tta_flips", "keep_largest_component"):
             value = getattr(self, name)
@@ -350,6 +351,8 @@ class Settings:
 
         depth_ok = _is_int(self.depth) and 1 <= self.depth <= 6
         check(depth_ok, "DEPTH must be an integer from 1 to 6")
+        check(not (self.deep_supervision is True and depth_ok and self.depth < 2),
+              "DEEP_SUPERVISION needs DEPTH >= 2 (DEPTH 1 has no coarser decoder level to supervise)")
         shape = self.input_shape
         shape_ok = isinstance(shape, tuple) and len(shape) == 3 and all(_is_int(v) and v > 0 for v in shape)
         check(shape_ok, f"INPUT_SHAPE must be (rows, cols, channels) of positive integers, got {_short(shape)}")

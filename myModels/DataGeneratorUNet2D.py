@@ -62,11 +62,14 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             centred); a slice without foreground is cropped at a random
             position. Crops are drawn from `default_rng([seed, epoch,
             batch])`, so epochs are reproducible and differ from each other.
+        num_outputs: outputs of the model fed (deep supervision: DEPTH);
+            y is repeated for each.
         **kwargs: workers, use_multiprocessing, max_queue_size (PyDataset).
 
     Batches: x (B, H, W, C) of `image_dtype`; y float32 (B, H, W, 1) in {0, 1}
     for num_classes = 1 (any mask value > 0 counts as clot), or one-hot
-    (B, H, W, K) for K > 1.
+    (B, H, W, K) for K > 1. With num_outputs = n > 1 (a deep-supervision
+    model's outputs) y is a tuple of n references to that same array.
 
     Raises:
         FileNotFoundError: a path does not exist.
@@ -86,6 +89,7 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         num_classes=1,
         image_dtype="float32",
         patch_size=None,
+        num_outputs=1,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -96,6 +100,8 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        if int(num_outputs) < 1:
+            raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
         try:
             dtype_name = np.dtype(image_dtype).name
         except TypeError:
@@ -106,6 +112,7 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         self.shuffle = bool(shuffle)
         self.seed = int(seed)
         self.num_classes = int(num_classes)
+        self.num_outputs = int(num_outputs)
         self.image_dtype = np.dtype(dtype_name)
         self.indices = self._validate_indices(indices)
         self.patch_size = self._validate_patch(patch_size)
@@ -196,7 +203,9 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         masks = np.asarray(self.masks[rows])[inverse]
         if self.patch_size is not None:
             x, masks = self._crop(x, masks, np.random.default_rng([self.seed, self.epoch, int(idx)]))
-        return x.astype(self.image_dtype, copy=False), self._targets(masks)
+        y = self._targets(masks)
+        # deep supervision: every output gets the same full-size target (its loss pools it)
+        return x.astype(self.image_dtype, copy=False), (y if self.num_outputs == 1 else (y,) * self.num_outputs)
 
     def _crop(self, x: np.ndarray, masks: np.ndarray, rng: np.random.Generator):
         """(B, H, W, C), (B, H, W) -> (B, rows, cols, C), (B, rows, cols) patches."""

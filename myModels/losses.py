@@ -164,6 +164,51 @@ LOSSES = {
 }
 
 
+@keras.saving.register_keras_serializable(package="clotseg")
+class DownsampledLoss(keras.losses.Loss):
+    """`loss` of a coarser output: the target is average-pooled by `factor` first.
+
+    For deep supervision: an auxiliary output at 1/factor of the input size
+    (B, H/f, W/f, K) is scored against the full-size target (B, H, W, K)
+    average-pooled over f x f blocks ("area" downsampling), i.e. the clot
+    fraction of each coarse pixel. Pooling the target inside the loss lets
+    the generator hand every output the same full-size mask, and a clot of
+    a few pixels never vanishes from the coarse target as it could with
+    nearest-neighbour downsampling.
+    """
+
+    def __init__(self, loss, factor: int, name=None, **kwargs):
+        if isinstance(loss, dict):  # from_config
+            loss = keras.saving.deserialize_keras_object(loss)
+        super().__init__(name=name or f"{loss.name}_x{int(factor)}", **kwargs)
+        self.loss, self.factor = loss, int(factor)
+
+    def call(self, y_true, y_pred):
+        y_true = ops.cast(y_true, "float32")
+        if len(y_true.shape) == len(y_pred.shape) - 1:
+            y_true = ops.expand_dims(y_true, -1)
+        if self.factor > 1:
+            y_true = ops.average_pool(y_true, self.factor, strides=self.factor, padding="valid")
+        return self.loss(y_true, y_pred)
+
+    def get_config(self):
+        return {**super().get_config(), "loss": keras.saving.serialize_keras_object(self.loss),
+                "factor": self.factor}
+
+
+def deep_supervision_losses(name: str, num_outputs: int) -> tuple[list, list]:
+    """(losses, loss_weights) for a model with `num_outputs` deep-supervision outputs.
+
+    Output k (k = 0 the full-size one) is 1/2**k of the input size and weighs
+    1/2**k, the weights normalised to sum 1 (nnU-Net's weighting; 3 outputs:
+    0.571, 0.286, 0.143).
+    """
+    weights = [0.5**k for k in range(num_outputs)]
+    total = sum(weights)
+    losses = [get_loss(name)] + [DownsampledLoss(get_loss(name), 2**k) for k in range(1, num_outputs)]
+    return losses, [w / total for w in weights]
+
+
 def get_loss(name: str, **kwargs) -> keras.losses.Loss:
     """Loss instance for a config.py LOSS name; kwargs go to its constructor.
 

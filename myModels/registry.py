@@ -1,7 +1,7 @@
 """Model registry: `MODEL` in config.py names one builder here.
 
 Every builder takes (input_shape, base_filters, depth, dropout, num_classes)
-as keywords and returns an uncompiled Keras model of built-in layers only,
+as keywords (and `deep_supervision` if it offers DEEP_SUPERVISION) and returns an uncompiled Keras model of built-in layers only,
 so every model reloads in Keras safe mode. A new architecture is one
 builder function and one `register_model` line here, plus its name in
 `clotseg.settings.MODELS` (the settings stay free of Keras imports, so they
@@ -10,6 +10,7 @@ validate MODEL against that list; a test keeps the two in sync).
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import keras
@@ -26,12 +27,24 @@ def register_model(name: str, builder: Callable[..., keras.Model]) -> None:
 
 
 def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: float,
-                num_classes: int) -> keras.Model:
-    """Build registered model `name` (ValueError naming the known ones otherwise)."""
+                num_classes: int, deep_supervision: bool = False) -> keras.Model:
+    """Build registered model `name` (ValueError naming the known ones otherwise).
+
+    deep_supervision=True adds the coarser decoder outputs after the main one
+    (a list of depth outputs; `myModels.unet2D.deep_supervision_heads`): for
+    training only, the saved inference model is built without them.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
-    return MODELS[name](input_shape=tuple(input_shape), base_filters=base_filters, depth=depth,
-                        dropout=dropout, num_classes=num_classes)
+    builder = MODELS[name]
+    extra = {}
+    if deep_supervision:
+        if "deep_supervision" not in inspect.signature(builder).parameters:
+            raise ValueError(f"model {name!r} does not offer DEEP_SUPERVISION (its builder has no "
+                             "deep_supervision argument); set DEEP_SUPERVISION = False")
+        extra["deep_supervision"] = True
+    return builder(input_shape=tuple(input_shape), base_filters=base_filters, depth=depth,
+                   dropout=dropout, num_classes=num_classes, **extra)
 
 
 register_model("unet", build_unet2d)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from myModels.unet2D import check_arguments, conv_block, output_head
+from myModels.unet2D import check_arguments, conv_block, deep_supervision_heads, output_head
 
 # Residual blocks per encoder stage (stage 0 = full resolution); nnU-Net's
 # ResEnc-M 2D uses (1, 3, 4, 6, 6, ...). Shorter here so a CPU can train it.
@@ -61,6 +61,7 @@ def build_resunet2d(
     name: str = "clotseg_resunet2d",
     foreground_prior: float = 0.01,
     blocks=DEFAULT_BLOCKS,
+    deep_supervision: bool = False,
 ) -> keras.Model:
     """Build the (uncompiled) residual-encoder U-Net.
 
@@ -70,7 +71,9 @@ def build_resunet2d(
             1..depth start with a stride-2 block.
 
     Input: (B, rows, cols, channels) uint8 intensity codes (or float32
-    0..255); output (B, rows, cols, num_classes) float32 probabilities.
+    0..255); output (B, rows, cols, num_classes) float32 probabilities
+    (with deep_supervision, a list whose first item is that; see
+    `myModels.unet2D.deep_supervision_heads`).
     """
     check_arguments(input_shape, base_filters, depth, dropout, num_classes)
     if len(blocks) < depth + 1 or min(blocks[:depth + 1]) < 1:
@@ -94,10 +97,15 @@ def build_resunet2d(
         skips.append(x)
 
     x = skips.pop()  # the bottleneck (stage `depth`)
+    decoded = {}
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, 0.0, name=f"dec{level}")
+        decoded[level] = x
 
-    return keras.Model(inputs, output_head(x, num_classes, foreground_prior), name=name)
+    outputs = output_head(x, num_classes, foreground_prior)
+    if deep_supervision:
+        outputs = [outputs, *deep_supervision_heads(decoded, num_classes, foreground_prior)]
+    return keras.Model(inputs, outputs, name=name)

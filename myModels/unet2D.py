@@ -39,6 +39,7 @@ def build_unet2d(
     num_classes: int = 1,
     name: str = "clotseg_unet2d",
     foreground_prior: float = 0.01,
+    deep_supervision: bool = False,
 ) -> keras.Model:
     """Build the (uncompiled) ClotSeg 2D U-Net.
 
@@ -58,6 +59,9 @@ def build_unet2d(
             of the pixels; starting at 0.5 lets the first BCE steps push every
             output to zero, after which small clots are learned very slowly
             (the prior-probability initialisation of Lin et al., 2017).
+        deep_supervision: also output the decoder's coarser levels (see
+            `deep_supervision_heads`), for training only; the saved
+            inference model keeps the full-resolution output alone.
 
     Input: (B, rows, cols, channels) intensity codes 0..255 (uint8 "codes" of
     the HU windows, not HU). The Input is float32 but uint8 arrays are
@@ -65,7 +69,8 @@ def build_unet2d(
     `Rescaling(1/255)` maps codes to [0, 1], so the host ships uint8 batches
     (4x less host-to-device traffic) and the scaling happens on the device.
 
-    Output: (B, rows, cols, num_classes) float32 probabilities. The output
+    Output: (B, rows, cols, num_classes) float32 probabilities (with
+    deep_supervision, a list whose first item is that). The output
     layer is pinned to float32 so mixed precision (mixed_bfloat16 /
     mixed_float16 global policies) never rounds the probabilities, which the
     losses and the 0.5 threshold need at full precision.
@@ -92,13 +97,18 @@ def build_unet2d(
 
     x = conv_block(x, base_filters * 2**depth, dropout, name="bottleneck")
 
+    decoded = {}
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
         x = conv_block(x, filters, dropout, name=f"dec{level}")
+        decoded[level] = x
 
-    return keras.Model(inputs, output_head(x, num_classes, foreground_prior), name=name)
+    outputs = output_head(x, num_classes, foreground_prior)
+    if deep_supervision:
+        outputs = [outputs, *deep_supervision_heads(decoded, num_classes, foreground_prior)]
+    return keras.Model(inputs, outputs, name=name)
 
 
 def check_arguments(input_shape, base_filters: int, depth: int, dropout: float, num_classes: int) -> None:
@@ -119,7 +129,22 @@ def check_arguments(input_shape, base_filters: int, depth: int, dropout: float, 
             )
 
 
-def output_head(x, num_classes: int, foreground_prior: float = 0.01):
+def deep_supervision_heads(decoded: dict, num_classes: int, foreground_prior: float = 0.01) -> list:
+    """Auxiliary outputs on the decoder's coarser levels (nnU-Net's deep supervision).
+
+    decoded maps a decoder level k to its features at 1/2**k of the input
+    size; every level k >= 1 gets its own 1x1 head "aux{k}" (same activation,
+    prior and float32 pin as the main output), so the loss also reaches the
+    middle of the decoder directly. Returns the heads for k = 1, 2, ... in
+    order: (B, rows / 2**k, cols / 2**k, num_classes) float32 probabilities,
+    scored against the mask average-pooled by 2**k
+    (`myModels.losses.deep_supervision_losses`). Level 0 is the main output.
+    """
+    return [output_head(decoded[k], num_classes, foreground_prior, name=f"aux{k}")
+            for k in sorted(decoded) if k >= 1]
+
+
+def output_head(x, num_classes: int, foreground_prior: float = 0.01, name: str = "probabilities"):
     """1x1 conv to `num_classes` float32 probabilities (sigmoid for 1, softmax otherwise).
 
     The sigmoid bias starts at log(p / (1 - p)) for the clot prior p (see
@@ -131,4 +156,4 @@ def output_head(x, num_classes: int, foreground_prior: float = 0.01):
     else:
         activation, bias = "softmax", "zeros"
     return layers.Conv2D(num_classes, 1, activation=activation, bias_initializer=bias, dtype="float32",
-                         name="probabilities")(x)
+                         name=name)(x)

@@ -19,7 +19,7 @@ JAX_SCRIPT = textwrap.dedent("""
     import numpy as np
     import keras
     sys.path.insert(0, {root!r})
-    from myModels import build_unet2d, get_loss, get_metrics
+    from myModels import build_unet2d, deep_supervision_losses, get_loss, get_metrics
     from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
     assert keras.backend.backend() == "jax"
     keras.utils.set_random_seed(0)
@@ -31,6 +31,13 @@ JAX_SCRIPT = textwrap.dedent("""
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"), metrics=get_metrics(1))
     hist = model.fit(gen, epochs=1, verbose=0)
     assert np.isfinite(hist.history["loss"][0]) and 0 <= hist.history["dice"][0] <= 1
+    # deep supervision: two outputs, the coarse one scored on the pooled mask
+    ds = build_unet2d((32, 32, 2), base_filters=4, depth=2, dropout=0.0, deep_supervision=True)
+    losses, weights = deep_supervision_losses("bce_dice", 2)
+    ds.compile(optimizer=keras.optimizers.Adam(1e-3), loss=losses, loss_weights=weights,
+               metrics=[get_metrics(1), []])
+    hist = ds.fit(DataGeneratorUNet2D(x, y, batch_size=8, seed=0, num_outputs=2), epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0]) and np.isfinite(hist.history["aux1_loss"][0])
     model.save({out!r} + "/model.keras")
     np.save({out!r} + "/x.npy", x[:4])
     np.save({out!r} + "/pred.npy", np.asarray(model.predict(x[:4], verbose=0)))

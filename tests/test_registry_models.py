@@ -133,6 +133,10 @@ def test_register_model_makes_a_builder_buildable(tiny_fcn_registered):
     assert model.name == "tiny_fcn"
     assert tuple(model.input_shape) == (None, 16, 16, 6)   # list shapes are passed on as a tuple
     assert np.asarray(model.predict_on_batch(_inputs(1, 16, 16, 6))).shape == (1, 16, 16, 1)
+    # a builder without a deep_supervision argument says so instead of a TypeError
+    with pytest.raises(ValueError, match="does not offer DEEP_SUPERVISION"):
+        registry.build_model("tiny_fcn", [16, 16, 6], base_filters=3, depth=2, dropout=0.0, num_classes=1,
+                             deep_supervision=True)
 
 
 def test_model_setting_rejects_an_unlisted_name_with_a_clear_message(tiny_fcn_registered, tmp_path):

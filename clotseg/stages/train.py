@@ -43,7 +43,7 @@ from clotseg.layout import (AUGMENTED, BEST_MODEL, DATA_MANIFESTS, HISTORY, LAST
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
 from clotseg.schedules import BudgetedSchedule, TimeBudget, budgeted, learning_rate
-from myModels import build_model, get_loss, get_metrics
+from myModels import build_model, deep_supervision_losses, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
 
 MONITOR = "val_dice"
@@ -185,8 +185,37 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
     else:
         copy = build_model(settings.model, settings.model_input_shape, settings.base_filters,
                            settings.depth, settings.dropout, settings.num_classes)
-    copy.set_weights(model.get_weights())
+    # by layer name: a deep-supervision model's extra heads have no counterpart in the copy
+    for layer in copy.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
     return copy
+
+
+class MainOutputLogs(keras.callbacks.Callback):
+    """Logs of a deep-supervision model under the single-output names.
+
+    Keras prefixes a multi-output model's metrics with the output's name
+    ("probabilities_dice", "val_probabilities_dice"); the metrics are only
+    computed on the main (full-size) output, so this renames them back to
+    dice / val_dice, which checkpointing, early stopping, the panels and
+    history.csv read. "loss" stays the weighted total; the per-output losses
+    keep their names (probabilities_loss, aux1_loss, ...). Must be the first
+    callback: the others receive the same logs dict after it.
+    """
+
+    def __init__(self, main_output: str):
+        super().__init__()
+        self.prefix = f"{main_output}_"
+
+    def on_epoch_end(self, epoch, logs=None):
+        if not logs:
+            return
+        for key in list(logs):
+            for stage in ("", "val_"):
+                full = f"{stage}{self.prefix}"
+                if key.startswith(full) and not key.endswith("loss"):
+                    logs[stage + key[len(full):]] = logs.pop(key)
 
 
 class PredictionPanel(keras.callbacks.Callback):
@@ -343,12 +372,15 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         record = {"status": "running", "started": _now(), "resumed": [], **runtime.describe(),
                   "precision": policy, "jit_compile": jit, "replicas": replicas}
         with scope:  # variables must be created where the distribution places them
-            model = build_model(settings.model, settings.training_input_shape, settings.base_filters,
-                                settings.depth, settings.dropout, settings.num_classes)
+            try:
+                model = build_model(settings.model, settings.training_input_shape, settings.base_filters,
+                                    settings.depth, settings.dropout, settings.num_classes,
+                                    deep_supervision=settings.deep_supervision)
+            except ValueError as exc:  # e.g. a registered model without deep supervision: a config mistake
+                raise StageError(f"MODEL = {settings.model!r}: {exc}") from exc
             steps = _steps_per_epoch(settings, replicas)
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, steps)),
-                          loss=get_loss(settings.loss), metrics=get_metrics(settings.num_classes),
-                          jit_compile=jit)
+                          jit_compile=jit, **_loss_and_metrics(settings, len(model.outputs)))
         initial_epoch = 0
         log(f"[train] new run {run}")
     else:
@@ -367,6 +399,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         DataGeneratorUNet2D(augmented_dir(settings, cohort) / IMAGES, augmented_dir(settings, cohort) / MASKS,
                             batch_size=settings.batch_size, shuffle=cohort == TRAINING, seed=settings.random_seed,
                             num_classes=settings.num_classes, indices=_divisible(settings, cohort, replicas),
+                            num_outputs=len(model.outputs),
                             # patches for training; validation sees whole slices, as testing does
                             patch_size=settings.patch_size if cohort == TRAINING else None)
         for cohort in TRAIN_COHORTS)
@@ -386,6 +419,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         export=lambda m: inference_copy(m, settings))
     panel_images, panel_masks = panel_samples(settings)
     callbacks = [
+        # first: every later callback (and history.csv) reads dice / val_dice whatever the outputs
+        *([MainOutputLogs(model.output_names[0])] if len(model.outputs) > 1 else []),
         keras.callbacks.CSVLogger(str(run / HISTORY), append=initial_epoch > 0),
         early, *([reduce] if plateau else []), checkpointer,
         PredictionPanel(panel_images, panel_masks, run / PREDICTIONS_DIR, settings.batch_size,
@@ -407,7 +442,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / LOGS_DIR)))
     inputs = (f"{tuple(settings.patch_size)} patches of {settings.model_input_shape}" if settings.patch_size
               else f"{settings.model_input_shape}")
-    log(f"[train] {settings.model} on {inputs} inputs ({model.count_params():,} parameters), "
+    supervised = f", deep supervision over {len(model.outputs)} outputs" if len(model.outputs) > 1 else ""
+    log(f"[train] {settings.model} on {inputs} inputs ({model.count_params():,} parameters{supervised}), "
         f"LR {settings.lr_schedule}{' (decay over MAX_TRAINING_MINUTES)' if schedule else ''}; "
         f"backend {runtime.backend()}, device {record['device']}, precision {policy}, "
         f"XLA {'on' if jit else 'off'}, {replicas} replica(s), {len(train_gen)} batches of {settings.batch_size} "
@@ -479,6 +515,17 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         f"clots found {val['chosen']['clots_found']}) "
         f"-> {run / POSTPROCESSING_FILE}")
     return result
+
+
+def _loss_and_metrics(settings: Settings, num_outputs: int) -> dict:
+    """compile() keywords: the LOSS, and with deep supervision one per output
+    (the coarser ones on the pooled mask, weights 1/2**k normalised) with the
+    Dice/IoU metrics on the main output only."""
+    metrics = get_metrics(settings.num_classes)
+    if num_outputs == 1:
+        return {"loss": get_loss(settings.loss), "metrics": metrics}
+    losses, weights = deep_supervision_losses(settings.loss, num_outputs)
+    return {"loss": losses, "loss_weights": weights, "metrics": [metrics] + [[] for _ in range(num_outputs - 1)]}
 
 
 def _steps_per_epoch(settings: Settings, replicas: int) -> int:
