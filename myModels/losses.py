@@ -184,9 +184,7 @@ class DownsampledLoss(keras.losses.Loss):
         self.loss, self.factor = loss, int(factor)
 
     def call(self, y_true, y_pred):
-        y_true = ops.cast(y_true, "float32")
-        if len(y_true.shape) == len(y_pred.shape) - 1:
-            y_true = ops.expand_dims(y_true, -1)
+        y_true, y_pred = _prepare(y_true, y_pred)
         if self.factor > 1:
             y_true = ops.average_pool(y_true, self.factor, strides=self.factor, padding="valid")
         return self.loss(y_true, y_pred)

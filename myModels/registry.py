@@ -1,8 +1,8 @@
 """Model registry: `MODEL` in config.py names one builder here.
 
 Every builder takes (input_shape, base_filters, depth, dropout, num_classes)
-as keywords (and `deep_supervision` if it offers DEEP_SUPERVISION) and returns an uncompiled Keras model of built-in layers only,
-so every model reloads in Keras safe mode. A new architecture is one
+as keywords (and `deep_supervision` if it offers DEEP_SUPERVISION) and
+returns an uncompiled Keras model of built-in layers only, so every model reloads in Keras safe mode. A new architecture is one
 builder function and one `register_model` line here, plus its name in
 `clotseg.settings.MODELS` (the settings stay free of Keras imports, so they
 validate MODEL against that list; a test keeps the two in sync).
@@ -31,7 +31,7 @@ def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: 
     """Build registered model `name` (ValueError naming the known ones otherwise).
 
     deep_supervision=True adds the coarser decoder outputs after the main one
-    (a list of depth outputs; `myModels.unet2D.deep_supervision_heads`): for
+    (a list of depth outputs; `myModels.unet2D.decoder_outputs`): for
     training only, the saved inference model is built without them.
     """
     if name not in MODELS:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from myModels.unet2D import check_arguments, conv_block, deep_supervision_heads, output_head
+from myModels.unet2D import check_arguments, conv_block, decoder_outputs
 
 # Residual blocks per encoder stage (stage 0 = full resolution); nnU-Net's
 # ResEnc-M 2D uses (1, 3, 4, 6, 6, ...). Shorter here so a CPU can train it.
@@ -73,7 +73,7 @@ def build_resunet2d(
     Input: (B, rows, cols, channels) uint8 intensity codes (or float32
     0..255); output (B, rows, cols, num_classes) float32 probabilities
     (with deep_supervision, a list whose first item is that; see
-    `myModels.unet2D.deep_supervision_heads`).
+    `myModels.unet2D.decoder_outputs`).
     """
     check_arguments(input_shape, base_filters, depth, dropout, num_classes)
     if len(blocks) < depth + 1 or min(blocks[:depth + 1]) < 1:
@@ -105,7 +105,4 @@ def build_resunet2d(
         x = conv_block(x, filters, 0.0, name=f"dec{level}")
         decoded[level] = x
 
-    outputs = output_head(x, num_classes, foreground_prior)
-    if deep_supervision:
-        outputs = [outputs, *deep_supervision_heads(decoded, num_classes, foreground_prior)]
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)

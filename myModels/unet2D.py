@@ -60,7 +60,7 @@ def build_unet2d(
             output to zero, after which small clots are learned very slowly
             (the prior-probability initialisation of Lin et al., 2017).
         deep_supervision: also output the decoder's coarser levels (see
-            `deep_supervision_heads`), for training only; the saved
+            `decoder_outputs`), for training only; the saved
             inference model keeps the full-resolution output alone.
 
     Input: (B, rows, cols, channels) intensity codes 0..255 (uint8 "codes" of
@@ -105,10 +105,7 @@ def build_unet2d(
         x = conv_block(x, filters, dropout, name=f"dec{level}")
         decoded[level] = x
 
-    outputs = output_head(x, num_classes, foreground_prior)
-    if deep_supervision:
-        outputs = [outputs, *deep_supervision_heads(decoded, num_classes, foreground_prior)]
-    return keras.Model(inputs, outputs, name=name)
+    return keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)
 
 
 def check_arguments(input_shape, base_filters: int, depth: int, dropout: float, num_classes: int) -> None:
@@ -129,19 +126,24 @@ def check_arguments(input_shape, base_filters: int, depth: int, dropout: float, 
             )
 
 
-def deep_supervision_heads(decoded: dict, num_classes: int, foreground_prior: float = 0.01) -> list:
-    """Auxiliary outputs on the decoder's coarser levels (nnU-Net's deep supervision).
+def decoder_outputs(decoded: dict, num_classes: int, foreground_prior: float = 0.01,
+                    deep_supervision: bool = False):
+    """The model's output(s) from its decoder levels.
 
     decoded maps a decoder level k to its features at 1/2**k of the input
-    size; every level k >= 1 gets its own 1x1 head "aux{k}" (same activation,
-    prior and float32 pin as the main output), so the loss also reaches the
-    middle of the decoder directly. Returns the heads for k = 1, 2, ... in
-    order: (B, rows / 2**k, cols / 2**k, num_classes) float32 probabilities,
-    scored against the mask average-pooled by 2**k
-    (`myModels.losses.deep_supervision_losses`). Level 0 is the main output.
+    size. The main output is `output_head` on level 0. With deep_supervision
+    (nnU-Net's), every level k >= 1 also gets its own 1x1 head "aux{k}" (same
+    activation, prior and float32 pin), so the loss also reaches the middle
+    of the decoder directly; the result is then the list [main, aux1, aux2,
+    ...], aux k (B, rows / 2**k, cols / 2**k, num_classes) float32
+    probabilities, scored against the mask average-pooled by 2**k
+    (`myModels.losses.deep_supervision_losses`).
     """
-    return [output_head(decoded[k], num_classes, foreground_prior, name=f"aux{k}")
-            for k in sorted(decoded) if k >= 1]
+    main = output_head(decoded[0], num_classes, foreground_prior)
+    if not deep_supervision:
+        return main
+    return [main, *(output_head(decoded[k], num_classes, foreground_prior, name=f"aux{k}")
+                    for k in sorted(decoded) if k >= 1)]
 
 
 def output_head(x, num_classes: int, foreground_prior: float = 0.01, name: str = "probabilities"):

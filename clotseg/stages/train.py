@@ -395,11 +395,12 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         log(f"[train] resuming run {run} from epoch {initial_epoch}")
     atomic_write_json(run / RUN_RECORD, record)
 
+    num_outputs = len(model.outputs)  # > 1: deep supervision
     train_gen, val_gen = (
         DataGeneratorUNet2D(augmented_dir(settings, cohort) / IMAGES, augmented_dir(settings, cohort) / MASKS,
                             batch_size=settings.batch_size, shuffle=cohort == TRAINING, seed=settings.random_seed,
                             num_classes=settings.num_classes, indices=_divisible(settings, cohort, replicas),
-                            num_outputs=len(model.outputs),
+                            num_outputs=num_outputs,
                             # patches for training; validation sees whole slices, as testing does
                             patch_size=settings.patch_size if cohort == TRAINING else None)
         for cohort in TRAIN_COHORTS)
@@ -420,7 +421,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     panel_images, panel_masks = panel_samples(settings)
     callbacks = [
         # first: every later callback (and history.csv) reads dice / val_dice whatever the outputs
-        *([MainOutputLogs(model.output_names[0])] if len(model.outputs) > 1 else []),
+        *([MainOutputLogs(model.output_names[0])] if num_outputs > 1 else []),
         keras.callbacks.CSVLogger(str(run / HISTORY), append=initial_epoch > 0),
         early, *([reduce] if plateau else []), checkpointer,
         PredictionPanel(panel_images, panel_masks, run / PREDICTIONS_DIR, settings.batch_size,
@@ -442,7 +443,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(run / LOGS_DIR)))
     inputs = (f"{tuple(settings.patch_size)} patches of {settings.model_input_shape}" if settings.patch_size
               else f"{settings.model_input_shape}")
-    supervised = f", deep supervision over {len(model.outputs)} outputs" if len(model.outputs) > 1 else ""
+    supervised = f", deep supervision over {num_outputs} outputs" if num_outputs > 1 else ""
     log(f"[train] {settings.model} on {inputs} inputs ({model.count_params():,} parameters{supervised}), "
         f"LR {settings.lr_schedule}{' (decay over MAX_TRAINING_MINUTES)' if schedule else ''}; "
         f"backend {runtime.backend()}, device {record['device']}, precision {policy}, "
