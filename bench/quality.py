@@ -2,6 +2,7 @@
 
     python -m bench.quality --scale cpu [--preset cpu] [--set NAME=VALUE ...]
                             [--repeats 3] [--label TEXT] [--out bench/results/NAME.json]
+                            [--train-domain first-build]
 
 For each repeat r (seed offset r) it writes, in a temporary project folder:
   - a training cohort of phantom cases (seed 1000 + r, domain "standard"),
@@ -12,7 +13,8 @@ For each repeat r (seed offset r) it writes, in a temporary project folder:
     calibre, contrast and blur ranges), and a "first-build" test cohort
     (seed 4000 + r) of another generator: the first build's phantom, frozen
     in bench/first_build_phantom.py (other geometry, small clots at other
-    sites), which the training never sees. No test cohort is used for any
+    sites), which the training never sees (unless --train-domain first-build
+    trains on that generator instead: a user's cohort unlike ours). No test cohort is used for any
     choice: the post-processing is tuned on the Validation cases only.
 It then runs `python training.py`'s code path (prepare_data, run_training)
 with the preset plus overrides and testing.py's code path (run_evaluation
@@ -127,8 +129,14 @@ def headline(summary: dict) -> dict:
 
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
              test_domains=("standard", "shifted", "first-build"), untuned: bool = False, reuse: bool = False,
-             retune: bool = False) -> dict:
-    """One training + testing round; returns figures per test cohort."""
+             retune: bool = False, train_domain: str = "standard") -> dict:
+    """One training + testing round; returns figures per test cohort.
+
+    `train_domain` names the generator of the training cohort (seed 1000 +
+    repeat): "first-build" trains and tunes on the other generator, as a user
+    with a cohort unlike clotseg.phantom would; its "first-build" test cohort
+    (seed 4000 + repeat) is then the same generator, unseen.
+    """
     from clotseg.settings import Settings
 
     scale = SCALES[scale_name]
@@ -147,7 +155,7 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
     log(f"[quality] repeat {repeat}: writing cohorts in {project}")
     if not (reuse and settings.volume_path.is_dir()):
         _write_phantom(settings.volume_path, settings.mask_path, scale["train_cases"], 1000 + repeat, scale,
-                       "standard")
+                       train_domain)
     tests = {}
     for domain, seed_base in TEST_DOMAINS.items():
         seed = seed_base + repeat
@@ -176,7 +184,8 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
         run = run_training(settings, log=log)
     record = read_json(run / "run.json")
     post = read_json(run / "postprocessing.json") if (run / "postprocessing.json").is_file() else None
-    result = {"repeat": repeat, "run": run.name, "data_seconds": None if prep_seconds is None else round(prep_seconds, 1),
+    result = {"repeat": repeat, "train_domain": train_domain, "run": run.name,
+              "data_seconds": None if prep_seconds is None else round(prep_seconds, 1),
               "training_seconds": record.get("training_seconds"), "epochs_done": record.get("epochs_done"),
               "best_val_dice": record.get("best_val_dice"),
               "postprocessing": post["chosen"] if post else None, "cohorts": {}}
@@ -215,8 +224,10 @@ def markdown(report: dict) -> str:
     def f(v, d=3):
         return "-" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
+    trained_on = report.get("train_domain", "standard")
     lines = [f"### {report['label']} (scale {report['scale']}, preset {report['preset']}, "
-             f"overrides {report['overrides'] or 'none'})", "",
+             f"overrides {report['overrides'] or 'none'}"
+             + ("" if trained_on == "standard" else f", trained on {trained_on}") + ")", "",
              "| repeat | test cohort | clot-case Dice mean [95% CI] | median | case sensitivity | "
              "FP components/case | specificity | HD95 median | train s |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -250,6 +261,8 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--test-domains", default=",".join(TEST_DOMAINS),
                         help=f"comma-separated, of {', '.join(TEST_DOMAINS)} (default: all)")
+    parser.add_argument("--train-domain", default="standard",
+                        help=f"generator of the training cohort, one of {', '.join(TEST_DOMAINS)} (default: standard)")
     parser.add_argument("--reuse", action="store_true",
                         help="with --workdir: keep its cohorts and score its finished run again instead of training")
     parser.add_argument("--retune", action="store_true",
@@ -263,6 +276,9 @@ def main(argv=None) -> int:
     if unknown or not domains:
         parser.exit(2, f"bench.quality: --test-domains: unknown {', '.join(unknown) or '(none given)'}; "
                        f"choose from {', '.join(TEST_DOMAINS)}\n")
+    if args.train_domain not in TEST_DOMAINS:
+        parser.exit(2, f"bench.quality: --train-domain: unknown {args.train_domain}; "
+                       f"choose from {', '.join(TEST_DOMAINS)}\n")
     scale = SCALES[args.scale]
     preset = args.preset if args.preset is not None else scale["preset"]
     overrides = parse_overrides(args.overrides)
@@ -273,11 +289,12 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             for r in range(args.repeats):
                 results.append(run_once(args.scale, preset, overrides, r, workdir, domains, args.untuned,
-                                        args.reuse, args.retune))
+                                        args.reuse, args.retune, args.train_domain))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     report = {"label": args.label or (", ".join(args.overrides) or "preset"), "scale": args.scale,
+              "train_domain": args.train_domain,
               "preset": preset, "overrides": overrides, "repeats": results,
               "spread": spread(results) if len(results) > 1 else None}
     text = json.dumps(report, indent=2, default=str)

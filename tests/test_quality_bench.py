@@ -147,3 +147,36 @@ def test_first_build_domain_is_another_generator_in_the_input_layout(tmp_path):
     assert "domain" not in fb and st["domain"] == "standard"      # the first build had no domains
     assert set(quality.TEST_DOMAINS) == {"standard", "shifted", "first-build"}
     assert len(set(quality.TEST_DOMAINS.values())) == 3             # a seed range of its own
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_train_domain_writes_the_training_cohort_with_that_generator(tmp_path, monkeypatch):
+    """--train-domain first-build: the training cohort (seed 1000 + repeat)
+    comes from the other generator; the test cohorts keep their own seeds."""
+    calls = []
+    monkeypatch.setattr(quality, "_write_phantom",
+                        lambda vol, mask, n, seed, scale, domain: calls.append((seed, domain)))
+    import clotseg.pipeline
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(clotseg.pipeline, "prepare_data", stop)
+    with pytest.raises(_Stop):
+        quality.run_once("tiny", None, {}, 1, tmp_path, ("first-build",), train_domain="first-build")
+    assert calls == [(1001, "first-build"), (4001, "first-build")]
+    calls.clear()
+    with pytest.raises(_Stop):
+        quality.run_once("tiny", None, {}, 0, tmp_path, ("standard",))
+    assert calls == [(1000, "standard"), (2000, "standard")]
+
+
+def test_unknown_train_domain_is_one_line_and_exit_status_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--scale", "tiny", "--train-domain", "nonsense"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--train-domain: unknown nonsense" in err and len(err.splitlines()) == 1
