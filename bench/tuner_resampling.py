@@ -1,11 +1,12 @@
 """How well the post-processing tuner's choice carries over to new cases.
 
-    python -m bench.tuner_resampling WORKDIR [WORKDIR ...] [--draws 60] [--dev DIR]
+    python -m bench.tuner_resampling WORKDIR [WORKDIR ...] [--draws 60] [--dev DIR] [--dev-domain first-build]
 
 WORKDIR is a `bench/quality.py --workdir` folder; the latest run of its
 repeat0 is used. Each model predicts (plain + flip members) a separate
-40-case development cohort of the standard phantom domain (seed 5000, the
-demo scale's sizes; never a benchmark test cohort, seeds 2000+ and 3000+),
+40-case development cohort of the standard phantom domain (or --dev-domain
+first-build: the other generator; give it its own --dev) (seed 5000, the
+demo scale's sizes; never a benchmark test cohort, seeds 2000+, 3000+ and 4000+),
 written to --dev once and cached there with the predictions. Then, --draws
 times per model: 8 random development cases play the Validation cohort the
 tuner chooses on, and the other 32 score the choice. Rules compared:
@@ -13,6 +14,8 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
   strict      the tuner without FOUND_SLACK (no choice may find fewer
               validation clots than the plain default)
   tuner       clotseg.postprocessing.tune as shipped
+  tuner, ties to the largest filter
+              the same with TIE_FILTER = "largest"
   plain       0.5, no TTA, no filter
   plain + KL  0.5, keep the largest component
 
@@ -41,14 +44,14 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 DEV_SEED, DEV_CASES, N_TUNE = 5000, 40, 8
-RULES = ("strict", "tuner", "plain", "plain + KL")
+RULES = ("strict", "tuner", "tuner, ties to the largest filter", "plain", "plain + KL")
 
 
-def _dev_cohort(dev: Path, scale: str) -> list[str]:
+def _dev_cohort(dev: Path, scale: str, domain: str = "standard") -> list[str]:
     from bench.quality import SCALES, _write_phantom
 
     if not (dev / "masks").is_dir():
-        _write_phantom(dev / "volumes", dev / "masks", DEV_CASES, DEV_SEED, SCALES[scale], "standard")
+        _write_phantom(dev / "volumes", dev / "masks", DEV_CASES, DEV_SEED, SCALES[scale], domain)
     return [f"CS{i}" for i in range(1, DEV_CASES + 1)]
 
 
@@ -90,6 +93,9 @@ def _choose(rule: str, tune_cases) -> dict:
     if rule == "strict":
         with mock.patch.object(pp, "FOUND_SLACK", 0.0):
             return pp.tune(tune_cases)["chosen"]
+    if rule == "tuner, ties to the largest filter":
+        with mock.patch.object(pp, "TIE_FILTER", "largest"):
+            return pp.tune(tune_cases)["chosen"]
     return pp.tune(tune_cases)["chosen"]
 
 
@@ -127,10 +133,17 @@ def main(argv=None) -> int:
     parser.add_argument("--draws", type=int, default=60)
     parser.add_argument("--dev", type=Path, default=Path("/tmp/clotseg-dev-cohort"))
     parser.add_argument("--scale", default="demo", help="bench/quality.py scale whose case sizes to use")
+    parser.add_argument("--dev-domain", default="standard",
+                        help="generator of the development cohort (bench/quality.py TEST_DOMAINS; use its own --dev)")
     args = parser.parse_args(argv)
     from clotseg.io import load_npy
 
-    cases = _dev_cohort(args.dev, args.scale)
+    from bench.quality import TEST_DOMAINS
+
+    if args.dev_domain not in TEST_DOMAINS:
+        parser.exit(2, f"bench.tuner_resampling: --dev-domain: unknown {args.dev_domain}; "
+                       f"choose from {', '.join(TEST_DOMAINS)}\n")
+    cases = _dev_cohort(args.dev, args.scale, args.dev_domain)
     truths = [load_npy(args.dev / "masks" / f"{c}_seg_corrected_binary.npy") > 0 for c in cases]
     pooled = {rule: [] for rule in RULES}
     for workdir in args.workdirs:
@@ -142,6 +155,7 @@ def main(argv=None) -> int:
             pooled[rule] += rows
     keys = ("clot_dice", "fp_components_per_case", "case_sensitivity", "controls_without_alarm")
     report = {"models": [str(w) for w in args.workdirs], "draws_per_model": args.draws,
+              "dev_domain": args.dev_domain,
               "rules": {rule: {**dict(zip(keys, np.nanmean(np.array(rows), axis=0).round(4).tolist())),
                                "n": len(rows)} for rule, rows in pooled.items() if rows}}
     print(json.dumps(report, indent=2))

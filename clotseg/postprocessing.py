@@ -57,6 +57,12 @@ SIZE_MARGIN = 0.5
 # 1.38 -> 0.67, clot-free cases without an alarm 0.40 -> 0.48, case
 # sensitivity 0.585 -> 0.554.
 FOUND_SLACK = 0.2
+# Among choices that tie on the validation cases (same mean Dice, same false
+# positives, same clots found), "smallest" takes the smallest size filter,
+# "largest" the largest one under the SIZE_MARGIN cap: a tie means the
+# validation cases could not tell them apart, typically because their two or
+# three controls had no small false alarm to remove.
+TIE_FILTER = "smallest"
 
 
 @dataclass(frozen=True)
@@ -143,8 +149,11 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
     allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"] + 1e-12
                and r["clots_found"] >= base["clots_found"] - slack and r["min_component_voxels"] <= size_cap]
 
-    def simplicity(r):  # ties: no TTA, no keep-largest, smallest filter, threshold nearest 0.5
-        return (r["tta_flips"], r["keep_largest_component"], r["min_component_voxels"], abs(r["threshold"] - 0.5))
+    sign = -1 if TIE_FILTER == "largest" else 1
+
+    def simplicity(r):  # ties: no TTA, no keep-largest, smallest (or largest) filter, threshold nearest 0.5
+        return (r["tta_flips"], r["keep_largest_component"], sign * r["min_component_voxels"],
+                abs(r["threshold"] - 0.5))
 
     if n_clot < min_clot_cases:
         best = base

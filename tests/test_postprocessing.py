@@ -305,3 +305,21 @@ def test_without_found_slack_keep_largest_is_refused(monkeypatch):
     result = tune(_keep_largest_cohort(), min_clot_cases=1)
     assert not _chosen(result).keep_largest_component
     assert result["validation"]["chosen"]["clots_found"] == 5
+
+
+def test_ties_go_to_the_largest_filter_under_the_cap_when_asked(monkeypatch):
+    """The 4-voxel blobs go with a 6- or a 10-voxel filter alike (27-voxel
+    clots, cap 13.5): TIE_FILTER decides which of the tied filters is kept."""
+    from clotseg import postprocessing
+    cases = [([_clot_case(blob=(2, 2, 1))[0]], _clot_case()[1]),
+             ([_clot_case(blob=(1, 2, 2))[0]], _clot_case()[1]),
+             ([_clot_case()[0]], _clot_case()[1])]
+    assert postprocessing.TIE_FILTER in ("smallest", "largest")
+    monkeypatch.setattr(postprocessing, "TIE_FILTER", "smallest")
+    assert _chosen(tune(cases, min_clot_cases=1)).min_component_voxels == 6
+    monkeypatch.setattr(postprocessing, "TIE_FILTER", "largest")
+    result = tune(cases, min_clot_cases=1)
+    chosen = _chosen(result)
+    assert chosen.min_component_voxels == 10                       # 20 would exceed 0.5 x 27
+    assert not chosen.keep_largest_component and chosen.threshold == 0.5
+    assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
