@@ -169,7 +169,9 @@ BOOTSTRAP_RESAMPLES = 5000
 # Presets: named overlays selected with --preset NAME (or PRESET below).
 # "demo" runs every stage on a 2-core CPU in under 10 minutes; "cpu" and
 # "gpu" are the two scales of bench/quality.py (about 10 minutes of training
-# on 2 CPU cores; 256 px and the full model on one GPU).
+# on 2 CPU cores; 256 px and the full model on one GPU). A preset's
+# INPUT_SHAPE sets rows and cols; its channel count follows MODALITY_PATTERNS,
+# so the presets also serve a one-channel (or three-modality) cohort.
 # --------------------------------------------------------------------------
 PRESET = None
 PRESETS = {

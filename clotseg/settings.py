@@ -173,6 +173,9 @@ class Settings:
         if presets is None:
             presets = {}
         overlays = _preset_overlays(presets, known, problems)
+        mods = kwargs.get("modality_patterns", _default_modalities())
+        overlays = {name: _preset_channels(overlay, overlay.get("modality_patterns", mods))
+                    for name, overlay in overlays.items()}
         base = {k: v for k, v in kwargs.items() if k != "preset"}
         chosen = preset if preset is not None else kwargs.get("preset")
         if chosen is not None:
@@ -609,6 +612,18 @@ def _preset_overlays(presets, known: set, problems: list) -> dict:
         if ok:
             out[name] = overlay
     return out
+
+
+def _preset_channels(overlay: dict, modality_patterns) -> dict:
+    """A preset's INPUT_SHAPE sets the rows and cols; its channel count
+    follows MODALITY_PATTERNS (one channel per modality, the only valid
+    count), so the shipped presets (written for CTA + NCCT) also serve a
+    one-channel or a three-modality cohort without editing PRESETS."""
+    shape = overlay.get("input_shape")
+    if (isinstance(modality_patterns, dict) and modality_patterns and isinstance(shape, (tuple, list))
+            and len(shape) == 3):
+        return {**overlay, "input_shape": (*tuple(shape)[:2], len(modality_patterns))}
+    return overlay
 
 
 def _short(value, limit: int = 60) -> str:

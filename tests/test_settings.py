@@ -69,6 +69,25 @@ def test_window_and_channel_consistency(tmp_path):
     assert one.modalities == ["NCCT"]
 
 
+def test_shipped_presets_follow_a_one_channel_cohort(tmp_path):
+    """docs/importing.md's worked example: the importer's lines for one plain
+    CT channel pasted into config.py, PRESETS left as shipped. The presets
+    set rows and cols; their channel count follows MODALITY_PATTERNS."""
+    mod = _config_module()
+    values = {k: getattr(mod, k) for k in dir(mod) if k.isupper()}
+    values.update(MODALITY_PATTERNS={"NCCT": "CS<ID>_NCCT.npy"}, WINDOWS_HU={"NCCT": (0.0, 255.0)},
+                  DISPLAY_WINDOWS_HU={}, INPUT_SHAPE=(256, 256, 1))
+    assert Settings.from_dict(values, root=tmp_path).input_shape == (256, 256, 1)
+    demo = Settings.from_dict(values, root=tmp_path, preset="demo")
+    assert demo.input_shape == (*mod.PRESETS["demo"]["INPUT_SHAPE"][:2], 1)
+    three = {**values, "MODALITY_PATTERNS": {"CTA": "CS<ID>_CTA.npy", "NCCT": "CS<ID>_NCCT.npy", "CTP": "CS<ID>_CTP.npy"},
+             "WINDOWS_HU": {"CTA": (-100, 600), "NCCT": (0, 200), "CTP": (0, 100)}, "INPUT_SHAPE": (256, 256, 3)}
+    assert Settings.from_dict(three, root=tmp_path, preset="cpu").input_shape == (128, 128, 3)
+    # the file's own INPUT_SHAPE still has to match its modalities
+    with pytest.raises(ConfigError, match="INPUT_SHAPE has 2 channel"):
+        Settings.from_dict({**values, "INPUT_SHAPE": (256, 256, 2)}, root=tmp_path)
+
+
 def test_json_round_trip(tmp_path):
     s = Settings.from_dict({"INPUT_SHAPE": (64, 64, 2), "VOXEL_SPACING_MM": (0.5, 0.5, 1.0)}, root=tmp_path)
     import json
