@@ -110,6 +110,10 @@ CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below 
                                  # seeds, 96 unseen clot cases): Dice +0.044 [+0.017, +0.073] over 0, and
                                  # on another generator's cohort 4/24 instead of 15/24 controls with a false
                                  # alarm; k = 2 scored the same as 1 (README)
+SYMMETRY_CHANNELS = False        # also feed every input plane mirrored left-right about the head's midline
+                                 # (each pixel beside its contralateral counterpart, as a reader compares
+                                 # hemispheres; DeepSymNet finds occlusions from CTA asymmetry): doubles the
+                                 # channels. The midline is the mean column of each slice's tissue pixels
 PATCH_SIZE = None                # (rows, cols): train on random patches of the slices, a clot slice cropped
                                  # around its clot (nnU-Net style); validation and testing see whole slices.
                                  # None = train on whole slices

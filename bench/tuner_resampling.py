@@ -77,7 +77,8 @@ def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
             vols = [load_npy(dev / "volumes" / settings.modality_patterns[m].replace("<ID>", c[2:]))
                     for m in settings.modalities]
             members = predict_volume_members(model, vols, windows, settings.input_shape[:2], batch_size=64,
-                                             tta_flips=True, context_slices=settings.context_slices)
+                                             tta_flips=True, context_slices=settings.context_slices,
+                                             symmetry=settings.symmetry_channels)
             # atomic: a killed run never leaves a half-written cache file that looks finished
             atomic_save_npy(cache / f"{c}.npy", np.stack([m[..., 0] for m in members]).astype(np.float16))
     return [load_npy(cache / f"{c}.npy").astype(np.float32) for c in cases]

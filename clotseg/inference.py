@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from clotseg.helpers import label_components, slice_runs
-from clotseg.intensity import add_context, center_crop, volume_to_samples
+from clotseg.intensity import center_crop, model_inputs, volume_to_samples
 
 
 
@@ -38,7 +38,8 @@ def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndar
 
 
 def predict_volume_members(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
-                           batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0) -> list[np.ndarray]:
+                           batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0,
+                           symmetry: bool = False) -> list[np.ndarray]:
     """The ensemble members of one case's prediction: plain, then (with
     `tta_flips`) the un-flipped predictions of the horizontally and the
     vertically flipped slices. Each is float32 (h, w, D, K); see
@@ -46,7 +47,7 @@ def predict_volume_members(model, volumes: list[np.ndarray], windows: list, inpu
     its spread (uncertainty) come from one set of forward passes.
     """
     h, w, _ = volumes[0].shape
-    samples = add_context(volume_to_samples(volumes, windows, input_hw), context_slices)  # (D, H, W, C')
+    samples = model_inputs(volume_to_samples(volumes, windows, input_hw), context_slices, symmetry)  # (D, H, W, C')
     members = [predict_samples(model, samples, batch_size)]
     if tta_flips:
         for axis in (1, 2):
@@ -57,7 +58,8 @@ def predict_volume_members(model, volumes: list[np.ndarray], windows: list, inpu
 
 
 def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
-                   batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0) -> np.ndarray:
+                   batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0,
+                   symmetry: bool = False) -> np.ndarray:
     """Probabilities for one case.
 
     Args:
@@ -68,10 +70,13 @@ def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tu
             slices and average the (un-flipped) probabilities.
         context_slices: the run's CONTEXT_SLICES (2.5D neighbours per side;
             edge slices repeat, as in training).
+        symmetry: the run's SYMMETRY_CHANNELS (the planes mirrored about the
+            midline appended, as in training).
     Returns:
         float32 (h, w, D, K) probabilities (K = 1 for a sigmoid model).
     """
-    members = predict_volume_members(model, volumes, windows, input_hw, batch_size, tta_flips, context_slices)
+    members = predict_volume_members(model, volumes, windows, input_hw, batch_size, tta_flips, context_slices,
+                                     symmetry)
     return members[0] if len(members) == 1 else np.mean(members, axis=0, dtype=np.float32)
 
 

@@ -163,3 +163,55 @@ def store_context_rows(case_ids, slices, k: int) -> np.ndarray:
 def centre_channels(n_modalities: int, k: int) -> list[int]:
     """Channel index of each modality's own (centre) slice in a 2.5D input."""
     return [m * (2 * k + 1) + k for m in range(n_modalities)]
+
+
+# ------------------------------------------------------ symmetry channels
+# With SYMMETRY_CHANNELS the network also sees every input plane mirrored
+# left-right about the head's midline, appended after the original planes:
+# [CTA ctx, NCCT ctx, CTA mirrored ctx, NCCT mirrored ctx]. Each pixel then
+# carries its contralateral counterpart, as a reader compares hemispheres:
+# an occluded ICA or M1 that is not hyperdense is a bright vessel on one side
+# only (DeepSymNet, Barman et al. 2019, detects large-vessel occlusions from
+# exactly this asymmetry on CTA). The mirror is taken before any geometric
+# augmentation, so a rotated or shifted sample keeps the pixel <-> counterpart
+# pairing of the anatomy.
+
+def midline_column(plane: np.ndarray, min_fraction: float = 0.01) -> float:
+    """The head's left-right midline in an (H, W) uint8 plane: the mean
+    column of its non-zero (above-window-floor: tissue, not air or padding)
+    pixels; the image centre when fewer than `min_fraction` are non-zero."""
+    on = np.asarray(plane) > 0
+    count = on.sum(axis=0)
+    total = int(count.sum())
+    if total < min_fraction * on.size:
+        return (on.shape[1] - 1) / 2.0
+    return float((count * np.arange(on.shape[1])).sum() / total)
+
+
+def mirror_planes(sample: np.ndarray, midline: float) -> np.ndarray:
+    """(H, W, C) planes mirrored about column `midline`: column j takes
+    column round(2 * midline - j); columns that fall outside are 0."""
+    w = sample.shape[1]
+    src = np.rint(2.0 * midline - np.arange(w)).astype(np.int64)
+    valid = (src >= 0) & (src < w)
+    out = np.zeros_like(sample)
+    out[:, valid] = sample[:, src[valid]]
+    return out
+
+
+def add_mirror(samples: np.ndarray, k: int) -> np.ndarray:
+    """(N, H, W, C') 2.5D inputs -> (N, H, W, 2C'): the planes, then the same
+    planes mirrored about each sample's midline (estimated on the first
+    modality's centre slice, channel k, and used for all its planes)."""
+    out = np.empty((*samples.shape[:3], 2 * samples.shape[3]), dtype=samples.dtype)
+    out[..., :samples.shape[3]] = samples
+    for i, sample in enumerate(samples):
+        out[i, ..., samples.shape[3]:] = mirror_planes(sample, midline_column(sample[..., k]))
+    return out
+
+
+def model_inputs(samples: np.ndarray, k: int, symmetry: bool = False) -> np.ndarray:
+    """(D, H, W, C) slices of one volume -> the model's (D, H, W, C'') inputs:
+    2.5D context (`add_context`), then with `symmetry` the mirrored planes."""
+    x = add_context(samples, k)
+    return add_mirror(x, k) if symmetry else x

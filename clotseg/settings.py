@@ -106,6 +106,7 @@ class Settings:
     clot_appearance_aug: float = 0.0
     num_workers: int = 0
     context_slices: int = 1
+    symmetry_channels: bool = False
     patch_size: tuple | None = None
     # model
     model: str = "unet"
@@ -278,7 +279,8 @@ class Settings:
                 p.append(msg)
 
         for name in ("preprocess", "train_test_split", "slice_extract", "data_aug", "model_training", "resume",
-                     "stratify_split", "save_probabilities", "tune_postprocessing", "deep_supervision"):
+                     "stratify_split", "save_probabilities", "tune_postprocessing", "deep_supervision",
+                     "symmetry_channels"):
             check(isinstance(getattr(self, name), bool), f"{name.upper()} must be True or False")
         for name in ("tta_flips", "keep_largest_component"):
             value = getattr(self, name)
@@ -533,8 +535,9 @@ class Settings:
 
     @property
     def model_channels(self) -> int:
-        """Channels the network sees: every modality at 2 * CONTEXT_SLICES + 1 slices."""
-        return len(self.modality_patterns) * (2 * self.context_slices + 1)
+        """Channels the network sees: every modality at 2 * CONTEXT_SLICES + 1
+        slices, twice with SYMMETRY_CHANNELS (the planes, then mirrored)."""
+        return len(self.modality_patterns) * (2 * self.context_slices + 1) * (2 if self.symmetry_channels else 1)
 
     @property
     def model_input_shape(self) -> tuple:

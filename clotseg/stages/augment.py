@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clotseg.errors import StageError
-from clotseg.intensity import stack_context, store_context_rows
+from clotseg.intensity import add_mirror, stack_context, store_context_rows
 from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import AUGMENTATIONS, Settings
 from clotseg.layout import TRAIN_COHORTS, TRAINING, augmented_dir, sliced_dir  # noqa: F401  (augmented_dir kept here)
@@ -184,29 +184,35 @@ def transform_description(n_channels: int, p: float, strength: str) -> dict:
     return desc
 
 
-def modality_shift(image: np.ndarray, n_modalities: int, seed, strength: str = "strong") -> np.ndarray:
+def modality_shift(image: np.ndarray, n_modalities: int, seed, strength: str = "strong",
+                   mirrored: bool = False) -> np.ndarray:
     """Shift each modality's codes by its own random gain and offset.
 
     image: (H, W, C) uint8 with C = n_modalities * context planes,
-    modality-major; every plane of one modality gets the same shift.
+    modality-major; every plane of one modality gets the same shift. With
+    `mirrored` (SYMMETRY_CHANNELS) the second half of the channels is the
+    first half mirrored, and each mirrored modality gets its source's shift
+    (a hemisphere and its counterpart come from one scan).
     """
     params = MODALITY_SHIFT[strength]
     rng = np.random.default_rng(seed)
-    planes = image.shape[-1] // n_modalities
+    copies = 2 if mirrored else 1
+    planes = image.shape[-1] // (n_modalities * copies)
     out = image.astype(np.float32)
     for m in range(n_modalities):
         if rng.random() >= params["p"]:
             continue
         gain = 1.0 + rng.uniform(-params["gain"], params["gain"])
         offset = rng.uniform(-params["offset"], params["offset"])
-        sl = slice(m * planes, (m + 1) * planes)
-        out[..., sl] = out[..., sl] * gain + offset
+        for copy in range(copies):
+            start = copy * n_modalities * planes + m * planes
+            out[..., start:start + planes] = out[..., start:start + planes] * gain + offset
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
 def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
                 n_modalities: int | None = None, strength: str = "strong",
-                clot_look: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+                clot_look: tuple | None = None, mirror_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Augment one sample: image (H, W, C) uint8, mask (H, W) uint8 -> same shapes.
 
     `seed` (an int or a sequence of ints) fully determines the result.
@@ -215,13 +221,18 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
     transform.p). `clot_look` = (probability, per-modality code ranges):
     first, with that probability and whether or not the rest fires, move
     the clot's own intensity (`clot_appearance`), before the geometry so
-    that it moves with the mask.
+    that it moves with the mask. `mirror_k` given (SYMMETRY_CHANNELS, the
+    CONTEXT_SLICES k): the planes mirrored about the midline are appended
+    after that and before the geometry (`clotseg.intensity.add_mirror`), so
+    the output has twice the input's channels.
     """
     if clot_look is not None and clot_look[0] > 0 and mask.any():
         # its own stream (a spawned child), so the draws below stay as they were without it
         look_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         if look_rng.random() < clot_look[0]:
             image = clot_appearance(image, mask, clot_look[1], look_rng.integers(2**63))
+    if mirror_k is not None:
+        image = add_mirror(image[None], mirror_k)[0]
     # Compose.set_random_seed hands the *same* seed to every transform, which
     # would make e.g. HorizontalFlip and VerticalFlip fire together; give
     # each transform its own stream instead. Whether the sample is augmented
@@ -238,7 +249,7 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
     out = transform(mask=mask, force_apply=True, **planes)
     stacked = np.stack([out["image"]] + [out[f"image{c}"] for c in range(1, image.shape[-1])], axis=-1)
     if n_modalities:
-        stacked = modality_shift(stacked, n_modalities, int(states[2]), strength)
+        stacked = modality_shift(stacked, n_modalities, int(states[2]), strength, mirrored=mirror_k is not None)
     return stacked, out["mask"]
 
 
@@ -313,7 +324,7 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
         "transform": transform_description(n_channels, settings.aug_p, settings.augmentation),
         "settings": settings.subset(["target_sample_size_aug_train", "target_sample_size_aug_val",
                                      "aug_p", "augmentation", "positive_fraction", "hard_negative_fraction",
-                                     "context_slices", "random_seed", "clot_appearance_aug"]),
+                                     "context_slices", "random_seed", "clot_appearance_aug", "symmetry_channels"]),
         **({"clot_appearance_hu": CLOT_APPEARANCE_HU, "windows_hu": settings.windows_hu}
            if settings.clot_appearance_aug > 0 else {}),
     })
@@ -348,7 +359,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction)
     context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
                                  settings.context_slices)
-    n_channels = src_images.shape[-1] * context.shape[1]
+    n_channels = src_images.shape[-1] * context.shape[1] * (2 if settings.symmetry_channels else 1)
     workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2] * context.shape[1])
     workers = max(1, min(workers, -(-n // CHUNK)))
     hw = tuple(src_images.shape[1:3])
@@ -366,7 +377,8 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
             look = (float(settings.clot_appearance_aug),
                     clot_appearance_codes(settings.modalities, settings.windows_hu))
         jobs = [(str(source), str(tmp), context[picks[s:s + CHUNK]], s, settings.random_seed, cohort_id,
-                 settings.aug_p, settings.augmentation, shift, look)
+                 settings.aug_p, settings.augmentation, shift, look,
+                 settings.context_slices if settings.symmetry_channels else None)
                 for s in range(0, n, CHUNK)]
         changed = 0
         bar = tqdm(total=n, desc=f"Augmenting {cohort}", unit="sample")
@@ -395,7 +407,8 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
                                   n_source_slices=len(rows), workers=workers,
                                   n_hard_negative_sources=int(hard.sum()) if hard is not None else 0,
                                   positive_fraction=settings.positive_fraction, aug_p=settings.aug_p,
-                                  channels=n_channels, context_slices=settings.context_slices)
+                                  channels=n_channels, context_slices=settings.context_slices,
+                                  symmetry_channels=settings.symmetry_channels)
     return manifest
 
 
@@ -484,7 +497,7 @@ def _auto_workers(n: int, pixels_per_sample: int) -> int:
 
 def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: int, cohort_id: int, p: float,
                    strength: str = "standard", n_modalities: int | None = None,
-                   clot_look: tuple | None = None) -> int:
+                   clot_look: tuple | None = None, mirror_k: int | None = None) -> int:
     """Worker: augment samples start..start+len(picks) into the output memmaps.
 
     picks: (n, 2k+1) store rows of each sample's context slices (centre in
@@ -501,10 +514,11 @@ def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: i
         img = stack_context(np.asarray(src_images[rows])[None])[0]
         msk = np.asarray(src_masks[rows[centre]])
         aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities,
-                                       strength, clot_look)
+                                       strength, clot_look, mirror_k)
         images[start + k] = aug_img
         masks[start + k] = aug_msk
-        changed += int(not (np.array_equal(aug_img, img) and np.array_equal(aug_msk, msk)))
+        plain = img if mirror_k is None else add_mirror(img[None], mirror_k)[0]
+        changed += int(not (np.array_equal(aug_img, plain) and np.array_equal(aug_msk, msk)))
     images.flush()
     masks.flush()
     return changed

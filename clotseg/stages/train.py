@@ -31,7 +31,7 @@ from clotseg import postprocessing, runtime  # noqa: E402
 from clotseg.cohort import discover_cases, load_case
 from clotseg.errors import StageError
 from clotseg.evaluation.figures import plot_training_curves, prediction_panel
-from clotseg.intensity import centre_channels, normalise_mask, stack_context, store_context_rows
+from clotseg.intensity import add_mirror, centre_channels, normalise_mask, stack_context, store_context_rows
 from clotseg.io import (atomic_write_json, atomic_write_text, check_keras_file, disk_full_error, is_no_space,
                         read_json, read_manifest, read_run_record, read_run_state)
 from clotseg.inference import predict_samples, predict_volume_members, to_mask
@@ -325,8 +325,11 @@ def panel_samples(settings: Settings, n: int = N_PANEL) -> tuple[np.ndarray, np.
         if len(chosen) == n:
             break
     chosen = sorted(chosen)
-    return stack_context(np.asarray(images[context[chosen].ravel()]).reshape(
-        len(chosen), context.shape[1], *images.shape[1:])), np.asarray(masks[chosen])
+    x = stack_context(np.asarray(images[context[chosen].ravel()]).reshape(
+        len(chosen), context.shape[1], *images.shape[1:]))
+    if settings.symmetry_channels:
+        x = add_mirror(x, settings.context_slices)
+    return x, np.asarray(masks[chosen])
 
 
 def run_training(settings: Settings, resume: bool | None = None, log=print) -> Path | None:
@@ -501,7 +504,8 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         vols, truth = load_case(case)
         members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
                                          batch_size=max(settings.batch_size, 32), tta_flips=True,
-                                         context_slices=settings.context_slices)
+                                         context_slices=settings.context_slices,
+                                         symmetry=settings.symmetry_channels)
         data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
     result = postprocessing.tune(data)
     atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
