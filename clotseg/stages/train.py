@@ -102,7 +102,8 @@ def find_resumable(settings: Settings) -> Path | None:
         if now != then:
             raise StageError(f"cannot resume run {run.name}: it was trained on inputs {then[0]} with NUM_CLASSES = "
                              f"{then[1]}, but config.py now gives inputs {now[0]} with NUM_CLASSES = {now[1]}; set "
-                             "INPUT_SHAPE, CONTEXT_SLICES and NUM_CLASSES back, or start a new run (RESUME = False)")
+                             "INPUT_SHAPE, CONTEXT_SLICES, SYMMETRY_CHANNELS and NUM_CLASSES back, or start a new run "
+                             "(RESUME = False)")
         return run
     return None
 
