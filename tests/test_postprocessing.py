@@ -45,7 +45,8 @@ def test_min_size_removes_a_small_spurious_blob():
     chosen = _chosen(result)
     # a filter that removes the 4-voxel blobs but keeps the 27-voxel clot
     assert 4 < chosen.min_component_voxels <= 27
-    assert chosen.min_component_voxels == min(m for m in MIN_SIZES if m > 4)   # the smallest that works
+    # of the filters that work equally well (6, 10), the largest under half the 27-voxel clot (TIE_FILTER)
+    assert chosen.min_component_voxels == max(m for m in MIN_SIZES if 4 < m <= 13.5)
     assert chosen.keep_largest_component is False and chosen.tta_flips is False
     assert chosen.threshold == 0.5          # every threshold does as well: the nearest to 0.5 wins
     val = result["validation"]
@@ -65,7 +66,8 @@ def test_a_faint_false_alarm_on_a_clot_free_case_raises_the_threshold():
     chosen = _chosen(result)
     assert chosen.threshold > 0.55
     assert chosen.threshold == min(t for t in THRESHOLDS if t > 0.55)
-    assert chosen.min_component_voxels == 0 and not chosen.keep_largest_component
+    # the size filters tie here; the largest under half the 27-voxel clot is kept (TIE_FILTER)
+    assert chosen.min_component_voxels == 10 and not chosen.keep_largest_component
     val = result["validation"]
     assert val["default"]["mean_dice"] == pytest.approx(0.5)      # the control scores 0 for its false alarm
     assert val["chosen"]["mean_dice"] == pytest.approx(1.0)
@@ -97,7 +99,9 @@ def test_a_dice_gain_that_adds_false_positives_is_refused():
     # among the allowed rows the chosen one is the best
     allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"]]
     assert chosen["mean_dice"] == pytest.approx(max(r["mean_dice"] for r in allowed))
-    assert _chosen(result) == DEFAULT     # ties go to the plain choice
+    # ties go to the plain threshold, no TTA, no keep-largest, and the largest size filter under
+    # half the smallest validation clot volume (case 2: 60 voxels, cap 30)
+    assert _chosen(result) == PostProcessing(0.5, False, 20, False)
 
 
 def test_flip_tta_is_chosen_when_it_removes_a_one_member_artefact():
