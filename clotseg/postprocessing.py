@@ -14,8 +14,8 @@ of the validation clot cases fewer than it (a clot is found when a kept
 component touches it), and whose size filter stays under half the smallest
 validation clot (SIZE_MARGIN), the best mean Dice wins, ties going to the
 plainer threshold, TTA and keep-largest choice and to the largest size filter
-under that cap (TIE_FILTER). The detection floor matters most for a weak model: without
-it, a high threshold and a large minimum size can win on mean Dice by
+under that cap (TIE_FILTER). The detection floor matters most for a weak
+model: without it, a high threshold and a large minimum size can win on mean Dice by
 deleting every prediction of the clot-free cases and of the hard clot cases
 alike. The slack lets keep-largest-component lose the odd clot that sits
 beside a larger false alarm when that raises the mean Dice. The result is `<run>/postprocessing.json`,

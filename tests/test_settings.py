@@ -80,7 +80,8 @@ def test_shipped_presets_follow_a_one_channel_cohort(tmp_path):
     assert Settings.from_dict(values, root=tmp_path).input_shape == (256, 256, 1)
     demo = Settings.from_dict(values, root=tmp_path, preset="demo")
     assert demo.input_shape == (*mod.PRESETS["demo"]["INPUT_SHAPE"][:2], 1)
-    three = {**values, "MODALITY_PATTERNS": {"CTA": "CS<ID>_CTA.npy", "NCCT": "CS<ID>_NCCT.npy", "CTP": "CS<ID>_CTP.npy"},
+    three = {**values,
+             "MODALITY_PATTERNS": {"CTA": "CS<ID>_CTA.npy", "NCCT": "CS<ID>_NCCT.npy", "CTP": "CS<ID>_CTP.npy"},
              "WINDOWS_HU": {"CTA": (-100, 600), "NCCT": (0, 200), "CTP": (0, 100)}, "INPUT_SHAPE": (256, 256, 3)}
     assert Settings.from_dict(three, root=tmp_path, preset="cpu").input_shape == (128, 128, 3)
     # the file's own INPUT_SHAPE still has to match its modalities
