@@ -359,7 +359,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction)
     context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
                                  settings.context_slices)
-    n_channels = src_images.shape[-1] * context.shape[1] * (2 if settings.symmetry_channels else 1)
+    n_channels = settings.model_channels      # modalities x context planes (x 2 with SYMMETRY_CHANNELS)
     workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2] * context.shape[1])
     workers = max(1, min(workers, -(-n // CHUNK)))
     hw = tuple(src_images.shape[1:3])
@@ -517,8 +517,8 @@ def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: i
                                        strength, clot_look, mirror_k)
         images[start + k] = aug_img
         masks[start + k] = aug_msk
-        plain = img if mirror_k is None else add_mirror(img[None], mirror_k)[0]
-        changed += int(not (np.array_equal(aug_img, plain) and np.array_equal(aug_msk, msk)))
+        # the mirrored half (SYMMETRY_CHANNELS) follows from the first: comparing that suffices
+        changed += int(not (np.array_equal(aug_img[..., :img.shape[-1]], img) and np.array_equal(aug_msk, msk)))
     images.flush()
     masks.flush()
     return changed
