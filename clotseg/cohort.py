@@ -49,6 +49,13 @@ class Case:
                 return tuple(float(v) for v in sp)
         return tuple(default) if default is not None else None
 
+    def slice_gaps(self) -> list[int]:
+        """Stack indices k whose next slice k + 1 is not adjacent in the
+        source (the slice importer's sidecar "slice_gaps"); [] without."""
+        if self.sidecar is None:
+            return []
+        return sorted(set(read_sidecar(self.sidecar, self.case_id).get("slice_gaps") or []))
+
 
 def read_sidecar(path: Path, case_id: str = "") -> dict:
     """Read and check a per-case sidecar `<case>.json`; return its object.
@@ -81,6 +88,11 @@ def read_sidecar(path: Path, case_id: str = "") -> dict:
         if not ok:
             raise InputDataError(f"{who}sidecar {path}: spacing_mm must be three finite positive numbers "
                                  f"[row, col, slice] in mm, got {json.dumps(sp)[:80]}")
+    gaps = data.get("slice_gaps")
+    if gaps is not None and not (isinstance(gaps, list) and all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in gaps)):
+        raise InputDataError(f"{who}sidecar {path}: slice_gaps must be a list of slice indices (integers >= 0) "
+                             f"after which the next slice is not adjacent, got {json.dumps(gaps)[:80]}")
     return data
 
 

@@ -39,7 +39,7 @@ def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndar
 
 def predict_volume_members(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
                            batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0,
-                           symmetry: bool = False) -> list[np.ndarray]:
+                           symmetry: bool = False, slice_gaps=None) -> list[np.ndarray]:
     """The ensemble members of one case's prediction: plain, then (with
     `tta_flips`) the un-flipped predictions of the horizontally and the
     vertically flipped slices. Each is float32 (h, w, D, K); see
@@ -47,7 +47,8 @@ def predict_volume_members(model, volumes: list[np.ndarray], windows: list, inpu
     its spread (uncertainty) come from one set of forward passes.
     """
     h, w, _ = volumes[0].shape
-    samples = model_inputs(volume_to_samples(volumes, windows, input_hw), context_slices, symmetry)  # (D, H, W, C')
+    samples = model_inputs(volume_to_samples(volumes, windows, input_hw), context_slices, symmetry,
+                           slice_gaps)  # (D, H, W, C')
     members = [predict_samples(model, samples, batch_size)]
     if tta_flips:
         for axis in (1, 2):
@@ -59,7 +60,7 @@ def predict_volume_members(model, volumes: list[np.ndarray], windows: list, inpu
 
 def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
                    batch_size: int = 32, tta_flips: bool = False, context_slices: int = 0,
-                   symmetry: bool = False) -> np.ndarray:
+                   symmetry: bool = False, slice_gaps=None) -> np.ndarray:
     """Probabilities for one case.
 
     Args:
@@ -72,11 +73,14 @@ def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tu
             edge slices repeat, as in training).
         symmetry: the run's SYMMETRY_CHANNELS (the planes mirrored about the
             midline appended, as in training).
+        slice_gaps: the case's sidecar "slice_gaps" (stack indices after
+            which the next slice is not adjacent): 2.5D context never
+            reaches across them, as in training.
     Returns:
         float32 (h, w, D, K) probabilities (K = 1 for a sigmoid model).
     """
     members = predict_volume_members(model, volumes, windows, input_hw, batch_size, tta_flips, context_slices,
-                                     symmetry)
+                                     symmetry, slice_gaps)
     return members[0] if len(members) == 1 else np.mean(members, axis=0, dtype=np.float32)
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from clotseg.helpers import slice_runs
+
 
 def window_to_unit(volume: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
     """Map HU to [0, 1] with a (low, high) window; clip outside.
@@ -117,12 +119,21 @@ def normalise_mask(mask: np.ndarray) -> np.ndarray:
 # z-k .. z+k as channels, modality-major: [CTA z-k..z+k, NCCT z-k..z+k].
 # At a volume's first and last slices the missing neighbours repeat the edge
 # slice (nearest-slice padding), so edge slices look like a locally constant
-# volume rather than like air, which would be a strong, false cue.
+# volume rather than like air, which would be a strong, false cue. A gap in
+# the source's slice numbers (the slice importer's sidecar "slice_gaps", e.g.
+# JPG slices 3, 4, 7 of a patient) is an edge too: the slice across it is not
+# a neighbour, so each run of adjacent slices is padded on its own.
 
-def context_positions(depth: int, k: int) -> np.ndarray:
-    """(depth, 2k+1) int64 slice indices z-k..z+k, clamped to [0, depth-1]."""
-    z = np.arange(int(depth))[:, None] + np.arange(-int(k), int(k) + 1)[None, :]
-    return np.clip(z, 0, max(int(depth) - 1, 0)).astype(np.int64)
+def context_positions(depth: int, k: int, slice_gaps=None) -> np.ndarray:
+    """(depth, 2k+1) int64 slice indices z-k..z+k, clamped to the run of
+    adjacent slices that holds z ([0, depth-1] without `slice_gaps`: the
+    stack indices after which the next slice is not adjacent)."""
+    depth = int(depth)
+    z = np.arange(depth)[:, None] + np.arange(-int(k), int(k) + 1)[None, :]
+    lo, hi = np.zeros(depth, dtype=np.int64), np.full(depth, max(depth - 1, 0), dtype=np.int64)
+    for start, stop in slice_runs(depth, slice_gaps):
+        lo[start:stop], hi[start:stop] = start, stop - 1
+    return np.clip(z, lo[:, None], hi[:, None]).astype(np.int64)
 
 
 def stack_context(gathered: np.ndarray) -> np.ndarray:
@@ -131,32 +142,39 @@ def stack_context(gathered: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(gathered, 1, -1).reshape(n, h, w, c * j))
 
 
-def add_context(samples: np.ndarray, k: int) -> np.ndarray:
-    """(D, H, W, C) slices of one volume -> (D, H, W, C * (2k+1)) 2.5D inputs."""
+def add_context(samples: np.ndarray, k: int, slice_gaps=None) -> np.ndarray:
+    """(D, H, W, C) slices of one volume -> (D, H, W, C * (2k+1)) 2.5D inputs
+    (neighbours never taken across one of `slice_gaps`)."""
     if k == 0:
         return samples
-    return stack_context(samples[context_positions(samples.shape[0], k)])
+    return stack_context(samples[context_positions(samples.shape[0], k, slice_gaps)])
 
 
-def store_context_rows(case_ids, slices, k: int) -> np.ndarray:
+def store_context_rows(case_ids, slices, k: int, runs=None) -> np.ndarray:
     """(N, 2k+1) store rows of each sample's neighbour slices in a sample store.
 
     Args:
         case_ids, slices: per store row, its case and slice index (samples.csv).
         k: CONTEXT_SLICES.
-    Neighbours come from the same case only; beyond the case's first/last
-    stored slice the edge slice repeats (as `context_positions`).
+        runs: per store row, the index of its run of adjacent slices within
+            the case (samples.csv "run", from the sidecar's slice_gaps);
+            None = every case is one run.
+    Neighbours come from the same case and run only; beyond the run's
+    first/last stored slice the edge slice repeats (as `context_positions`).
     """
     case_ids = np.asarray(case_ids)
     slices = np.asarray(slices, dtype=np.int64)
+    runs = np.zeros(len(slices), dtype=np.int64) if runs is None else np.asarray(runs, dtype=np.int64)
     out = np.repeat(np.arange(len(slices), dtype=np.int64)[:, None], 2 * k + 1, axis=1)
     if k == 0:
         return out
-    for cid in np.unique(case_ids):
-        rows = np.flatnonzero(case_ids == cid)
+    groups = {}
+    for i, key in enumerate(zip(case_ids.tolist(), runs.tolist())):
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        rows = np.asarray(members, dtype=np.int64)
         rows = rows[np.argsort(slices[rows], kind="stable")]
-        pos = context_positions(len(rows), k)
-        out[rows] = rows[pos]
+        out[rows] = rows[context_positions(len(rows), k)]
     return out
 
 
@@ -210,8 +228,9 @@ def add_mirror(samples: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def model_inputs(samples: np.ndarray, k: int, symmetry: bool = False) -> np.ndarray:
+def model_inputs(samples: np.ndarray, k: int, symmetry: bool = False, slice_gaps=None) -> np.ndarray:
     """(D, H, W, C) slices of one volume -> the model's (D, H, W, C'') inputs:
-    2.5D context (`add_context`), then with `symmetry` the mirrored planes."""
-    x = add_context(samples, k)
+    2.5D context (`add_context`, not across `slice_gaps`), then with
+    `symmetry` the mirrored planes."""
+    x = add_context(samples, k, slice_gaps)
     return add_mirror(x, k) if symmetry else x

@@ -362,3 +362,102 @@ def test_panel_samples_carry_context_of_the_validation_slices(tmp_path):
         np.testing.assert_array_equal(img[..., [0, 3]], sliced[below])
         np.testing.assert_array_equal(img[..., [2, 5]], sliced[above])
         assert msk.any()   # the panel shows the largest clots first
+
+
+# ------------------------------------------------------------- slice gaps
+# A 2D slice import with gaps (slices 3, 4, 7 of a patient) records
+# "slice_gaps" in the case's sidecar: the slice across a gap is not a
+# neighbour, so 2.5D context treats the gap as an edge, in training and at
+# test time alike.
+
+def test_context_positions_treat_a_gap_as_an_edge():
+    # gap after stack index 2: runs 0..2 and 3..6, each clamped on its own
+    assert context_positions(7, 1, [2]).tolist() == [
+        [0, 0, 1], [0, 1, 2], [1, 2, 2], [3, 3, 4], [3, 4, 5], [4, 5, 6], [5, 6, 6]]
+    # every position stays inside its own run, for any k and gap pattern
+    for depth, gaps, k in ((9, [0, 4], 2), (6, [1, 2, 3], 1), (5, [], 3), (4, [3, 7], 1)):
+        pos = context_positions(depth, k, gaps)
+        cuts = sorted({g + 1 for g in gaps if g < depth - 1})
+        run = np.searchsorted(cuts, np.arange(depth), side="right")
+        assert (run[pos] == run[:, None]).all(), (depth, gaps, k)
+        assert (pos[:, k] == np.arange(depth)).all()
+    # no gaps (or gaps outside the volume) is the plain clamp
+    assert context_positions(5, 1, []).tolist() == context_positions(5, 1).tolist()
+    assert context_positions(5, 1, [4, 9]).tolist() == context_positions(5, 1).tolist()
+
+
+def test_store_context_rows_stay_in_their_run():
+    case = ["a"] * 5 + ["b"] * 3
+    sl = [0, 1, 2, 3, 4, 0, 1, 2]
+    runs = [0, 0, 1, 1, 1, 0, 0, 0]
+    rows = store_context_rows(case, sl, 1, runs)
+    assert rows.tolist() == [[0, 0, 1], [0, 1, 1], [2, 2, 3], [2, 3, 4], [3, 4, 4],
+                             [5, 5, 6], [5, 6, 7], [6, 7, 7]]
+    # without runs: one run per case, as before
+    assert store_context_rows(case, sl, 1).tolist()[1] == [0, 1, 2]
+
+
+def test_gapped_case_stage_equals_inference_and_bad_gaps_are_refused(tmp_path):
+    """A case whose sidecar records a gap: the sliced store marks its runs,
+    every augmented sample (AUG_P = 0) equals the input inference builds
+    with the gap, and a malformed slice_gaps is a one-line input error."""
+    import json
+
+    from clotseg.cohort import discover_cases
+    from clotseg.errors import InputDataError
+
+    s = tiny_settings(tmp_path, context_slices=1, aug_p=0.0, target_sample_size_aug_train=80)
+    write_cohort(s, n=6, shape=(40, 36, 6))
+    for cid in range(1, 7):
+        (s.volume_path / f"CS{cid}.json").write_text(json.dumps({"spacing_mm": None, "slice_gaps": [2]}))
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    sliced = read_samples_csv(sliced_dir(s, "Training") / "samples.csv")
+    assert {(int(r["slice"]), int(r["run"])) for r in sliced} == {(0, 0), (1, 0), (2, 0), (3, 1), (4, 1), (5, 1)}
+    store = augmented_dir(s, "Training")
+    images = np.load(store / "images.npy")
+    rows = read_samples_csv(store / "samples.csv")
+    windows = [s.windows_hu[m] for m in s.modalities]
+    expected = {}
+    for i, row in enumerate(rows):
+        cid, z = row["case_id"], int(row["slice"])
+        if cid not in expected:
+            vols = [np.load(s.volume_path / f"{cid}_{m}.npy") for m in ("CTA_Binary", "NCCT_Reg_Binary")]
+            expected[cid] = add_context(volume_to_samples(vols, windows, (64, 64)), 1, [2])
+        np.testing.assert_array_equal(images[i], expected[cid][z], err_msg=f"sample {i} ({cid} slice {z})")
+    assert {int(r["slice"]) for r in rows} >= {2, 3}      # the slices on both sides of the gap were drawn
+    # the same planes reach the model at test time: an echo model returns its input's channels
+    case = next(c for c in discover_cases(s, require_masks=True, warn=lambda *_: None) if c.case_id == "CS1")
+    assert case.slice_gaps() == [2]
+    vols = [np.load(p) for p in case.volumes.values()]
+    with_gap = add_context(volume_to_samples(vols, windows, (64, 64)), 1, [2])
+    without = add_context(volume_to_samples(vols, windows, (64, 64)), 1)
+    assert not np.array_equal(with_gap[2], without[2]) and np.array_equal(with_gap[1], without[1])
+    got = predict_volume_members(EchoAll(), vols, windows, (64, 64), context_slices=1, slice_gaps=case.slice_gaps())[0]
+    np.testing.assert_allclose(np.moveaxis(got, 2, 0), with_gap[:, 12:52, 14:50] / 255.0, atol=1e-6)
+    (s.volume_path / "CS1.json").write_text(json.dumps({"slice_gaps": [1.5]}))
+    with pytest.raises(InputDataError, match=r"CS1\.json: slice_gaps must be a list of slice indices"):
+        case.slice_gaps()
+
+
+def test_slice_key_follows_the_sidecars_gaps(tmp_path):
+    """A changed slice_gaps rebuilds the sliced store (its runs change);
+    a sidecar without gaps keeps the key a cohort without sidecars has."""
+    import json
+
+    from clotseg.cohort import discover_cases
+    from clotseg.stages.slicing import slice_key
+
+    s = tiny_settings(tmp_path)
+    write_cohort(s, n=3)
+
+    def key():
+        return slice_key(s, discover_cases(s, require_masks=True, warn=lambda *_: None))
+
+    plain = key()
+    (s.volume_path / "CS2.json").write_text(json.dumps({"spacing_mm": [0.5, 0.5, 1.0], "slice_gaps": []}))
+    assert key() == plain
+    (s.volume_path / "CS2.json").write_text(json.dumps({"spacing_mm": [0.5, 0.5, 1.0], "slice_gaps": [2]}))
+    gapped = key()
+    assert gapped != plain
+    (s.volume_path / "CS2.json").write_text(json.dumps({"spacing_mm": [0.5, 0.5, 1.0], "slice_gaps": [3]}))
+    assert key() not in (plain, gapped)

@@ -51,6 +51,15 @@ def test_hard_negatives_are_neighbours_of_clots_within_the_same_case():
     assert _flagged(flags1, rows) == {("A", 4), ("A", 7), ("C", 1)}
 
 
+def test_hard_negatives_stop_at_a_slice_gap():
+    """Slices 0-4 and 5-11 of case A are two runs (a slice import's gap after
+    stack index 4): the clot on 5-6 makes 7-9 hard negatives, not 2-4."""
+    images, rows = _store({"A": (12, {5, 6})})
+    for r in rows:
+        r["run"] = "0" if int(r["slice"]) < 5 else "1"
+    assert _flagged(hard_negatives(images, rows, radius=3), rows) == {("A", z) for z in (7, 8, 9)}
+
+
 def test_hard_negatives_add_the_brightest_clot_free_slices_and_never_clot_slices():
     cases = {"A": (12, {5, 6}), "B": (10, set()), "C": (8, {0})}
     negatives = [(cid, z) for cid, (d, clot) in cases.items() for z in range(d) if z not in clot]

@@ -17,8 +17,10 @@ Pixel spacing is unknown (sidecar spacing_mm null).
 With a numeric `slice` group the sidecar records the source slice numbers
 ("slice_numbers") and where consecutive stacked slices are not adjacent in
 the source ("slice_gaps": stack index k where slice k+1 does not follow
-slice k, e.g. 3, 4, 7 -> [1]); the scoring never joins 3D components or
-surface distances across such a gap.
+slice k, e.g. 3, 4, 7 -> [1]); 2.5D context never takes a slice across
+such a gap as a neighbour (training and testing pad each run of adjacent
+slices on its own), and the scoring never joins 3D components or surface
+distances across it.
 """
 
 from __future__ import annotations
@@ -392,8 +394,9 @@ def import_slices(images: dict | Path | str, options: ImportOptions, masks: Path
     gapped = [(c.name, len(slice_gaps(c.slice_numbers))) for c in cases if slice_gaps(c.slice_numbers)]
     if gapped:
         options.log(f"note: {len(gapped)} case(s) have gaps in their slice numbers (e.g. {gapped[0][0]}: "
-                    f"{gapped[0][1]} gap(s)); recorded in the sidecar as slice_gaps, and the scoring never joins "
-                    "3D components or surface distances across them")
+                    f"{gapped[0][1]} gap(s)); recorded in the sidecar as slice_gaps: 2.5D context (CONTEXT_SLICES) "
+                    "never takes a slice across them as a neighbour, and the scoring never joins 3D components "
+                    "or surface distances across them")
 
     def loader(src: CaseSource) -> LoadedCase:
         case = load_slice_case(src.files, modalities, mask_threshold, cmap, rgb_tolerance, multiclass,

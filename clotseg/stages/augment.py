@@ -47,7 +47,7 @@ from clotseg.intensity import add_mirror, stack_context, store_context_rows
 from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import AUGMENTATIONS, Settings
 from clotseg.layout import TRAIN_COHORTS, TRAINING, augmented_dir, sliced_dir  # noqa: F401  (augmented_dir kept here)
-from clotseg.stages.common import (IMAGES, MASKS, SAMPLES, decide, read_samples_csv, store_bytes,
+from clotseg.stages.common import (IMAGES, MASKS, SAMPLES, decide, read_samples_csv, store_bytes, store_runs,
                                    write_samples_csv)
 
 STAGE = "augment"
@@ -283,14 +283,15 @@ def hard_negatives(images: np.ndarray, rows: list[dict], radius: int = 3, bright
     """Flag clot-free slices that look most like clot slices (bool per slice).
 
     Two kinds, both without clot: (1) slices within `radius` slices of a
-    clot in the same case: the same occluded artery segment, its vessels
+    clot in the same case and run of adjacent slices (a slice import's gap
+    separates runs): the same occluded artery segment, its vessels
     and the clot's partial-volume edge; (2) the `top_share` of clot-free
     slices with the most bright pixels (code >= `bright_code` in any
     channel: contrast-filled arteries, veins, calcifications), where false
     alarms start. images: the (N, H, W, C) uint8 sliced store.
     """
     clot = np.array([int(r["clot_pixels"]) for r in rows], dtype=np.int64)
-    case = np.array([r["case_id"] for r in rows])
+    case = np.array([f'{r["case_id"]}/{run}' for r, run in zip(rows, store_runs(rows))])
     sl = np.array([int(r["slice"]) for r in rows], dtype=np.int64)
     neg = clot == 0
     near = np.zeros(len(rows), dtype=bool)
@@ -358,7 +359,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     hard = hard_negatives(src_images, rows) if settings.hard_negative_fraction > 0 else None
     picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction)
     context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
-                                 settings.context_slices)
+                                 settings.context_slices, store_runs(rows))
     n_channels = settings.model_channels      # modalities x context planes (x 2 with SYMMETRY_CHANNELS)
     workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2] * context.shape[1])
     workers = max(1, min(workers, -(-n // CHUNK)))

@@ -4,7 +4,8 @@ and the on-disk layout of a sample store.
 A sample store is a folder with
     images.npy    (N, H, W, C) uint8 intensity codes (see clotseg.intensity)
     masks.npy     (N, H, W)    uint8 labels (0/1, or 0..K-1)
-    samples.csv   one row per sample: provenance (case id, slice index, ...)
+    samples.csv   one row per sample: provenance (case id, slice index, run of
+                  adjacent slices, ...)
     manifest.json written last; its presence marks the store complete
 Whole-cohort arrays (not one file per slice) let the generator memory-map
 them and read a batch with one fancy-indexing call.
@@ -79,6 +80,12 @@ def write_samples_csv(path: Path, header: list[str], rows) -> None:
 def read_samples_csv(path: Path) -> list[dict]:
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def store_runs(rows: list[dict]) -> list[int]:
+    """Per samples.csv row, the index of its run of adjacent slices within
+    its case (the sliced store's "run" column; 0 for a store without it)."""
+    return [int(r.get("run") or 0) for r in rows]
 
 
 def open_store(store_dir: Path, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -15,6 +15,7 @@ import numpy as np
 from tqdm import tqdm
 
 from clotseg.cohort import Case, load_case
+from clotseg.helpers import slice_runs
 from clotseg.intensity import mask_to_samples, volume_to_samples
 from clotseg.io import create_npy, fingerprint, staged_dir, write_manifest
 from clotseg.settings import Settings
@@ -26,11 +27,14 @@ VERSION = 1
 
 
 def slice_key(settings: Settings, cases: list[Case]) -> str:
-    """Fingerprint of everything the sliced output depends on."""
+    """Fingerprint of everything the sliced output depends on (the sidecars'
+    slice gaps only where a case has some, so gap-free cohorts keep their key)."""
+    gaps = {c.case_id: c.slice_gaps() for c in cases}
     return fingerprint({
         "version": VERSION,
         "cases": [c.signature() for c in cases],
         "settings": settings.subset(["modality_patterns", "windows_hu", "input_shape", "num_classes"]),
+        **({"slice_gaps": {k: v for k, v in gaps.items() if v}} if any(gaps.values()) else {}),
     })
 
 
@@ -75,12 +79,16 @@ def slice_cohort(settings: Settings, cases: list[Case], shapes: dict, target: Pa
             images[pos:pos + d] = volume_to_samples(vols, windows, hw)
             masks[pos:pos + d] = mask_to_samples(mask, hw)
             clot = masks[pos:pos + d].reshape(d, -1).astype(bool).sum(axis=1)
-            rows.extend([pos + k, case.case_id, k, int(clot[k])] for k in range(d))
+            # runs of adjacent slices: 2.5D context never reaches across a gap
+            run = np.zeros(d, dtype=np.int64)
+            for r, (start, stop) in enumerate(slice_runs(d, case.slice_gaps())):
+                run[start:stop] = r
+            rows.extend([pos + k, case.case_id, k, int(clot[k]), int(run[k])] for k in range(d))
             pos += d
         images.flush()
         masks.flush()
         del images, masks
-        write_samples_csv(tmp / SAMPLES, ["sample", "case_id", "slice", "clot_pixels"], rows)
+        write_samples_csv(tmp / SAMPLES, ["sample", "case_id", "slice", "clot_pixels", "run"], rows)
         n_pos = sum(1 for r in rows if r[3] > 0)
         manifest = write_manifest(tmp, STAGE, key, cohort=cohort, version=VERSION, n_cases=len(cases),
                                   n_samples=n_total, n_positive=n_pos, cases=[c.case_id for c in cases],

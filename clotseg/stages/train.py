@@ -41,7 +41,7 @@ from clotseg.layout import (AUGMENTED, BEST_MODEL, DATA_MANIFESTS, HISTORY, LAST
                             SPLIT_FILE, TRAIN_COHORTS, TRAINING, TRAINING_CURVES, VALIDATION, augmented_dir,
                             list_runs, load_run_settings, sliced_dir, split_path)
 from clotseg.settings import Settings
-from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv
+from clotseg.stages.common import IMAGES, MASKS, SAMPLES, open_store, read_samples_csv, store_runs
 from clotseg.schedules import BudgetedSchedule, TimeBudget, budgeted, learning_rate
 from myModels import build_model, deep_supervision_losses, get_loss, get_metrics
 from myModels.DataGeneratorUNet2D import DataGeneratorUNet2D
@@ -314,7 +314,7 @@ def panel_samples(settings: Settings, n: int = N_PANEL) -> tuple[np.ndarray, np.
     images, masks = open_store(store)
     rows = read_samples_csv(store / SAMPLES)
     context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
-                                 settings.context_slices)
+                                 settings.context_slices, store_runs(rows))
     clot = np.array([int(r["clot_pixels"]) for r in rows])
     order = np.argsort(-clot, kind="stable")
     # one slice per case where possible, so the panel is not four neighbours
@@ -506,7 +506,7 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
                                          batch_size=max(settings.batch_size, 32), tta_flips=True,
                                          context_slices=settings.context_slices,
-                                         symmetry=settings.symmetry_channels)
+                                         symmetry=settings.symmetry_channels, slice_gaps=case.slice_gaps())
         data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
     result = postprocessing.tune(data)
     atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
