@@ -220,6 +220,15 @@ def test_bad_raw_input_is_listed_with_its_file(tmp_path):
     assert "2 input problem(s)" in text and "CS2_NCCT_Reg_Binary.npy" in text
     assert "case CS1" in text and "modality_spacing_mm['NCCT']" in text
     assert not (s.processed_path / "Preprocessed").exists()
+    # a stack with gaps between its slices (a 2D slice import) cannot be resampled in mm
+    side["modality_spacing_mm"]["NCCT"] = [0.5, 0.5, 1.0]
+    side["slice_gaps"] = [3]
+    (s.volume_path / "CS1.json").write_text(json.dumps(side))
+    with pytest.raises(InputDataError) as exc:
+        stage.run_preprocess(s, discover_cases(s, warn=quiet), quiet)
+    text = str(exc.value)
+    assert "case CS1: sidecar CS1.json records gaps between its slices (slice_gaps [3])" in text
+    assert "PREPROCESS = False" in text and not (s.processed_path / "Preprocessed").exists()
 
 
 def test_a_wrong_registration_is_flagged_in_the_summary(tmp_path):

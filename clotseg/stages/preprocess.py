@@ -139,6 +139,12 @@ def raw_grids(case: Case, side: dict, shapes: dict, settings: Settings) -> dict:
 def check_raw_case(case: Case, settings: Settings) -> RawCase:
     """Check one raw case before any work; InputDataError names the case and file."""
     side = read_sidecar(case.sidecar, case.case_id) if case.sidecar is not None else {}
+    if side.get("slice_gaps"):
+        # resampling in mm interpolates between stacked slices, which across a gap
+        # (slices 3, 4, 7 of a 2D slice import) are not neighbours
+        raise InputDataError(f"case {case.case_id}: sidecar {case.sidecar.name} records gaps between its slices "
+                             f"(slice_gaps {side['slice_gaps'][:5]}); PREPROCESS resamples along the slices, "
+                             "which such a stack does not allow: set PREPROCESS = False for this cohort")
     check_memory(case)
     shapes = {}
     for modality, path in case.volumes.items():
