@@ -33,7 +33,7 @@ from itertools import product
 
 import numpy as np
 
-from clotseg.helpers import label_components
+from clotseg.helpers import label_components, slice_runs
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # Below this many Validation cases with clot the choice is left at the plain
@@ -90,9 +90,12 @@ class PostProcessing:
 DEFAULT = PostProcessing()
 
 
-def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float) -> dict:
-    """Component sizes and truth overlaps of one case's thresholded mask."""
-    labels, n = label_components(prob > threshold)
+def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slice_gaps=None) -> dict:
+    """Component sizes and truth overlaps of one case's thresholded mask,
+    labelled within each run of adjacent slices (`slice_gaps`, as testing.py's
+    post-processing and scoring do)."""
+    runs = slice_runs(prob.shape[-1], slice_gaps) if slice_gaps else None
+    labels, n = label_components(prob > threshold, runs)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     overlap = np.bincount(labels[truth].ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
     return {"sizes": sizes, "overlap": overlap, "n_true": int(truth.sum())}
@@ -117,7 +120,7 @@ def _score(comp: dict, min_size: int, keep_largest: bool) -> tuple[float, int, i
 
 
 def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS, min_sizes=MIN_SIZES,
-         min_clot_cases: int = MIN_CLOT_CASES) -> dict:
+         min_clot_cases: int = MIN_CLOT_CASES, slice_gaps: list | None = None) -> dict:
     """Choose the post-processing on labelled validation cases.
 
     Args:
@@ -125,6 +128,9 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
             clot probabilities of the plain prediction followed, optionally,
             by the flip-TTA members (see clotseg.inference.predict_volume_members);
             truth is the (h, w, D) bool mask.
+        slice_gaps: per case, its sidecar "slice_gaps" (or None), so that,
+            as in testing.py, no component joins slices across a gap; None
+            = no case has gaps.
         min_clot_cases: with fewer validation cases holding clot, the
             table is still computed but the plain default is chosen
             ("reason" says so).
@@ -136,14 +142,17 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
     """
     if not cases:
         raise ValueError("no validation cases to tune the post-processing on")
+    gaps = list(slice_gaps) if slice_gaps is not None else [None] * len(cases)
+    if len(gaps) != len(cases):
+        raise ValueError(f"slice_gaps has {len(gaps)} entries for {len(cases)} cases")
     with_tta = all(len(members) > 1 for members, _ in cases)
     tta_options = (False, True) if with_tta else (False,)
     table = []
     for tta, threshold in product(tta_options, thresholds):
         comps = []
-        for members, truth in cases:
+        for (members, truth), case_gaps in zip(cases, gaps):
             prob = np.mean(members, axis=0) if tta else members[0]
-            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold))
+            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps))
         for keep_largest, min_size in product((False, True), min_sizes):
             scores = [_score(c, min_size, keep_largest) for c in comps]
             table.append({**PostProcessing(threshold, tta, min_size, keep_largest).as_dict(),

@@ -152,6 +152,39 @@ def test_retuning_feeds_the_model_with_the_runs_own_windows(trained, monkeypatch
         (run / "postprocessing.json").write_text(json.dumps(before), encoding="utf-8")
 
 
+def test_tuning_keeps_components_within_a_validation_case_s_slice_runs(trained, monkeypatch):
+    """A Validation case whose sidecar records slice gaps (a slice import's)
+    is scored by the tuner as testing.py scores it: its gaps reach the
+    component labelling, and the gap-free cases pass None."""
+    from clotseg.stages import train as train_stage
+
+    s, run, _ = trained
+    before = read_json(run / "postprocessing.json")
+    case_id = sorted(before["cases"])[0]
+    sidecar = s.volume_path / f"{case_id}.json"
+    old_text = sidecar.read_text(encoding="utf-8") if sidecar.is_file() else None
+    side = json.loads(old_text) if old_text else {}
+    seen = {}
+    real = train_stage.postprocessing.tune
+
+    def spy(cases, *args, slice_gaps=None, **kwargs):
+        seen["gaps"] = slice_gaps
+        return real(cases, *args, slice_gaps=slice_gaps, **kwargs)
+
+    monkeypatch.setattr(train_stage.postprocessing, "tune", spy)
+    try:
+        sidecar.write_text(json.dumps({**side, "slice_gaps": [1]}), encoding="utf-8")
+        train_stage.tune_run_postprocessing(s, run, log=lambda *_: None)
+        assert len(seen["gaps"]) == len(before["cases"])
+        assert sorted(seen["gaps"], key=lambda g: g is None) == [[1]] + [None] * (len(before["cases"]) - 1)
+    finally:
+        if old_text is None:
+            sidecar.unlink()
+        else:
+            sidecar.write_text(old_text, encoding="utf-8")
+        (run / "postprocessing.json").write_text(json.dumps(before), encoding="utf-8")
+
+
 def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
     s, run, summary = trained
     record = read_json(run / "postprocessing.json")

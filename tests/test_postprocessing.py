@@ -127,9 +127,11 @@ def test_tune_needs_cases():
         tune([])
 
 
-def test_every_table_row_matches_the_testing_code_path():
+@pytest.mark.parametrize("gaps", [None, [[3], None, [1, 6]]])
+def test_every_table_row_matches_the_testing_code_path(gaps):
     """The tuner scores without relabelling; each of its rows must equal what
-    testing computes: to_mask -> postprocess -> case_metrics."""
+    testing computes: to_mask -> postprocess -> case_metrics, with the cases'
+    slice gaps (a slice import's) where they have them."""
     rng = np.random.default_rng(7)
     cases = []
     for i in range(3):
@@ -140,19 +142,40 @@ def test_every_table_row_matches_the_testing_code_path():
             prob[truth] = rng.uniform(0.45, 0.95, int(truth.sum()))
         members = [prob, np.clip(prob + rng.normal(0, 0.1, SHAPE), 0, 1).astype(np.float32)]
         cases.append((members, truth))
-    result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10), min_clot_cases=1)
+    result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10), min_clot_cases=1, slice_gaps=gaps)
     assert len(result["table"]) == 2 * 3 * 2 * 3
     for row in result["table"]:
         dices, fps = [], []
-        for members, truth in cases:
+        for (members, truth), case_gaps in zip(cases, gaps or [None] * len(cases)):
             prob = np.mean(members, axis=0) if row["tta_flips"] else members[0]
             pred = postprocess(to_mask(prob[..., None], row["threshold"]), row["min_component_voxels"],
-                               row["keep_largest_component"])
-            m = case_metrics(pred, truth)
+                               row["keep_largest_component"], slice_gaps=case_gaps)
+            m = case_metrics(pred, truth, slice_gaps=case_gaps)
             dices.append(m["dice"])
             fps.append(m["n_false_positive_components"])
         assert row["mean_dice"] == pytest.approx(np.mean(dices), abs=1e-9), row
         assert row["fp_components_per_case"] == pytest.approx(np.mean(fps), abs=1e-9), row
+
+
+def test_a_speck_across_a_slice_gap_is_its_own_component():
+    """A slice import's gap (sidecar slice_gaps) separates runs: a speck on the
+    slice after the gap does not join the clot before it, so it counts as a
+    false-positive component and a size filter may remove it, as testing.py's
+    post-processing and scoring see it."""
+    prob, truth = _empty()
+    _box(truth, 4, 4, 2, (4, 4, 2))            # clot on slices 2-3, 32 voxels
+    _box(prob, 4, 4, 2, (4, 4, 2), 0.9)
+    _box(prob, 4, 4, 4, (2, 2, 1), 0.9)        # 4-voxel speck on slice 4, touching the clot's last slice
+    cases = [([prob], truth)] * 5
+    joined = tune(cases, min_clot_cases=1)
+    split = tune(cases, min_clot_cases=1, slice_gaps=[[3]] * 5)   # slice 3 -> 4 is a gap
+    assert joined["validation"]["default"]["fp_components_per_case"] == 0.0
+    assert joined["validation"]["chosen"]["mean_dice"] == pytest.approx(2 * 32 / (36 + 32))
+    assert split["validation"]["default"]["fp_components_per_case"] == 1.0
+    assert 4 < _chosen(split).min_component_voxels <= 16
+    assert split["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="slice_gaps"):
+        tune(cases, slice_gaps=[[3]])
 
 
 def test_chosen_never_worse_than_default_on_random_cases():

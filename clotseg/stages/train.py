@@ -500,15 +500,16 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         return None
     model = keras.models.load_model(run / BEST_MODEL, safe_mode=True, compile=False)
     windows = [settings.windows_hu[m] for m in settings.modalities]
-    data = []
+    data, gaps = [], []
     for case in cases:
         vols, truth = load_case(case)
+        gaps.append(case.slice_gaps() or None)
         members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
                                          batch_size=max(settings.batch_size, 32), tta_flips=True,
                                          context_slices=settings.context_slices,
-                                         symmetry=settings.symmetry_channels, slice_gaps=case.slice_gaps())
+                                         symmetry=settings.symmetry_channels, slice_gaps=gaps[-1])
         data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
-    result = postprocessing.tune(data)
+    result = postprocessing.tune(data, slice_gaps=gaps)
     atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
     chosen, val = result["chosen"], result["validation"]
     if result["reason"].startswith("only"):
