@@ -25,6 +25,7 @@ from clotseg.helpers import jsonable
 
 LOSSES = ("dice", "bce_dice", "tversky", "focal_tversky")
 MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test keeps them in sync)
+NORMALIZATIONS = ("batch", "instance")  # myModels.unet2D.NORMALIZATIONS (a test keeps them in sync)
 LR_SCHEDULES = ("plateau", "cosine", "poly")
 AUGMENTATIONS = ("standard", "strong", "domain")
 _AUTO_BOOL = ("auto", True, False)
@@ -114,6 +115,7 @@ class Settings:
     depth: int = 3
     dropout: float = 0.1
     deep_supervision: bool = False
+    normalization: str = "batch"
     num_classes: int = 1
     target_name: str = "clot"
     # training
@@ -432,6 +434,8 @@ class Settings:
               or (_is_int(self.min_component_voxels) and self.min_component_voxels >= 0),
               "MIN_COMPONENT_VOXELS must be None (the run's validation-tuned value) or a non-negative integer")
         check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")
+        check(_one_of(self.normalization, NORMALIZATIONS),
+              f"NORMALIZATION must be one of {NORMALIZATIONS}, got {_short(self.normalization)}")
         check(_one_of(self.augmentation, AUGMENTATIONS),
               f"AUGMENTATION must be one of {AUGMENTATIONS}, got {_short(self.augmentation)}")
         check(_one_of(self.lr_schedule, LR_SCHEDULES),

@@ -4,6 +4,8 @@ Mirrors the CT-ClotSeg network: a U-Net whose encoder doubles the filters at
 each of `depth` max-poolings (32-64-128 with a 256-filter bottleneck for the
 defaults), two conv3x3-BN-ReLU blocks per level, dropout in every level,
 Conv2DTranspose up-sampling with skip concatenation, and a 1x1 output conv.
+`normalization="instance"` puts instance normalisation (nnU-Net's choice)
+where the batch normalisation sits.
 """
 
 from __future__ import annotations
@@ -14,20 +16,43 @@ import keras
 from keras import layers
 
 
-def conv_block(x, filters: int, dropout: float, name: str):
-    """Two conv3x3-BN-ReLU blocks with dropout between them.
+NORMALIZATIONS = ("batch", "instance")
+
+
+def norm_layer(normalization: str, name: str):
+    """The normalisation layer after a convolution.
+
+    "batch": BatchNormalization (moving statistics of the training batches,
+    used as they are at inference). "instance": GroupNormalization with one
+    group per channel, i.e. instance normalisation with a learnt scale and
+    offset as in nnU-Net: every feature map is normalised over its own image,
+    at training and at inference alike, so a scan's overall contrast or
+    brightness (another scanner, another bolus) does not shift the features
+    the way fixed batch statistics would. Both are built-in Keras layers
+    (safe-mode loading).
+    """
+    if normalization == "batch":
+        return layers.BatchNormalization(name=name)
+    if normalization == "instance":
+        return layers.GroupNormalization(groups=-1, epsilon=1e-5, name=name)
+    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+
+
+def conv_block(x, filters: int, dropout: float, name: str, normalization: str = "batch"):
+    """Two conv3x3-norm-ReLU blocks with dropout between them.
 
     Dropout sits between the two convolutions (as in the original network) so
     the second convolution learns from a thinned feature map while the skip
-    connection and the pooled output stay un-dropped at inference.
+    connection and the pooled output stay un-dropped at inference. The
+    norm layers keep the names `<name>_bn1/2` whichever `normalization`.
     """
     x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"{name}_conv1")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn1")(x)
+    x = norm_layer(normalization, f"{name}_bn1")(x)
     x = layers.Activation("relu", name=f"{name}_relu1")(x)
     if dropout > 0:
         x = layers.Dropout(dropout, name=f"{name}_drop")(x)
     x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"{name}_conv2")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn2")(x)
+    x = norm_layer(normalization, f"{name}_bn2")(x)
     return layers.Activation("relu", name=f"{name}_relu2")(x)
 
 
@@ -40,6 +65,7 @@ def build_unet2d(
     name: str = "clotseg_unet2d",
     foreground_prior: float = 0.01,
     deep_supervision: bool = False,
+    normalization: str = "batch",
 ) -> keras.Model:
     """Build the (uncompiled) ClotSeg 2D U-Net.
 
@@ -62,6 +88,7 @@ def build_unet2d(
         deep_supervision: also output the decoder's coarser levels (see
             `decoder_outputs`), for training only; the saved
             inference model keeps the full-resolution output alone.
+        normalization: "batch" (CT-ClotSeg's) or "instance" (see `norm_layer`).
 
     Input: (B, rows, cols, channels) intensity codes 0..255 (uint8 "codes" of
     the HU windows, not HU). The Input is float32 but uint8 arrays are
@@ -86,23 +113,24 @@ def build_unet2d(
         dimensions not divisible by 2**depth.
     """
     check_arguments(input_shape, base_filters, depth, dropout, num_classes)
+    norm_layer(normalization, "check")  # a ValueError now, not halfway through the graph
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="codes")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
 
     skips = []
     for level in range(depth):
-        x = conv_block(x, base_filters * 2**level, dropout, name=f"enc{level}")
+        x = conv_block(x, base_filters * 2**level, dropout, name=f"enc{level}", normalization=normalization)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
 
-    x = conv_block(x, base_filters * 2**depth, dropout, name="bottleneck")
+    x = conv_block(x, base_filters * 2**depth, dropout, name="bottleneck", normalization=normalization)
 
     decoded = {}
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = conv_block(x, filters, dropout, name=f"dec{level}")
+        x = conv_block(x, filters, dropout, name=f"dec{level}", normalization=normalization)
         decoded[level] = x
 
     return keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)

@@ -38,6 +38,11 @@ JAX_SCRIPT = textwrap.dedent("""
                metrics=[get_metrics(1), []])
     hist = ds.fit(DataGeneratorUNet2D(x, y, batch_size=8, seed=0, num_outputs=2), epochs=1, verbose=0)
     assert np.isfinite(hist.history["loss"][0]) and np.isfinite(hist.history["aux1_loss"][0])
+    # instance normalisation (NORMALIZATION = "instance") trains under JAX too
+    inst = build_unet2d((32, 32, 2), base_filters=4, depth=2, dropout=0.0, normalization="instance")
+    inst.compile(optimizer=keras.optimizers.Adam(1e-3), loss=get_loss("bce_dice"))
+    hist = inst.fit(DataGeneratorUNet2D(x, y, batch_size=8, seed=0), epochs=1, verbose=0)
+    assert np.isfinite(hist.history["loss"][0])
     model.save({out!r} + "/model.keras")
     np.save({out!r} + "/x.npy", x[:4])
     np.save({out!r} + "/pred.npy", np.asarray(model.predict(x[:4], verbose=0)))

@@ -29,6 +29,65 @@ def test_settings_models_match_the_registry():
     assert {"unet", "resunet"} <= set(MODELS)
 
 
+def test_settings_normalizations_match_the_models():
+    from myModels.unet2D import NORMALIZATIONS
+
+    assert settings_module.NORMALIZATIONS == NORMALIZATIONS
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_instance_normalization_normalises_each_image_on_its_own(name):
+    """NORMALIZATION = "instance": no batch statistics anywhere, so in training
+    mode an image's output does not depend on the other images of its batch
+    (with batch normalisation it does), and the norm layers keep their names."""
+    x = _inputs(4, 32, 32, 2, seed=3)
+    x[1:] = x[1:] * 0.3 + 150     # the batch mates look different from image 0
+    outs = {}
+    for normalization in ("batch", "instance"):
+        keras.utils.set_random_seed(0)
+        model = build_model(name, (32, 32, 2), num_classes=1, normalization=normalization,
+                            base_filters=4, depth=2, dropout=0.0)
+        kinds = {type(layer).__name__ for layer in model.layers}
+        norms = [layer for layer in model.layers if layer.name.endswith(("_bn1", "_bn2"))]
+        assert norms
+        if normalization == "instance":
+            assert "BatchNormalization" not in kinds
+            assert all(type(layer).__name__ == "GroupNormalization"
+                       and layer.groups == layer.input.shape[-1] for layer in norms)
+        alone = np.asarray(model(x[:1], training=True))
+        batched = np.asarray(model(x, training=True))[:1]
+        outs[normalization] = np.abs(alone - batched).max()
+    assert outs["instance"] < 1e-5
+    assert outs["batch"] > 1e-3
+
+
+def test_an_unknown_normalization_is_refused():
+    with pytest.raises(ValueError, match="normalization must be one of"):
+        build_model("unet", (32, 32, 2), num_classes=1, normalization="layer", **SMALL)
+
+
+def test_normalization_setting_is_validated(tmp_path):
+    assert tiny_settings(tmp_path, normalization="instance").normalization == "instance"
+    with pytest.raises(ConfigError, match="NORMALIZATION must be one of"):
+        tiny_settings(tmp_path, normalization="layer")
+
+
+def test_inference_copy_keeps_instance_normalization(tmp_path):
+    from clotseg.stages.train import inference_copy
+
+    s = tiny_settings(tmp_path, normalization="instance", patch_size=(32, 32))
+    model = build_model(s.model, s.training_input_shape, s.base_filters, s.depth, s.dropout, s.num_classes,
+                        normalization=s.normalization)
+    rng = np.random.default_rng(5)
+    model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in model.get_weights()])
+    copy = inference_copy(model, s)
+    assert tuple(copy.input_shape) == (None, *s.model_input_shape)
+    assert any(type(layer).__name__ == "GroupNormalization" for layer in copy.layers)
+    x = _inputs(2, *s.model_input_shape, seed=6)
+    np.testing.assert_allclose(np.asarray(copy.predict_on_batch(x)), np.asarray(model.predict_on_batch(x)),
+                               rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("num_classes", [1, 3])
 @pytest.mark.parametrize("channels", [2, 6])
@@ -45,9 +104,11 @@ def test_every_model_builds_and_gives_probabilities(name, num_classes, channels)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("num_classes,channels", [(1, 6), (3, 2)])
-def test_every_model_reloads_in_safe_mode_with_identical_predictions(tmp_path, name, num_classes, channels):
-    model = build_model(name, (32, 32, channels), num_classes=num_classes, **SMALL)
+@pytest.mark.parametrize("num_classes,channels,normalization", [(1, 6, "batch"), (3, 2, "batch"),
+                                                                (1, 6, "instance")])
+def test_every_model_reloads_in_safe_mode_with_identical_predictions(tmp_path, name, num_classes, channels,
+                                                                      normalization):
+    model = build_model(name, (32, 32, channels), num_classes=num_classes, normalization=normalization, **SMALL)
     # move the weights off their initial values, so a reload that re-initialises shows up
     rng = np.random.default_rng(1)
     model.set_weights([w + rng.normal(0, 0.05, w.shape).astype(w.dtype) for w in model.get_weights()])
@@ -137,6 +198,9 @@ def test_register_model_makes_a_builder_buildable(tiny_fcn_registered):
     with pytest.raises(ValueError, match="does not offer DEEP_SUPERVISION"):
         registry.build_model("tiny_fcn", [16, 16, 6], base_filters=3, depth=2, dropout=0.0, num_classes=1,
                              deep_supervision=True)
+    with pytest.raises(ValueError, match="does not offer NORMALIZATION"):
+        registry.build_model("tiny_fcn", [16, 16, 6], base_filters=3, depth=2, dropout=0.0, num_classes=1,
+                             normalization="instance")
 
 
 def test_model_setting_rejects_an_unlisted_name_with_a_clear_message(tiny_fcn_registered, tmp_path):

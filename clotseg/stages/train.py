@@ -185,7 +185,8 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
         copy = model.__class__.from_config(model.get_config())
     else:
         copy = build_model(settings.model, settings.model_input_shape, settings.base_filters,
-                           settings.depth, settings.dropout, settings.num_classes)
+                           settings.depth, settings.dropout, settings.num_classes,
+                           normalization=settings.normalization)
     # by layer name: a deep-supervision model's extra heads have no counterpart in the copy
     for layer in copy.layers:
         if layer.weights:
@@ -379,7 +380,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
             try:
                 model = build_model(settings.model, settings.training_input_shape, settings.base_filters,
                                     settings.depth, settings.dropout, settings.num_classes,
-                                    deep_supervision=settings.deep_supervision)
+                                    deep_supervision=settings.deep_supervision,
+                                    normalization=settings.normalization)
             except ValueError as exc:  # e.g. a registered model without deep supervision: a config mistake
                 raise StageError(f"MODEL = {settings.model!r}: {exc}") from exc
             steps = _steps_per_epoch(settings, replicas)
