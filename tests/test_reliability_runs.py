@@ -366,6 +366,23 @@ def test_resume_with_other_model_inputs_in_config_py_is_refused(tmp_path, saved_
     assert find_resumable(s.replace(context_slices=0)) is None      # a finished run is not resumed
 
 
+@pytest.mark.parametrize("change", [{"normalization": "instance"}, {"model": "resunet"}, {"base_filters": 3}])
+def test_resume_with_another_network_in_config_py_is_refused(tmp_path, saved_model, change):
+    """The best model is exported into config.py's network: a run killed and
+    resumed after MODEL, BASE_FILTERS, DEPTH or NORMALIZATION changed would
+    fail there with a traceback; it is refused up front with one line."""
+    from clotseg.stages.train import find_resumable
+
+    s = tiny_settings(tmp_path, context_slices=RUN_CONTEXT)
+    run = _fake_run(s, saved_model)
+    assert find_resumable(s) == run
+    name = next(iter(change)).upper()
+    with pytest.raises(StageError, match=rf"cannot resume run {run.name}: config.py changed its network "
+                                         rf"\({name} .* -> .*\); set them back") as info:
+        find_resumable(s.replace(**change))
+    assert "\n" not in str(info.value)
+
+
 def test_run_settings_load_checked_for_testing_too(tmp_path, saved_model):
     from clotseg.stages.train import load_run_settings
 

@@ -85,7 +85,8 @@ def find_resumable(settings: Settings) -> Path | None:
     looked at), Checkpoint_Files/state.json, Relevant_Files/config.json and
     Checkpoint_Files/last.keras (complete, and of the run's input shape and
     class count), and the current settings must describe the same model
-    inputs and classes. A bad file stops with StageError naming it.
+    inputs and classes and the same network (MODEL, BASE_FILTERS, DEPTH,
+    NORMALIZATION). A bad file stops with StageError naming it.
     """
     for run in reversed(list_runs(settings)):
         record = read_run_record(run / RUN_RECORD)
@@ -104,6 +105,15 @@ def find_resumable(settings: Settings) -> Path | None:
                              f"{then[1]}, but config.py now gives inputs {now[0]} with NUM_CLASSES = {now[1]}; set "
                              "INPUT_SHAPE, CONTEXT_SLICES, SYMMETRY_CHANNELS and NUM_CLASSES back, or start a new run "
                              "(RESUME = False)")
+        # the best model is exported by building config.py's network and copying the
+        # checkpoint's weights into it by layer name: another network cannot take them
+        arch = ("MODEL", "BASE_FILTERS", "DEPTH", "NORMALIZATION")
+        now = tuple(getattr(settings, name.lower()) for name in arch)
+        then = tuple(getattr(trained, name.lower()) for name in arch)
+        if now != then:
+            changed = ", ".join(f"{name} {a!r} -> {b!r}" for name, a, b in zip(arch, then, now) if a != b)
+            raise StageError(f"cannot resume run {run.name}: config.py changed its network ({changed}); set "
+                             "them back, or start a new run (RESUME = False)")
         return run
     return None
 
