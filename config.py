@@ -132,7 +132,8 @@ DROPOUT = 0.1
 DEEP_SUPERVISION = False         # also train the decoder's coarser levels (1/2, 1/4 size) against the
                                  # pooled mask, weights 1/2**k (nnU-Net); the saved model keeps only
                                  # the full-size output, so testing is unchanged. Off: at the demo scale
-                                 # (2 seeds) Dice -0.012 [-0.041, +0.015], fewer FP, ~25% slower CPU steps
+                                 # (2 seeds) Dice -0.012 [-0.041, +0.015], fewer FP, ~25% slower CPU steps;
+                                 # at the CPU scale (2 seeds, README seventh round) -0.003 [-0.029, +0.019]
 NORMALIZATION = "batch"          # "batch" (CT-ClotSeg's BatchNormalization) or "instance" (nnU-Net's:
                                  # each feature map normalised over its own image, at training and testing)
 NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
