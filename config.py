@@ -135,7 +135,9 @@ DEEP_SUPERVISION = False         # also train the decoder's coarser levels (1/2,
                                  # (2 seeds) Dice -0.012 [-0.041, +0.015], fewer FP, ~25% slower CPU steps;
                                  # at the CPU scale (2 seeds, README seventh round) -0.003 [-0.029, +0.019]
 NORMALIZATION = "batch"          # "batch" (CT-ClotSeg's BatchNormalization) or "instance" (nnU-Net's:
-                                 # each feature map normalised over its own image, at training and testing)
+                                 # each feature map normalised over its own image, at training and testing).
+                                 # Not recommended yet: trained on patches and tested on whole slices it
+                                 # scored -0.052 [-0.081, -0.024] at the CPU scale (README seventh round)
 NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
 TARGET_NAME = "clot"             # what the masks mark, used in logs and reports ("hemorrhage" for an ICH cohort)
 
