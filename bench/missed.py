@@ -53,13 +53,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    from clotseg.cohort import discover_cases, load_case
+    from clotseg.cohort import discover_cases, load_case, read_sidecar
     from clotseg.errors import ClotSegError
+    from clotseg.inference import predict_volume
     from clotseg.layout import load_run_settings
     from clotseg.stages.evaluate import load_model
-    from clotseg.inference import predict_volume_members
 
-    try:  # a wrong folder or run is a user's mistake: one line, exit status 2
+    try:  # a wrong folder, run or sidecar is a user's mistake: one line, exit status 2
         rows = read_metrics(args.testing)
         trained = load_run_settings(args.run, ROOT).replace(volume_dir=str(args.volumes.resolve()),
                                                             mask_dir=str(args.masks.resolve()))
@@ -67,19 +67,18 @@ def main(argv=None) -> int:
         cases = [c for c in discover_cases(trained, require_masks=True, warn=lambda *_: None)
                  if c.case_id in wanted]
         model = load_model(args.run)
+        windows = [trained.windows_hu[m] for m in trained.modalities]
+        result = {}
+        for case in cases:
+            volumes, truth = load_case(case)
+            prob = predict_volume(model, volumes, windows, trained.input_shape[:2], batch_size=32, tta_flips=True,
+                                  context_slices=trained.context_slices, symmetry=trained.symmetry_channels,
+                                  slice_gaps=case.slice_gaps() or None)[..., 0]
+            side = read_sidecar(case.sidecar, case.case_id) if case.sidecar else {}
+            result[case.case_id] = {"site": side.get("clot_vessel"), "volume_mm3": side.get("clot_volume_mm3"),
+                                    "hyperdense": side.get("hyperdense"), **probability_inside(prob, truth > 0)}
     except (FileNotFoundError, ClotSegError) as exc:
         parser.exit(2, f"bench.missed: {exc}\n")
-    windows = [trained.windows_hu[m] for m in trained.modalities]
-    result = {}
-    for case in cases:
-        volumes, truth = load_case(case)
-        members = predict_volume_members(model, volumes, windows, trained.input_shape[:2], batch_size=32,
-                                         tta_flips=True, context_slices=trained.context_slices,
-                                         symmetry=trained.symmetry_channels, slice_gaps=case.slice_gaps() or None)
-        prob = np.mean([m[..., 0] for m in members], axis=0)
-        side = json.loads(case.sidecar.read_text(encoding="utf-8")) if case.sidecar else {}
-        result[case.case_id] = {"site": side.get("clot_vessel"), "volume_mm3": side.get("clot_volume_mm3"),
-                                "hyperdense": side.get("hyperdense"), **probability_inside(prob, truth > 0)}
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
