@@ -144,7 +144,8 @@ TARGET_NAME = "clot"             # what the masks mark, used in logs and reports
 # --------------------------------------------------------------------------
 # Training (stage 4)
 # --------------------------------------------------------------------------
-LOSS = "bce_dice"                # "dice", "bce_dice", "tversky", "focal_tversky"
+LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half the Dice per clot slice: small clots
+                                 # weigh as much as large ones), "tversky", "focal_tversky"
 LEARNING_RATE = 1e-3
 LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
                                  # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau.

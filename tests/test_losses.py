@@ -12,6 +12,7 @@ from keras import ops
 
 from myModels.losses import (
     BceDiceLoss,
+    BceSliceDiceLoss,
     DiceCoefficient,
     DiceLoss,
     FocalTverskyLoss,
@@ -19,6 +20,7 @@ from myModels.losses import (
     TverskyLoss,
     dice_coefficient,
     get_loss,
+    clot_slice_dice_loss,
     get_metrics,
     iou_score,
     soft_dice_loss,
@@ -72,7 +74,57 @@ def test_bce_dice_is_crossentropy_plus_dice():
     assert value(BceDiceLoss()(Y_TRUE, Y_PRED)) == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dice", "bce_dice", "tversky", "focal_tversky"])
+def test_clot_slice_dice_weighs_every_clot_slice_the_same():
+    # slice 0: a 16-pixel clot predicted perfectly; slice 1: a 1-pixel clot missed; slice 2: no clot
+    truth = np.zeros((3, 8, 8, 1), "float32")
+    truth[0, :4, :4] = 1
+    truth[1, 6, 6] = 1
+    pred = truth.copy()
+    pred[1] = 0
+    # per clot slice (smooth 0): Dice 1 and 0 -> mean 0.5, whatever the clots' sizes;
+    # the clot-free slice (0/0) does not count
+    assert value(clot_slice_dice_loss(truth, pred, smooth=0.0)) == pytest.approx(0.5, rel=1e-5)
+    # the batch Dice barely notices the missed small clot: 2*16 / (16 + 17)
+    assert value(soft_dice_loss(truth, pred, smooth=0.0)) == pytest.approx(1 - 32 / 33, rel=1e-4)
+    # a false alarm in the clot-free slice is left to the other terms
+    alarm = pred.copy()
+    alarm[2, 0, 0] = 1
+    assert value(clot_slice_dice_loss(truth, alarm, smooth=0.0)) == pytest.approx(0.5, rel=1e-5)
+    assert value(soft_dice_loss(truth, alarm, smooth=0.0)) > value(soft_dice_loss(truth, pred, smooth=0.0))
+
+
+def test_clot_slice_dice_of_a_batch_without_clot_is_zero():
+    truth = np.zeros((2, 4, 4, 1), "float32")
+    assert value(clot_slice_dice_loss(truth, np.full_like(truth, 0.3))) == 0.0
+
+
+def test_clot_slice_dice_softmax_uses_foreground_classes():
+    labels = np.zeros((2, 2, 2), int)
+    labels[0, 0, 0] = 1                     # sample 0 holds class 1; sample 1 is background only
+    truth = np.eye(2, dtype="float32")[labels]
+    assert value(clot_slice_dice_loss(truth, truth, smooth=0.0)) == pytest.approx(0.0, abs=1e-6)
+    # sample 1 predicted all wrong: it holds no clot, so it does not count
+    wrong = truth.copy()
+    wrong[1] = 1.0 - wrong[1]
+    assert value(clot_slice_dice_loss(truth, wrong, smooth=0.0)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_bce_slice_dice_is_crossentropy_plus_half_of_each_dice():
+    truth = np.zeros((2, 4, 4, 1), "float32")
+    truth[0, :2, :2] = 1
+    pred = np.full_like(truth, 0.2)
+    pred[0, :2, :2] = 0.7
+    p, t = pred.ravel(), truth.ravel()
+    bce = -np.mean(t * np.log(p) + (1 - t) * np.log(1 - p))
+    tp, fp, fn = 4 * 0.7, 28 * 0.2, 4 * 0.3
+    batch = 1 - (2 * tp + 1) / (2 * tp + fp + fn + 1)
+    tp0, fp0, fn0 = 4 * 0.7, 12 * 0.2, 4 * 0.3   # sample 0 alone; sample 1 holds no clot
+    per_slice = 1 - (2 * tp0 + 1) / (2 * tp0 + fp0 + fn0 + 1)
+    expected = bce + 0.5 * batch + 0.5 * per_slice
+    assert value(BceSliceDiceLoss()(truth, pred)) == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("name", ["dice", "bce_dice", "bce_slice_dice", "tversky", "focal_tversky"])
 def test_perfect_prediction_gives_near_zero_loss(name):
     rng = np.random.default_rng(0)
     truth = (rng.random((2, 16, 16, 1)) > 0.8).astype("float32")
@@ -163,7 +215,8 @@ def test_softmax_metric_uses_argmax_and_foreground_classes():
 
 
 def test_get_loss_names_and_errors():
-    for name, cls in [("dice", DiceLoss), ("bce_dice", BceDiceLoss), ("tversky", TverskyLoss),
+    for name, cls in [("dice", DiceLoss), ("bce_dice", BceDiceLoss), ("bce_slice_dice", BceSliceDiceLoss),
+                      ("tversky", TverskyLoss),
                       ("focal_tversky", FocalTverskyLoss)]:
         loss = get_loss(name)
         assert isinstance(loss, cls) and loss.name == name
@@ -205,3 +258,10 @@ def test_label_map_against_softmax_channels_is_rejected():
     probs = np.full((1, 2, 2, 3), 1 / 3, "float32")
     with pytest.raises(ValueError, match="one-hot"):
         DiceLoss()(labels, probs)
+
+
+def test_settings_know_every_loss():
+    from clotseg import settings as settings_module
+    from myModels.losses import LOSSES
+
+    assert settings_module.LOSSES == tuple(LOSSES)
