@@ -98,6 +98,9 @@ AUGMENTATION = "strong"          # "standard": flips, brightness/contrast, gamma
 POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices with clot
 HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from hard negatives: slices
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels
+POSITIVE_SAMPLING = "slice"      # how the clot samples are spread: "slice" = every clot slice alike (a
+                                 # 30-slice ICA clot gets 10x the samples of a 3-slice M2 clot); "case" =
+                                 # every clot case gets the same share, cycling through its own clot slices
 CLOT_APPEARANCE_AUG = 0.0        # share of clot samples whose clot intensity is moved per modality
                                  # (NCCT -30..+10 HU: not every clot is hyperdense; CTA -20..+60 HU: more
                                  # or less pervious); the mask is unchanged. 0 = off: over 2 seeds it

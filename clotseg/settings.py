@@ -28,6 +28,7 @@ MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test
 NORMALIZATIONS = ("batch", "instance")  # myModels.unet2D.NORMALIZATIONS (a test keeps them in sync)
 LR_SCHEDULES = ("plateau", "cosine", "poly")
 AUGMENTATIONS = ("standard", "strong", "domain")
+POSITIVE_SAMPLINGS = ("slice", "case")
 _AUTO_BOOL = ("auto", True, False)
 # Limits of what the consumers accept (or what could ever fit in memory/disk).
 MAX_HU = 1e6                # windows: beyond float32 precision of the HU arithmetic
@@ -104,6 +105,7 @@ class Settings:
     augmentation: str = "strong"
     positive_fraction: float = 0.5
     hard_negative_fraction: float = 0.25
+    positive_sampling: str = "slice"
     clot_appearance_aug: float = 0.0
     num_workers: int = 0
     context_slices: int = 1
@@ -446,6 +448,8 @@ class Settings:
               "CONTEXT_SLICES must be an integer from 0 to 5 (slices above and below fed as extra channels)")
         check(_is_num(self.hard_negative_fraction) and 0 <= self.hard_negative_fraction <= 1,
               "HARD_NEGATIVE_FRACTION must be in [0, 1]")
+        check(_one_of(self.positive_sampling, POSITIVE_SAMPLINGS),
+              f"POSITIVE_SAMPLING must be one of {POSITIVE_SAMPLINGS}, got {_short(self.positive_sampling)}")
         check(_is_num(self.clot_appearance_aug) and 0 <= self.clot_appearance_aug <= 1,
               "CLOT_APPEARANCE_AUG must be in [0, 1] (share of clot samples whose clot intensity is moved)")
         check(self.max_training_minutes is None

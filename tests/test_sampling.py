@@ -6,6 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from clotseg.errors import ConfigError
 from clotseg.io import read_json
 from clotseg.pipeline import prepare_data
 from clotseg.stages.augment import (
@@ -181,6 +182,29 @@ def test_choose_sources_is_seeded_and_shuffled():
     assert 0.2 < first_half < 0.8
 
 
+def test_choose_sources_per_case_gives_every_clot_case_the_same_share():
+    # case A: a long clot on 12 slices, case B: a short one on 2, case C: 4; 10 clot-free slices
+    clot = np.array([5] * 12 + [3] * 2 + [7] * 4 + [0] * 10)
+    cases = np.array(["A"] * 12 + ["B"] * 2 + ["C"] * 4 + ["A"] * 10)
+    by_slice = choose_sources(clot, 120, 0.5, np.random.default_rng(0))
+    by_case = choose_sources(clot, 120, 0.5, np.random.default_rng(0), cases=cases)
+    for picks in (by_slice, by_case):
+        assert int((clot[picks] > 0).sum()) == 60 and int((clot[picks] == 0).sum()) == 60
+    slice_share = Counter(cases[by_slice[clot[by_slice] > 0]].tolist())
+    case_share = Counter(cases[by_case[clot[by_case] > 0]].tolist())
+    # in proportion to the clot's slices: 60 picks over 18 slices, each used 3 or 4 times
+    assert 36 <= slice_share["A"] <= 48 and 6 <= slice_share["B"] <= 8 and 12 <= slice_share["C"] <= 16
+    assert case_share == {"A": 20, "B": 20, "C": 20}          # the same for every case
+    # within a case, its slices are cycled: B's 2 slices 10 times each, C's 4 slices 5 times each
+    counts = Counter(by_case[clot[by_case] > 0].tolist())
+    assert {counts[i] for i in (12, 13)} == {10} and {counts[i] for i in range(14, 18)} == {5}
+    assert set(range(12)) <= set(counts)                       # every slice of A used
+    # an uneven split: quotas differ by at most one
+    uneven = choose_sources(clot, 20, 0.5, np.random.default_rng(1), cases=cases)
+    shares = Counter(cases[uneven[clot[uneven] > 0]].tolist())
+    assert sorted(shares.values()) == [3, 3, 4]
+
+
 # --------------------------------------------------------- the stage itself
 def test_stage_draws_positive_and_hard_shares_from_the_sliced_store(tmp_path):
     s = tiny_settings(tmp_path, positive_fraction=0.25, hard_negative_fraction=1.0, aug_p=0.0,
@@ -206,6 +230,20 @@ def test_stage_draws_positive_and_hard_shares_from_the_sliced_store(tmp_path):
     sources = np.array([int(r["source_sample"]) for r in rows])
     negatives = sources[src_clot[sources] == 0]
     assert (~hard[negatives]).any()                          # easy negatives are drawn again
+
+    # POSITIVE_SAMPLING = "case": a new store (another fingerprint), clot samples split by case
+    before = read_json(augmented_dir(s, "Training") / "manifest.json")["fingerprint"]
+    per_case = off.replace(positive_fraction=0.5)
+    prepare_data(per_case, log=quiet, demo_if_empty=False)
+    by_slice_print = read_json(augmented_dir(s, "Training") / "manifest.json")["fingerprint"]
+    prepare_data(per_case.replace(positive_sampling="case"), log=quiet, demo_if_empty=False)
+    manifest = read_json(augmented_dir(s, "Training") / "manifest.json")
+    assert manifest["positive_sampling"] == "case" and manifest["fingerprint"] not in (before, by_slice_print)
+    rows = read_samples_csv(augmented_dir(s, "Training") / "samples.csv")
+    sources = np.array([int(r["source_sample"]) for r in rows])
+    src_case = np.array([r["case_id"] for r in src_rows])
+    shares = Counter(src_case[sources[src_clot[sources] > 0]].tolist())
+    assert sum(shares.values()) == 32 and max(shares.values()) - min(shares.values()) <= 1
 
 
 # ----------------------------------------------------- augmentation rate
@@ -267,3 +305,9 @@ def test_modality_shift_moves_all_planes_of_a_modality_together():
         assert np.abs(out[..., :3].astype(int) - 100).max() <= 12 + 15 + 1
         assert np.abs(out[..., 3:].astype(int) - 60).max() <= 8 + 15 + 1
     assert 10 <= moved <= 40
+
+
+@pytest.mark.parametrize("value", ["clot", None, 1])
+def test_positive_sampling_is_validated(tmp_path, value):
+    with pytest.raises(ConfigError, match="POSITIVE_SAMPLING must be one of"):
+        tiny_settings(tmp_path, positive_sampling=value)

@@ -254,14 +254,19 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
 
 
 def choose_sources(clot_pixels: np.ndarray, n: int, positive_fraction: float, rng: np.random.Generator,
-                   hard: np.ndarray | None = None, hard_fraction: float = 0.0) -> np.ndarray:
+                   hard: np.ndarray | None = None, hard_fraction: float = 0.0,
+                   cases: np.ndarray | None = None) -> np.ndarray:
     """Pick `n` source slice indices, a `positive_fraction` share with clot.
 
     Of the clot-free picks, a `hard_fraction` share comes from the slices
     flagged in `hard` (bool per slice; see `hard_negatives`), the rest from
     all clot-free slices. Within each group a fresh permutation is used
     before any slice repeats. Falls back to the other group when one is
-    empty. Returns int64 indices in shuffled order.
+    empty. With `cases` (a case id per slice; POSITIVE_SAMPLING = "case")
+    the clot picks are split evenly between the cases, each cycling through
+    its own clot slices, instead of spread evenly over all clot slices
+    (which gives a long clot as many more samples as it has slices).
+    Returns int64 indices in shuffled order.
     """
     pos = np.flatnonzero(clot_pixels > 0)
     neg = np.flatnonzero(clot_pixels == 0)
@@ -273,7 +278,8 @@ def choose_sources(clot_pixels: np.ndarray, n: int, positive_fraction: float, rn
     n_neg = n - n_pos
     hard_neg = np.flatnonzero((clot_pixels == 0) & hard) if hard is not None else np.zeros(0, np.int64)
     n_hard = int(round(n_neg * hard_fraction)) if hard_neg.size else 0
-    picks = [_cycle(pos, n_pos, rng), _cycle(hard_neg, n_hard, rng), _cycle(neg, n_neg - n_hard, rng)]
+    pos_picks = _cycle(pos, n_pos, rng) if cases is None else _cycle_per_case(pos, np.asarray(cases)[pos], n_pos, rng)
+    picks = [pos_picks, _cycle(hard_neg, n_hard, rng), _cycle(neg, n_neg - n_hard, rng)]
     out = np.concatenate(picks)
     return out[rng.permutation(out.size)]
 
@@ -317,6 +323,17 @@ def _cycle(group: np.ndarray, n: int, rng) -> np.ndarray:
     return np.concatenate([group[rng.permutation(group.size)] for _ in range(reps)])[:n].astype(np.int64)
 
 
+def _cycle_per_case(slices: np.ndarray, cases: np.ndarray, n: int, rng) -> np.ndarray:
+    """`n` picks of `slices`, split as evenly as possible between their `cases`
+    (the cases that get one more are drawn at random), each cycled on its own."""
+    if n == 0 or slices.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    names = np.unique(cases)
+    quota = np.full(names.size, n // names.size)
+    quota[rng.permutation(names.size)[:n % names.size]] += 1
+    return np.concatenate([_cycle(slices[cases == name], q, rng) for name, q in zip(names, quota)])
+
+
 def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
     n_channels = settings.model_channels
     return fingerprint({
@@ -328,6 +345,8 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
                                      "context_slices", "random_seed", "clot_appearance_aug", "symmetry_channels"]),
         **({"clot_appearance_hu": CLOT_APPEARANCE_HU, "windows_hu": settings.windows_hu}
            if settings.clot_appearance_aug > 0 else {}),
+        # only when set: the stores of every run before the setting existed stay valid
+        **({"positive_sampling": settings.positive_sampling} if settings.positive_sampling != "slice" else {}),
     })
 
 
@@ -357,7 +376,8 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     rng = np.random.default_rng([settings.random_seed, cohort_id, 0])
     src_images = load_npy(source / IMAGES, mmap=True)
     hard = hard_negatives(src_images, rows) if settings.hard_negative_fraction > 0 else None
-    picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction)
+    cases = np.array([r["case_id"] for r in rows]) if settings.positive_sampling == "case" else None
+    picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction, cases)
     context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
                                  settings.context_slices, store_runs(rows))
     n_channels = settings.model_channels      # modalities x context planes (x 2 with SYMMETRY_CHANNELS)
@@ -407,7 +427,8 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
                                   n_positive=int(out_clot.sum()), n_augmented=int(changed),
                                   n_source_slices=len(rows), workers=workers,
                                   n_hard_negative_sources=int(hard.sum()) if hard is not None else 0,
-                                  positive_fraction=settings.positive_fraction, aug_p=settings.aug_p,
+                                  positive_fraction=settings.positive_fraction,
+                                  positive_sampling=settings.positive_sampling, aug_p=settings.aug_p,
                                   channels=n_channels, context_slices=settings.context_slices,
                                   symmetry_channels=settings.symmetry_channels)
     return manifest
