@@ -100,7 +100,8 @@ HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from har
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels
 POSITIVE_SAMPLING = "slice"      # how the clot samples are spread: "slice" = every clot slice alike (a
                                  # 30-slice ICA clot gets 10x the samples of a 3-slice M2 clot); "case" =
-                                 # every clot case gets the same share, cycling through its own clot slices
+                                 # every clot case gets the same share, cycling through its own clot slices.
+                                 # "case" scored +0.011 [-0.005, +0.028] (CPU scale, 2 seeds): within noise
 CLOT_APPEARANCE_AUG = 0.0        # share of clot samples whose clot intensity is moved per modality
                                  # (NCCT -30..+10 HU: not every clot is hyperdense; CTA -20..+60 HU: more
                                  # or less pervious); the mask is unchanged. 0 = off: over 2 seeds it
@@ -148,7 +149,8 @@ TARGET_NAME = "clot"             # what the masks mark, used in logs and reports
 # Training (stage 4)
 # --------------------------------------------------------------------------
 LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half the Dice per clot slice: small clots
-                                 # weigh as much as large ones), "tversky", "focal_tversky"
+                                 # weigh as much as large ones; -0.009 [-0.040, +0.023] at the CPU scale over
+                                 # 2 seeds, 3x the network's false positives), "tversky", "focal_tversky"
 LEARNING_RATE = 1e-3
 LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
                                  # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau.
