@@ -278,7 +278,10 @@ def choose_sources(clot_pixels: np.ndarray, n: int, positive_fraction: float, rn
     n_neg = n - n_pos
     hard_neg = np.flatnonzero((clot_pixels == 0) & hard) if hard is not None else np.zeros(0, np.int64)
     n_hard = int(round(n_neg * hard_fraction)) if hard_neg.size else 0
-    pos_picks = _cycle(pos, n_pos, rng) if cases is None else _cycle_per_case(pos, np.asarray(cases)[pos], n_pos, rng)
+    if cases is None:
+        pos_picks = _cycle(pos, n_pos, rng)
+    else:
+        pos_picks = _cycle_per_case(pos, np.asarray(cases)[pos], n_pos, rng)
     picks = [pos_picks, _cycle(hard_neg, n_hard, rng), _cycle(neg, n_neg - n_hard, rng)]
     out = np.concatenate(picks)
     return out[rng.permutation(out.size)]
