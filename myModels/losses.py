@@ -54,9 +54,10 @@ def _prepare(y_true, y_pred):
     return y_true, y_pred
 
 
-def _confusion_sums(y_true, y_pred):
-    """Soft (TP, FP, FN) per channel, each shape (K,), summed over B, H, W."""
-    axes = tuple(range(len(y_pred.shape) - 1))
+def _confusion_sums(y_true, y_pred, axes=None):
+    """Soft (TP, FP, FN) per channel, each shape (K,), summed over B, H, W
+    (or over `axes`: (1, 2) gives (B, K) per sample)."""
+    axes = tuple(range(len(y_pred.shape) - 1)) if axes is None else axes
     tp = ops.sum(y_true * y_pred, axis=axes)
     fp = ops.sum((1.0 - y_true) * y_pred, axis=axes)
     fn = ops.sum(y_true * (1.0 - y_pred), axis=axes)
@@ -90,18 +91,13 @@ def clot_slice_dice_loss(y_true, y_pred, smooth=LOSS_SMOOTH):
     without any clot gives 0.
     """
     y_true, y_pred = _prepare(y_true, y_pred)
-    axes = tuple(range(1, len(y_pred.shape) - 1))  # H, W: per sample and channel
-    tp = ops.sum(y_true * y_pred, axis=axes)
-    fp = ops.sum((1.0 - y_true) * y_pred, axis=axes)
-    fn = ops.sum(y_true * (1.0 - y_pred), axis=axes)
+    tp, fp, fn = _confusion_sums(y_true, y_pred, axes=tuple(range(1, len(y_pred.shape) - 1)))  # (B, K)
     # the floor keeps a clot-free slice's 0/0 (smooth = 0) finite: it is weighted out below,
     # and 0 * NaN would still be NaN
     dice = ops.mean((2.0 * tp + smooth) / ops.maximum(2.0 * tp + fp + fn + smooth, 1e-7), axis=-1)  # (B,)
+    foreground = y_true if y_pred.shape[-1] == 1 else y_true[..., 1:]  # softmax: classes 1..K-1
     # > 0, not > 0.5: a deep-supervision target is area-pooled, a small clot only a fraction there
-    if y_pred.shape[-1] == 1:
-        holds_clot = ops.sum(y_true, axis=(*axes, len(y_pred.shape) - 1)) > 0.0
-    else:  # softmax: the foreground classes 1..K-1
-        holds_clot = ops.sum(y_true[..., 1:], axis=(*axes, len(y_pred.shape) - 1)) > 0.0
+    holds_clot = ops.sum(ops.reshape(foreground, (ops.shape(foreground)[0], -1)), axis=1) > 0.0
     weight = ops.cast(holds_clot, "float32")
     return ops.sum(weight * (1.0 - dice)) / ops.maximum(ops.sum(weight), 1.0)
 

@@ -379,9 +379,10 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     rng = np.random.default_rng([settings.random_seed, cohort_id, 0])
     src_images = load_npy(source / IMAGES, mmap=True)
     hard = hard_negatives(src_images, rows) if settings.hard_negative_fraction > 0 else None
-    cases = np.array([r["case_id"] for r in rows]) if settings.positive_sampling == "case" else None
+    case_ids = [r["case_id"] for r in rows]
+    cases = np.array(case_ids) if settings.positive_sampling == "case" else None
     picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction, cases)
-    context = store_context_rows([r["case_id"] for r in rows], [int(r["slice"]) for r in rows],
+    context = store_context_rows(case_ids, [int(r["slice"]) for r in rows],
                                  settings.context_slices, store_runs(rows))
     n_channels = settings.model_channels      # modalities x context planes (x 2 with SYMMETRY_CHANNELS)
     workers = settings.num_workers or _auto_workers(n, src_images.shape[1] * src_images.shape[2] * context.shape[1])
