@@ -13,9 +13,14 @@ Measurements (all wall-clock, after the warm-up stated per measurement):
                   all cores (NUM_WORKERS = 0), samples/s and the speed-up
     generator     DataGeneratorUNet2D over a memory-mapped uint8 store,
                   samples/s for image_dtype float32 and uint8
-    training      model.fit with the real generator, images/s over epochs 2..n
-    inference     clotseg.inference.predict_volume (testing.py's path),
-                  slices/s and s per volume, after one warm-up volume
+    training      model.fit with the real generator as stages/train.py builds
+                  it (uint8 batches), images/s over epochs 2..n
+    inference     clotseg.stages.evaluate.predict_cases, testing.py's whole
+                  prediction loop (load .npy, window, pad, predict the plain
+                  and two flipped members, crop, threshold, 3D components,
+                  uncertainty, write), on the trained model over copies of
+                  the cohort's volumes: volume slices/s per batch size,
+                  after a warm-up pass
 Keras, TensorFlow and JAX are imported only after the data stages, so the
 augmentation workers (spawned, they re-import this module) stay light.
 """
@@ -37,12 +42,12 @@ SIZES = {
     "small": {"input_shape": (64, 64, 2), "base_filters": 8, "depth": 2, "batch_size": 16,
               "cases": 10, "in_plane": (48, 64), "slices": (16, 24),
               "train_samples": 256, "aug_samples": 2048, "epochs": 4,
-              "volume_shape": (64, 64, 20), "volumes": 4},
+              "inference_copies": 2, "inference_batches": (32,)},
     # The default model (config.py) on a GPU machine.
     "full": {"input_shape": (256, 256, 2), "base_filters": 32, "depth": 3, "batch_size": 32,
              "cases": 12, "in_plane": (192, 256), "slices": (30, 50),
-             "train_samples": 2048, "aug_samples": 8192, "epochs": 4,
-             "volume_shape": (256, 256, 40), "volumes": 10},
+             "train_samples": 8192, "aug_samples": 8192, "epochs": 4,
+             "inference_copies": 10, "inference_batches": (64, 256)},
 }
 PARTS = ("slicing", "augmentation", "generator", "training", "inference")
 MIN_SECONDS = 1.0  # repeat short measurements until at least this long
@@ -68,8 +73,10 @@ def rate(n: float, seconds: float) -> float:
 
 
 # ------------------------------------------------------------------- inputs
-def make_settings(root: Path, cfg: dict, num_workers: int = 0):
-    """Settings for a phantom cohort under `root` with the size's model and sample counts."""
+def make_settings(root: Path, cfg: dict, num_workers: int = 0, context_slices: int = 0):
+    """Settings for a phantom cohort under `root` with the size's model and
+    sample counts; `context_slices` 0 gives the plain two-channel input
+    (CTA, NCCT), k adds 2k neighbour planes per modality (CONTEXT_SLICES)."""
     from clotseg.settings import Settings
 
     return Settings.from_dict({
@@ -77,16 +84,16 @@ def make_settings(root: Path, cfg: dict, num_workers: int = 0):
         "INPUT_SHAPE": cfg["input_shape"], "BASE_FILTERS": cfg["base_filters"], "DEPTH": cfg["depth"],
         "BATCH_SIZE": cfg["batch_size"], "EPOCHS": cfg["epochs"], "RANDOM_SEED": 0,
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": cfg["train_samples"], "TARGET_SAMPLE_SIZE_AUG_VAL": cfg["batch_size"],
-        "NUM_WORKERS": num_workers,
+        "NUM_WORKERS": num_workers, "CONTEXT_SLICES": context_slices,
     }, root=root)
 
 
-def build_inputs(root: Path, cfg: dict):
+def build_inputs(root: Path, cfg: dict, context_slices: int = 0):
     """Write the phantom cohort and run stages 1-3; return (settings, prepare_data's result)."""
     from clotseg.phantom import write_cohort
     from clotseg.pipeline import prepare_data
 
-    settings = make_settings(root, cfg)
+    settings = make_settings(root, cfg, context_slices=context_slices)
     write_cohort(settings.volume_path, settings.mask_path, cfg["cases"], seed=0,
                  in_plane=cfg["in_plane"], slices=cfg["slices"], progress=False)
     return settings, prepare_data(settings, log=log, demo_if_empty=False)
@@ -158,17 +165,18 @@ def compiled_model(settings, jit: bool):
 
     from myModels import build_unet2d, get_loss, get_metrics
 
-    model = build_unet2d(settings.input_shape, settings.base_filters, settings.depth,
+    model = build_unet2d(settings.model_input_shape, settings.base_filters, settings.depth,
                          settings.dropout, settings.num_classes)
     model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=get_loss(settings.loss),
                   metrics=get_metrics(settings.num_classes), jit_compile=jit)
     return model
 
 
-def measure_training(settings, jit: bool, epochs: int) -> dict:
+def measure_training(settings, jit: bool, epochs: int) -> tuple[dict, object]:
     """model.fit on the augmented Training store through the real generator
-    (no validation). Epoch 1 holds tracing/compilation; images/s is taken
-    over epochs 2..n. Epoch ends synchronise the device (logs become floats)."""
+    (no validation), fed uint8 batches as stages/train.py feeds them. Epoch 1
+    holds tracing/compilation; images/s is taken over epochs 2..n. Epoch ends
+    synchronise the device (logs become floats). Returns (figures, model)."""
     import keras
 
     from clotseg.stages.augment import augmented_dir
@@ -189,43 +197,68 @@ def measure_training(settings, jit: bool, epochs: int) -> dict:
     keras.utils.set_random_seed(settings.random_seed)
     store = augmented_dir(settings, "Training")
     gen = DataGeneratorUNet2D(store / IMAGES, store / MASKS, batch_size=settings.batch_size, shuffle=True,
-                              seed=settings.random_seed, num_classes=settings.num_classes)
+                              seed=settings.random_seed, num_classes=settings.num_classes, image_dtype="uint8")
     model = compiled_model(settings, jit)
     timer = EpochTimer()
     model.fit(gen, epochs=epochs, callbacks=[timer], verbose=0)
     timed = timer.seconds[1:]
     n = len(gen.indices)
-    return {"n_samples_per_epoch": n, "steps_per_epoch": len(gen), "epochs": epochs,
+    return {"n_samples_per_epoch": n, "steps_per_epoch": len(gen), "epochs": epochs, "image_dtype": "uint8",
             "epoch_seconds": [round(s, 3) for s in timer.seconds],
             "images_per_s": rate(n * len(timed), sum(timed)),
-            "ms_per_step": round(1000 * sum(timed) / (len(timed) * len(gen)), 2)}
+            "ms_per_step": round(1000 * sum(timed) / (len(timed) * len(gen)), 2)}, model
 
 
-def measure_inference(settings, jit: bool, volume_shape: tuple, n_volumes: int) -> dict:
-    """predict_volume (testing.py's path: window, pad, batched predict_on_batch
-    with batch max(BATCH_SIZE, 32), crop) on random-HU CTA/NCCT volumes of
-    `volume_shape` (H, W, D). One warm-up volume (compilation) is not timed."""
-    import numpy as np
+def inference_cohort(settings, root: Path, copies: int):
+    """`copies` copies of the phantom cohort's volumes under new case ids (so
+    every case writes its own outputs), as a Settings whose VOLUME_DIR holds
+    them, and the cases. Copies share the page cache, as a re-read cohort does."""
+    from clotseg.cohort import discover_cases
 
-    from clotseg.inference import predict_volume
+    src = settings.volume_path
+    dst = root / "inference_volumes"
+    dst.mkdir(parents=True, exist_ok=True)
+    originals = discover_cases(settings, require_masks=False, warn=log)
+    number = 0
+    for _ in range(copies):
+        for case in originals:
+            number += 1
+            for modality, path in case.volumes.items():
+                name = settings.modality_patterns[modality].replace("<ID>", str(number))
+                shutil.copyfile(path, dst / name)
+            sidecar = src / f"{case.case_id}.json"
+            if sidecar.is_file():
+                shutil.copyfile(sidecar, dst / f"{settings.case_prefix}{number}.json")
+    inf = settings.replace(volume_dir=str(dst), mask_dir=str(root / "inference_no_masks"))
+    return inf, discover_cases(inf, require_masks=False, warn=log)
 
-    model = compiled_model(settings, jit)
-    windows = [settings.windows_hu[m] for m in settings.modalities]
-    batch = max(settings.batch_size, 32)
-    rng = np.random.default_rng(0)
-    vols = [[rng.uniform(-100.0, 600.0, volume_shape).astype(np.float32),
-             rng.uniform(0.0, 80.0, volume_shape).astype(np.float32)] for _ in range(n_volumes)]
-    start = time.perf_counter()
-    predict_volume(model, vols[0], windows, settings.input_shape[:2], batch_size=batch)
-    warmup = time.perf_counter() - start
-    start = time.perf_counter()
-    for v in vols:
-        predict_volume(model, v, windows, settings.input_shape[:2], batch_size=batch)
-    seconds = time.perf_counter() - start
-    return {"volume_shape": list(volume_shape), "n_volumes": n_volumes, "batch_size": batch,
-            "warmup_seconds": round(warmup, 3), "seconds": round(seconds, 3),
-            "slices_per_s": rate(n_volumes * volume_shape[2], seconds),
-            "seconds_per_volume": round(seconds / n_volumes, 4)}
+
+def measure_inference(settings, model, root: Path, copies: int, batch_sizes: tuple) -> dict:
+    """testing.py's prediction loop (clotseg.stages.evaluate.predict_cases:
+    load, window, pad, plain + 2 flipped forward passes, crop, threshold,
+    3D components, uncertainty, .npy/.json writes) over `copies` copies of
+    the cohort's volumes, once per batch size after one untimed warm-up pass
+    over the first few cases (compilation). Returns volume slices/s each."""
+    from clotseg.postprocessing import resolve as resolve_postprocessing
+    from clotseg.stages.evaluate import predict_cases
+
+    inf, cases = inference_cohort(settings, root, copies)
+    post = resolve_postprocessing(inf, None)
+    quiet = lambda *a, **k: None  # noqa: E731
+    out = {"n_cases": len(cases), "tta_members": 3, "per_batch_size": {}}
+    for batch in batch_sizes:
+        predict_cases(model, cases[:4], settings, post, root / f"inference_warmup_{batch}", batch_size=batch,
+                      log=quiet)
+        start = time.perf_counter()
+        done = predict_cases(model, cases, settings, post, root / f"inference_{batch}", batch_size=batch, log=quiet)
+        seconds = time.perf_counter() - start
+        out["n_slices"] = done["n_slices"]
+        out["per_batch_size"][str(batch)] = {"seconds": round(seconds, 3),
+                                             "slices_per_s": rate(done["n_slices"], seconds),
+                                             "seconds_per_case": round(seconds / len(cases), 4)}
+    best = max(out["per_batch_size"].values(), key=lambda r: r["slices_per_s"])
+    out["slices_per_s"] = best["slices_per_s"]
+    return out
 
 
 # ------------------------------------------------------------- environment
@@ -253,7 +286,23 @@ def environment() -> dict:
 
 
 # -------------------------------------------------------------------- main
-def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto") -> dict:
+def save_for_backends(settings, model, folder: Path, n: int = 8) -> None:
+    """The trained model as training saves it (an uncompiled inference copy)
+    and `n` Validation slices (uint8 codes) for bench/backends.py."""
+    import numpy as np
+
+    from clotseg.stages.augment import augmented_dir
+    from clotseg.stages.common import IMAGES
+    from clotseg.stages.train import inference_copy
+
+    folder.mkdir(parents=True, exist_ok=True)
+    inference_copy(model).save(folder / "model.keras")
+    images = np.load(augmented_dir(settings, "Validation") / IMAGES, mmap_mode="r", allow_pickle=False)
+    np.save(folder / "samples.npy", np.ascontiguousarray(images[:n]))
+
+
+def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", context_slices: int = 0,
+        save_model: Path | None = None) -> dict:
     """Run the chosen measurements; return the result dict (see module docstring).
 
     jit_compile: "auto" (clotseg.runtime.resolve_jit: on under TensorFlow and JAX), True or False.
@@ -265,7 +314,8 @@ def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto") ->
     root = Path(tempfile.mkdtemp(prefix="clotseg-bench-"))
     try:
         log(f"[bench] building a {cfg['cases']}-case phantom cohort in {root}")
-        settings, prepared = build_inputs(root, cfg)
+        settings, prepared = build_inputs(root, cfg, context_slices)
+        result["config"]["model_input_shape"] = list(settings.model_input_shape)
         if "slicing" in parts:
             log("[bench] slicing")
             result["slicing"] = measure_slicing(settings, prepared, root)
@@ -282,12 +332,18 @@ def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto") ->
         if "generator" in parts:
             log("[bench] generator")
             result["generator"] = measure_generator(settings, cfg["batch_size"])
+        model = None
         if "training" in parts:
             log(f"[bench] training ({cfg['epochs']} epochs)")
-            result["training"] = measure_training(settings, jit, cfg["epochs"])
+            result["training"], model = measure_training(settings, jit, cfg["epochs"])
+            if save_model is not None:
+                save_for_backends(settings, model, save_model)
         if "inference" in parts:
             log("[bench] inference")
-            result["inference"] = measure_inference(settings, jit, cfg["volume_shape"], cfg["volumes"])
+            if model is None:  # untrained weights: the speed is the same, the components differ
+                model = compiled_model(settings, jit)
+            result["inference"] = measure_inference(settings, model, root, cfg["inference_copies"],
+                                                    cfg["inference_batches"])
     finally:
         shutil.rmtree(root, ignore_errors=True)
         result["total_seconds"] = round(time.perf_counter() - started, 1)
@@ -303,6 +359,11 @@ def main(argv=None) -> int:
                    help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
     p.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
                    help="XLA/jax.jit for training and inference; auto = as training.py resolves it (default)")
+    p.add_argument("--context-slices", type=int, default=0,
+                   help="CONTEXT_SLICES of the benchmark cohort: 0 = the plain (H, W, 2) input (default), "
+                        "1 = config.py's default 2.5D input (H, W, 6)")
+    p.add_argument("--save-model", type=Path, default=None,
+                   help="with training: save the trained model and a few slices here for bench/backends.py")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here (e.g. bench/results/h100.json)")
     args = p.parse_args(argv)
     parts = tuple(s.strip() for s in args.only.split(",") if s.strip())
@@ -314,7 +375,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    result = run(args.size, parts, args.note, jit)
+    result = run(args.size, parts, args.note, jit, args.context_slices, args.save_model)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

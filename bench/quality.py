@@ -96,12 +96,15 @@ def parse_overrides(items: list[str]) -> dict:
 TEST_DOMAINS = {"standard": 2000, "shifted": 3000, "first-build": 4000}
 
 
-def _write_phantom(volume_dir: Path, mask_dir: Path, n: int, seed: int, scale: dict, domain: str) -> None:
+def _write_chunk(volume_dir: Path, mask_dir: Path, first_id: int, n: int, seed: int, scale: dict,
+                 domain: str) -> None:
+    """Cases CS<first_id> .. CS<first_id + n - 1> of a cohort (each case's draws depend only on
+    the cohort seed and its own id, so chunks written apart equal the cohort written at once)."""
     if domain == "first-build":
         from bench.first_build_phantom import write_cohort as first_build
 
-        first_build(volume_dir, mask_dir, n, seed=seed, in_plane=scale["in_plane"], slices=scale["slices"],
-                    clot_free_fraction=CLOT_FREE_FRACTION, progress=False)
+        first_build(volume_dir, mask_dir, n, seed=seed, first_id=first_id, in_plane=scale["in_plane"],
+                    slices=scale["slices"], clot_free_fraction=CLOT_FREE_FRACTION, progress=False)
         return
     from clotseg.phantom import write_cohort
 
@@ -111,7 +114,29 @@ def _write_phantom(volume_dir: Path, mask_dir: Path, n: int, seed: int, scale: d
         kwargs["domain"] = domain
     elif domain != "standard":
         raise SystemExit("this phantom has no `domain` option")
-    write_cohort(volume_dir, mask_dir, n, seed=seed, **kwargs)
+    write_cohort(volume_dir, mask_dir, n, seed=seed, first_id=first_id, **kwargs)
+
+
+CASES_PER_WRITER = 8  # a spawned writer costs ~1-2 s to start: only worth it for several cases each
+
+
+def _write_phantom(volume_dir: Path, mask_dir: Path, n: int, seed: int, scale: dict, domain: str) -> None:
+    """Cases CS1..CSn of one cohort; with more cores than two and enough cases, in parallel
+    processes over contiguous id ranges (the same files as one process writes)."""
+    writers = min(os.cpu_count() or 1, n // CASES_PER_WRITER)
+    if writers <= 2:
+        _write_chunk(volume_dir, mask_dir, 1, n, seed, scale, domain)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    bounds = [round(i * n / writers) for i in range(writers + 1)]
+    # spawn, not fork: an earlier repeat may have started TensorFlow/JAX threads in this process
+    with ProcessPoolExecutor(writers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = [pool.submit(_write_chunk, volume_dir, mask_dir, lo + 1, hi - lo, seed, scale, domain)
+                for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+        for job in jobs:
+            job.result()
 
 
 def headline(summary: dict) -> dict:

@@ -190,3 +190,25 @@ def test_validation_errors_name_the_files(tmp_path, cohort):
         DataGeneratorUNet2D(tmp_path / "missing.npy", msk_path)
     with pytest.raises(ValueError, match="batch_size"):
         DataGeneratorUNet2D(img_path, msk_path, batch_size=0)
+
+
+def test_uint8_batches_train_the_model_exactly_as_float32_batches():
+    """stages/train.py feeds uint8 codes (a quarter of the bytes to a GPU):
+    the model's Rescaling casts them, so the losses and weights after an
+    epoch are those of float32 batches."""
+    import keras
+
+    from myModels import build_unet2d, get_loss
+
+    images, masks = make_cohort()
+    runs = {}
+    for dtype in ("float32", "uint8"):
+        keras.utils.set_random_seed(0)
+        model = build_unet2d((H, W, C), base_filters=4, depth=1, dropout=0.0)
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=get_loss("bce_dice"))
+        gen = DataGeneratorUNet2D(images, masks, batch_size=8, seed=0, image_dtype=dtype)
+        assert gen[0][0].dtype == np.dtype(dtype)
+        history = model.fit(gen, epochs=2, verbose=0).history["loss"]
+        runs[dtype] = (history, model.get_weights())
+    assert runs["uint8"][0] == runs["float32"][0] and runs["uint8"][0][1] != runs["uint8"][0][0]
+    assert all(np.array_equal(a, b) for a, b in zip(runs["uint8"][1], runs["float32"][1]))

@@ -149,6 +149,25 @@ def test_first_build_domain_is_another_generator_in_the_input_layout(tmp_path):
     assert len(set(quality.TEST_DOMAINS.values())) == 3             # a seed range of its own
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", ["standard", "first-build"])
+def test_cohort_written_by_parallel_writers_equals_one_writer(tmp_path, monkeypatch, domain):
+    """With many cores the cohort is written in spawned processes over id
+    ranges: byte for byte the files one process writes."""
+    scale = quality.SCALES["tiny"]
+    n = 3 * quality.CASES_PER_WRITER
+    quality._write_chunk(tmp_path / "one" / "v", tmp_path / "one" / "m", 1, n, 7, scale, domain)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)  # 3 writers over CS1-8, CS9-16, CS17-24
+    quality._write_phantom(tmp_path / "par" / "v", tmp_path / "par" / "m", n, 7, scale, domain)
+
+    def files(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    one, par = files(tmp_path / "one"), files(tmp_path / "par")
+    assert len(one) == 4 * n and one.keys() == par.keys()
+    assert all(one[k] == par[k] for k in one)
+
+
 class _Stop(Exception):
     pass
 
