@@ -3,15 +3,190 @@
 Preprocessing is exactly the training one (clotseg.intensity): each modality
 windowed to uint8 codes, center-padded to the model input; predictions are
 cropped back to the input's in-plane size and restacked along the last axis.
+
+Throughput helpers (testing.py keeps a GPU busy with them):
+  `prefetch`        runs a producer (loading, windowing) ahead in a thread;
+  `predict_stream`  packs the slices of many volumes into fixed full batches.
 """
 
 from __future__ import annotations
+
+import queue
+import threading
+from collections import deque
 
 import numpy as np
 
 from clotseg.helpers import label_components, slice_runs
 from clotseg.intensity import center_crop, model_inputs, volume_to_samples
 
+_ITEM, _ERROR, _END = "item", "error", "end"
+
+
+def _put(q: queue.Queue, message, stop: threading.Event) -> bool:
+    """Put `message` unless the consumer has gone (then False): a short timeout
+    loop, so a producer blocked on a full queue notices `stop` instead of
+    waiting forever for a reader that closed the generator."""
+    while not stop.is_set():
+        try:
+            q.put(message, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _produce(iterable, q: queue.Queue, stop: threading.Event) -> None:
+    """Thread body of `prefetch`: items, then one end (or error) message."""
+    it = iter(iterable)
+    try:
+        for item in it:
+            if not _put(q, (_ITEM, item), stop):
+                return
+    except BaseException as exc:  # noqa: BLE001  (handed to the consumer, re-raised there)
+        _put(q, (_ERROR, exc), stop)
+        return
+    finally:
+        close = getattr(it, "close", None)
+        if close is not None:  # a generator producer runs its own finally blocks in this thread
+            close()
+    _put(q, (_END, None), stop)
+
+
+def prefetch(iterable, depth: int = 2):
+    """Iterate `iterable` in a background daemon thread, `depth` items ahead.
+
+    Yields the producer's items in order. An exception raised by the producer
+    is re-raised here, at the position it occurred, with its original type
+    (a ClotSegError stays a one-line message). Closing this generator early
+    (break, exception, garbage collection) stops the producer at its next
+    item; the thread is a daemon, so nothing hangs at interpreter exit.
+    The thread starts on the first `next()`.
+    """
+    q: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+    stop = threading.Event()
+    thread = threading.Thread(target=_produce, args=(iterable, q, stop), name="clotseg-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, payload = q.get()
+            if kind == _END:
+                return
+            if kind == _ERROR:
+                raise payload
+            yield payload
+    finally:
+        stop.set()
+        while True:  # free queued items now, and a producer blocked in put()
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
+
+
+def _forward(model, batch: np.ndarray) -> np.ndarray:
+    """One forward pass of a full (B, H, W, C) batch -> float32 (B, H', W', K)."""
+    prob = model.predict_on_batch(batch)
+    if isinstance(prob, (list, tuple)):
+        prob = prob[0]  # a deep-supervision training model: the full-size output comes first
+    return np.asarray(prob, dtype=np.float32)
+
+
+class _Pending:
+    """One item of `predict_stream` whose rows are still being predicted."""
+
+    __slots__ = ("key", "n", "out", "done")
+
+    def __init__(self, key, n: int):
+        self.key, self.n, self.out, self.done = key, n, None, 0
+
+    def store(self, rows: np.ndarray, offset: int) -> None:
+        """Write rows (k, H', W', K) at `offset`; the output is allocated on
+        the first rows, because K is only known from the model's answer."""
+        if self.out is None:
+            self.out = np.empty((self.n, *rows.shape[1:]), np.float32)
+        self.out[offset:offset + rows.shape[0]] = rows
+        self.done += rows.shape[0]
+
+
+def _finished(waiting: deque, row_shape):
+    """Pop the leading complete items of `waiting` as (key, probs): in input
+    order, so a later short item never overtakes an earlier long one."""
+    while waiting:
+        head = waiting[0]
+        if head.n == 0 and row_shape is not None:
+            head.out = np.empty((0, *row_shape), np.float32)  # an empty item needs only K
+        if head.out is None or head.done < head.n:
+            return
+        waiting.popleft()
+        yield head.key, head.out
+
+
+def predict_stream(model, items, batch_size: int = 32):
+    """Predict a stream of sample stacks through full, fixed-size batches.
+
+    Args:
+        model: anything with `predict_on_batch(x)`; it may return a list or
+            tuple (deep supervision), whose first element is used.
+        items: iterable of (key, samples), samples uint8 (N, H, W, C), every
+            item the same (H, W, C); N may be 0 and differ per item.
+        batch_size: every model call gets exactly (batch_size, H, W, C).
+    Yields:
+        (key, probs) in input order, probs float32 (N, H', W', K); an item is
+        yielded as soon as its last row is predicted.
+
+    Rows of consecutive items share batches and only the very last batch of
+    the stream is zero-padded, so the compiled forward pass sees one shape
+    and no batch is half-empty because a volume ended.
+    """
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    waiting: deque[_Pending] = deque()      # items not yet yielded, in input order
+    segments: list[tuple[_Pending, int, int]] = []   # the staged batch's rows: (item, offset in item, count)
+    batch, fill, row_shape = None, 0, None
+
+    def run(batch, fill):
+        """Predict the staged batch, hand each segment its rows; the output's row shape."""
+        prob = _forward(model, batch)
+        row = 0
+        for entry, offset, count in segments:
+            entry.store(prob[row:row + count], offset)
+            row += count
+        segments.clear()
+        return prob.shape[1:]
+
+    for key, samples in items:
+        samples = np.asarray(samples)
+        entry = _Pending(key, samples.shape[0])
+        waiting.append(entry)
+        if batch is None:  # one staging buffer, reused: no per-batch allocation or concatenation
+            batch = np.zeros((batch_size, *samples.shape[1:]), samples.dtype)
+        elif samples.shape[1:] != batch.shape[1:]:
+            raise ValueError(f"item {key!r}: samples {samples.shape[1:]} differ from the stream's {batch.shape[1:]}")
+        start = 0
+        while start < entry.n:
+            if fill == 0 and entry.n - start >= batch_size and samples[start:start + batch_size].flags.c_contiguous:
+                # a whole batch inside one item: predict the view itself, skipping the staging copy
+                segments.append((entry, start, batch_size))
+                row_shape = run(samples[start:start + batch_size], batch_size)
+                start += batch_size
+                continue
+            count = min(batch_size - fill, entry.n - start)
+            batch[fill:fill + count] = samples[start:start + count]
+            segments.append((entry, start, count))
+            fill += count
+            start += count
+            if fill == batch_size:
+                row_shape = run(batch, fill)
+                fill = 0
+        yield from _finished(waiting, row_shape)
+    if batch is not None and (fill or (waiting and row_shape is None)):
+        # the stream's last batch: zero-padded to the fixed shape (also the
+        # one pass that tells K when every item so far was empty)
+        batch[fill:] = 0
+        row_shape = run(batch, fill)
+    yield from _finished(waiting, row_shape)
 
 
 def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -20,21 +195,33 @@ def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndar
     Every call sees the same batch shape (the last chunk is zero-padded), so
     XLA/JAX compile the forward pass once instead of once per remainder.
     """
-    n = samples.shape[0]
-    out = None
-    for start in range(0, n, batch_size):
-        chunk = samples[start:start + batch_size]
-        k = chunk.shape[0]
-        if k < batch_size:
-            chunk = np.concatenate([chunk, np.zeros((batch_size - k, *chunk.shape[1:]), chunk.dtype)])
-        prob = model.predict_on_batch(chunk)
-        if isinstance(prob, (list, tuple)):
-            prob = prob[0]  # a deep-supervision training model: the full-size output comes first
-        prob = np.asarray(prob, dtype=np.float32)[:k]
-        if out is None:
-            out = np.empty((n, *prob.shape[1:]), dtype=np.float32)
-        out[start:start + k] = prob
-    return out
+    for _key, probs in predict_stream(model, [(None, samples)], batch_size):
+        return probs
+    raise AssertionError("predict_stream yields one result per item")  # pragma: no cover
+
+
+def member_inputs(volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int], tta_flips: bool = False,
+                  context_slices: int = 0, symmetry: bool = False, slice_gaps=None) -> list[np.ndarray]:
+    """Model inputs of one case's ensemble members (host work only, no model).
+
+    Returns uint8 (D, H, W, C') C-contiguous arrays: the plain slices, then
+    with `tta_flips` the horizontally (axis 1) and vertically (axis 2)
+    flipped copies. `member_outputs` undoes the flips on the predictions.
+    """
+    samples = model_inputs(volume_to_samples(volumes, windows, input_hw), context_slices, symmetry,
+                           slice_gaps)  # (D, H, W, C')
+    inputs = [samples]
+    if tta_flips:
+        inputs += [np.ascontiguousarray(np.flip(samples, axis=axis)) for axis in (1, 2)]
+    return inputs
+
+
+def member_outputs(probs: list[np.ndarray], in_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Predictions of `member_inputs` (float32 (D, H, W, K) each, same order)
+    -> the members float32 (h, w, D, K): un-flipped, cropped back to `in_hw`."""
+    members = [probs[0]] + [np.flip(p, axis=axis) for p, axis in zip(probs[1:], (1, 2))]
+    # (D, H, W, K) -> (h, w, D, K), cropped back to the input's in-plane size
+    return [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), in_hw)) for p in members]
 
 
 def predict_volume_members(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
@@ -47,15 +234,9 @@ def predict_volume_members(model, volumes: list[np.ndarray], windows: list, inpu
     its spread (uncertainty) come from one set of forward passes.
     """
     h, w, _ = volumes[0].shape
-    samples = model_inputs(volume_to_samples(volumes, windows, input_hw), context_slices, symmetry,
-                           slice_gaps)  # (D, H, W, C')
-    members = [predict_samples(model, samples, batch_size)]
-    if tta_flips:
-        for axis in (1, 2):
-            flipped = np.ascontiguousarray(np.flip(samples, axis=axis))
-            members.append(np.flip(predict_samples(model, flipped, batch_size), axis=axis))
-    # (D, H, W, K) -> (h, w, D, K), cropped back to the input's in-plane size
-    return [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), (h, w))) for p in members]
+    inputs = member_inputs(volumes, windows, input_hw, tta_flips, context_slices, symmetry, slice_gaps)
+    probs = [p for _, p in predict_stream(model, enumerate(inputs), batch_size)]
+    return member_outputs(probs, (h, w))
 
 
 def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],

@@ -2,7 +2,8 @@
 
   1. predict  (this module; the only step that imports Keras): every case is
      sliced on the fly and predicted plain and with horizontally and
-     vertically flipped slices (`predict_volume_members`); the prediction is
+     vertically flipped slices (`member_inputs`, `predict_stream`; loading
+     runs ahead in a thread, writing in a thread pool); the prediction is
      the flip average when the resolved post-processing says `tta_flips`,
      else the plain member, thresholded and filtered as it says. Writes
      predictions/<case>_pred.npy, _prob.npy (SAVE_PROBABILITIES), the voxel
@@ -27,8 +28,11 @@ No import of another stage (names and run lookup live in clotseg.layout).
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +40,7 @@ from tqdm import tqdm
 
 from clotseg.cohort import Case, check_case, discover_cases, read_sidecar
 from clotseg.errors import ClotSegError, StageError
-from clotseg.inference import postprocess, predict_volume_members, to_mask
+from clotseg.inference import member_inputs, member_outputs, postprocess, predict_stream, prefetch, to_mask
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
 from clotseg.layout import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TEST_PREDICTIONS_DIR, TESTING,
@@ -155,50 +159,155 @@ def _export(case: Case, pred: np.ndarray, prob_fg: np.ndarray | None, pred_dir: 
     return written, problems
 
 
-def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: Path, *, batch_size: int = 32,
-                  save_probabilities: bool = False, target: str = "clot", log=print) -> dict:
-    """Step 1: predictions, uncertainty maps/scores and exports of every case into `pred_dir`.
+def _prepare_case(case: Case, trained: Settings) -> tuple:
+    """Host side of one case's prediction: (case, (h, w, D), slice gaps,
+    member inputs), the inputs uint8 (D, H, W, C') plain, horizontally and
+    vertically flipped (`member_inputs`). The loaded HU volumes are dropped
+    here, so only model inputs wait in the queue."""
+    windows = [trained.windows_hu[m] for m in trained.modalities]
+    vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
+    gaps = case.slice_gaps()
+    inputs = member_inputs(vols, windows, trained.input_shape[:2], tta_flips=True,
+                           context_slices=trained.context_slices, symmetry=trained.symmetry_channels,
+                           slice_gaps=gaps)
+    return case, vols[0].shape, gaps, inputs
 
-    Returns {"n_slices", "seconds", "exports": {case: [files]}, "export_problems": [...]}.
+
+def _prepare(cases: list[Case], trained: Settings, workers: int = 1):
+    """`_prepare_case` of every case, in case order, `workers` cases at a time.
+
+    One thread windows a few hundred slices a second; a GPU predicts
+    thousands, so the loading and windowing of consecutive cases overlap
+    (numpy releases the GIL for the copies). At most `workers` cases are in
+    flight, so memory stays bounded. Run by `prefetch` in its thread.
+    """
+    if workers <= 1:
+        for case in cases:
+            yield _prepare_case(case, trained)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clotseg-prepare")
+    pending: deque[Future] = deque()
+    try:
+        for case in cases:
+            pending.append(pool.submit(_prepare_case, case, trained))
+            if len(pending) >= workers:
+                yield pending.popleft().result()   # a bad input raises here, at its case's position
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, trained: Settings, post, pred_dir: Path,
+                 save_probabilities: bool, target: str) -> tuple[list[str], list[str], list[str]]:
+    """Everything after the forward passes of one case (runs in a worker thread).
+
+    `probs`: float32 (D, H, W, K) predictions of the plain, horizontally and
+    vertically flipped inputs. Writes <case>_pred.npy, _prob.npy, _unc.npy,
+    _unc.json and the exports; returns (written exports, problems, log lines).
+    Log lines are returned rather than printed so the caller replays them in
+    case order, from one thread, whatever order the workers finish in.
     """
     from clotseg.evaluation.uncertainty import case_uncertainty, uncertainty_map
 
+    members = member_outputs(probs, shape[:2])  # float32 (h, w, D, K) each
+    prob = np.mean(members, axis=0, dtype=np.float32) if post.tta_flips else members[0]
+    pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
+                       slice_gaps=gaps or None)
+    cid = case.case_id
+    atomic_save_npy(pred_dir / f"{cid}_pred.npy", pred)
+    prob_fg = None
+    if save_probabilities:
+        atomic_save_npy(pred_dir / f"{cid}_prob.npy",
+                        (prob[..., 0] if prob.shape[-1] == 1 else prob).astype(np.float16))
+        prob_fg = _foreground([prob])[0]
+    fg = _foreground(members)
+    umap = uncertainty_map(fg, UNCERTAINTY_METHOD)
+    atomic_save_npy(pred_dir / f"{cid}_unc.npy", umap.astype(np.float16))
+    score = case_uncertainty(fg, threshold=post.threshold, method=UNCERTAINTY_METHOD, unc_map=umap)
+    atomic_write_json(pred_dir / f"{cid}_unc.json", {"case_id": cid, **score, "members": list(FLIP_MEMBERS),
+                                                     "threshold": post.threshold})
+    lines: list[str] = []
+    written, bad = _export(case, pred, prob_fg, pred_dir, trained.num_classes, target, lines.append)
+    return written, bad, lines
+
+
+def _predicted_cases(model, prepared, batch_size: int):
+    """The forward passes of the whole cohort as one `predict_stream`:
+    yields (case, (h, w, D), gaps, [plain, h-flip, v-flip] float32 (D, H, W, K))
+    in case order. Batches span case boundaries (only the cohort's last batch is padded)."""
+    meta: dict[int, tuple] = {}   # filled before the case's rows enter the stream, so it is there when they leave
+
+    def items():
+        for i, (case, shape, gaps, inputs) in enumerate(prepared):
+            meta[i] = (case, shape, gaps)
+            for m, samples in enumerate(inputs):
+                yield (i, m), samples
+
+    probs: list[np.ndarray] = []
+    for (i, m), p in predict_stream(model, items(), batch_size):
+        probs.append(p)
+        if m == len(FLIP_MEMBERS) - 1:
+            yield (*meta.pop(i), probs)
+            probs = []
+
+
+def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: Path, *, batch_size: int = 32,
+                  save_probabilities: bool = False, target: str = "clot", log=print, workers: int | None = None) -> dict:
+    """Step 1: predictions, uncertainty maps/scores and exports of every case into `pred_dir`.
+
+    Three stages overlap, so host work runs while the accelerator predicts:
+      loading + windowing + flipped copies   `prefetch` thread (2 cases at a time
+                                             with workers > 1), 2 cases ahead;
+      forward passes (3 members per case)    this thread, one `predict_stream`
+                                             for the whole cohort (full batches);
+      post-processing, uncertainty, writes   `workers` threads (default min(4, CPUs)).
+    At most 2 * workers finished-prediction cases wait for a worker, so memory
+    stays bounded; results are collected in case order, so files, logs and
+    the returned dict are those of the one-case-at-a-time loop.
+
+    Returns {"n_slices", "seconds", "slices_per_second", "batch_size",
+    "exports": {case: [files]}, "export_problems": [...]}.
+    """
     pred_dir.mkdir(parents=True, exist_ok=True)
-    windows = [trained.windows_hu[m] for m in trained.modalities]
-    hw = trained.input_shape[:2]
+    workers = max(1, workers or min(4, os.cpu_count() or 1))
+    prepare_workers = 2 if workers > 1 else 1
     n_slices, exports, problems = 0, {}, []
     started = time.perf_counter()
-    for case in tqdm(cases, desc="Predicting", unit="case"):
-        vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
-        n_slices += vols[0].shape[2]
-        gaps = case.slice_gaps()
-        members = predict_volume_members(model, vols, windows, hw, batch_size=batch_size, tta_flips=True,
-                                         context_slices=trained.context_slices,
-                                         symmetry=trained.symmetry_channels, slice_gaps=gaps)
-        prob = np.mean(members, axis=0, dtype=np.float32) if post.tta_flips else members[0]
-        pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
-                           slice_gaps=gaps or None)
-        cid = case.case_id
-        atomic_save_npy(pred_dir / f"{cid}_pred.npy", pred)
-        prob_fg = None
-        if save_probabilities:
-            atomic_save_npy(pred_dir / f"{cid}_prob.npy",
-                            (prob[..., 0] if prob.shape[-1] == 1 else prob).astype(np.float16))
-            prob_fg = _foreground([prob])[0]
-        fg = _foreground(members)
-        umap = uncertainty_map(fg, UNCERTAINTY_METHOD)
-        atomic_save_npy(pred_dir / f"{cid}_unc.npy", umap.astype(np.float16))
-        score = case_uncertainty(fg, threshold=post.threshold, method=UNCERTAINTY_METHOD, unc_map=umap)
-        atomic_write_json(pred_dir / f"{cid}_unc.json", {"case_id": cid, **score, "members": list(FLIP_MEMBERS),
-                                                         "threshold": post.threshold})
-        written, bad = _export(case, pred, prob_fg, pred_dir, trained.num_classes, target, log)
+    prepared = prefetch(_prepare(cases, trained, prepare_workers), depth=2)
+    pending: deque[tuple[Case, int, Future]] = deque()   # (case, slices, its worker's future), case order
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clotseg-post")
+    bar = tqdm(total=len(cases), desc="Predicting", unit="case")
+
+    def collect_oldest():
+        nonlocal n_slices
+        case, depth, future = pending.popleft()
+        written, bad, lines = future.result()  # a worker's exception is raised here, in the caller
+        n_slices += depth
+        for line in lines:
+            log(line)
         if written:
-            exports[cid] = written
-        problems += bad
+            exports[case.case_id] = written
+        problems.extend(bad)
+        bar.update(1)
+
+    try:
+        for case, shape, gaps, probs in _predicted_cases(model, prepared, batch_size):
+            future = pool.submit(_finish_case, case, probs, shape, gaps, trained, post, pred_dir,
+                                 save_probabilities, target)
+            pending.append((case, shape[2], future))
+            while len(pending) > 2 * workers:  # back-pressure: predictions wait for the writers
+                collect_oldest()
+        while pending:
+            collect_oldest()
+    finally:
+        prepared.close()                       # stops the loader thread on an early exit
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
     elapsed = time.perf_counter() - started
     return {"n_slices": n_slices, "seconds": round(elapsed, 2),
             "slices_per_second": round(n_slices / elapsed, 1) if elapsed > 0 else None,
-            "exports": exports, "export_problems": problems}
+            "batch_size": batch_size, "exports": exports, "export_problems": problems}
 
 
 # ------------------------------------------------------------ all three
