@@ -7,15 +7,15 @@
 #      JAX and torch (bench/backends.py; run it here under TensorFlow afterwards)
 #   4. quality at GPU scale: bench/quality.py --scale gpu (the `gpu` preset)
 # Usage, from the repository root (the device tool sets OUT; wheels in .whl/ as DEVELOPERS.md says):
-#   bash bench/gpu_session.sh            # full sizes, ~9.5 minutes on an H200
+#   bash bench/gpu_session.sh            # full sizes, under 9 minutes on an H200
 #   SIZE=small SCALE=tiny bash bench/gpu_session.sh   # the plumbing in ~3 minutes on a CPU
 # Results: $OUT/results.json (every figure), $OUT/log.txt (all output), and
 # $OUT/backends/ (model.keras, samples.npy, the JAX probabilities).
 set -uo pipefail
 SIZE=${SIZE:-full}
 SCALE=${SCALE:-gpu}
-LIMIT=${LIMIT:-580}                 # seconds for the whole script (the device call allows 600)
-TRAIN_MINUTES=${TRAIN_MINUTES:-3}   # the quality run's training budget (the issue allows 5)
+LIMIT=${LIMIT:-520}                 # seconds for the whole script (the device call allows 600)
+TRAIN_MINUTES=${TRAIN_MINUTES:-2}   # the quality run's training budget (the issue allows 5)
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT/backends"
 LOG="$OUT/log.txt"
@@ -38,12 +38,12 @@ step() {  # step NAME SECONDS command...: run with a time limit, output into the
   python3 -c "import jax, keras, numpy; print('jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'numpy', numpy.__version__)"
   python3 -c "import torch; print('torch', torch.__version__, torch.cuda.is_available())"; nproc; } >> "$LOG" 2>&1
 
-step "jax throughput" 170 env KERAS_BACKEND=jax python3 -m bench.benchmark --size "$SIZE" \
+step "jax throughput" 140 env KERAS_BACKEND=jax python3 -m bench.benchmark --size "$SIZE" \
     --only generator,training,inference --save-model "$OUT/backends" --out /tmp/gpu_jax.json
-step "torch training" 110 env KERAS_BACKEND=torch python3 -m bench.benchmark --size "$SIZE" \
+step "torch training" 75 env KERAS_BACKEND=torch python3 -m bench.benchmark --size "$SIZE" \
     --only training --out /tmp/gpu_torch.json
 for backend in jax torch; do
-    step "backends: $backend" 40 sh -c "KERAS_BACKEND=$backend python3 -m bench.backends '$OUT/backends' > /tmp/gpu_backends_$backend.json"
+    step "backends: $backend" 30 sh -c "KERAS_BACKEND=$backend python3 -m bench.backends '$OUT/backends' > /tmp/gpu_backends_$backend.json"
 done
 rm -f "$OUT"/backends/probs_torch_*.npy   # compared above; the JAX ones travel back for TensorFlow
 step "quality" 400 env KERAS_BACKEND=jax python3 -m bench.quality --scale "$SCALE" --test-domains standard,first-build \

@@ -18,7 +18,7 @@ from collections import deque
 import numpy as np
 
 from clotseg.helpers import label_components, slice_runs
-from clotseg.intensity import center_crop, model_inputs, volume_to_samples
+from clotseg.intensity import center_crop, volume_inputs
 
 _ITEM, _ERROR, _END = "item", "error", "end"
 
@@ -200,6 +200,47 @@ def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndar
     raise AssertionError("predict_stream yields one result per item")  # pragma: no cover
 
 
+def flip_ensemble(model):
+    """The flip-TTA ensemble as one Keras model, computed on the device.
+
+    (B, H, W, C) inputs -> float32 (B, H, W, 3K): along the last axis the
+    plain prediction, then the predictions of the horizontally (axis 1) and
+    vertically (axis 2) flipped slices, flipped back; the members of
+    `member_inputs(tta_flips=True)` + `member_outputs`, without the host
+    ever copying a flipped volume or un-flipping a prediction (a third of
+    the host-to-device bytes; at GPU speed the host copies were the limit).
+    A deep-supervision model contributes its full-size output. The model
+    keeps `model`'s jit_compile. Built from layers only (no Lambda), so
+    nothing here needs unsafe deserialisation: it is never saved.
+    """
+    import keras
+    from keras import ops
+
+    def main_output(x):
+        out = model(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+    inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="codes")
+    plain = main_output(inputs)
+    rows = ops.flip(main_output(ops.flip(inputs, axis=1)), axis=1)
+    cols = ops.flip(main_output(ops.flip(inputs, axis=2)), axis=2)
+    ensemble = keras.Model(inputs, ops.concatenate([plain, rows, cols], axis=-1), name="flip_ensemble")
+    ensemble.jit_compile = getattr(model, "jit_compile", "auto")
+    return ensemble
+
+
+def split_members(probs: np.ndarray, n_members: int = 3) -> list[np.ndarray]:
+    """(N, H, W, M*K) predictions of `flip_ensemble` -> M views (N, H, W, K)."""
+    k = probs.shape[-1] // n_members
+    return [probs[..., m * k:(m + 1) * k] for m in range(n_members)]
+
+
+def crop_members(members: list[np.ndarray], in_hw: tuple[int, int]) -> list[np.ndarray]:
+    """Members float32 (D, H, W, K) -> float32 (h, w, D, K) C-contiguous,
+    cropped back to the input's in-plane size `in_hw`."""
+    return [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), in_hw)) for p in members]
+
+
 def member_inputs(volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int], tta_flips: bool = False,
                   context_slices: int = 0, symmetry: bool = False, slice_gaps=None) -> list[np.ndarray]:
     """Model inputs of one case's ensemble members (host work only, no model).
@@ -208,8 +249,7 @@ def member_inputs(volumes: list[np.ndarray], windows: list, input_hw: tuple[int,
     with `tta_flips` the horizontally (axis 1) and vertically (axis 2)
     flipped copies. `member_outputs` undoes the flips on the predictions.
     """
-    samples = model_inputs(volume_to_samples(volumes, windows, input_hw), context_slices, symmetry,
-                           slice_gaps)  # (D, H, W, C')
+    samples = volume_inputs(volumes, windows, input_hw, context_slices, symmetry, slice_gaps)  # (D, H, W, C')
     inputs = [samples]
     if tta_flips:
         inputs += [np.ascontiguousarray(np.flip(samples, axis=axis)) for axis in (1, 2)]
@@ -220,8 +260,7 @@ def member_outputs(probs: list[np.ndarray], in_hw: tuple[int, int]) -> list[np.n
     """Predictions of `member_inputs` (float32 (D, H, W, K) each, same order)
     -> the members float32 (h, w, D, K): un-flipped, cropped back to `in_hw`."""
     members = [probs[0]] + [np.flip(p, axis=axis) for p, axis in zip(probs[1:], (1, 2))]
-    # (D, H, W, K) -> (h, w, D, K), cropped back to the input's in-plane size
-    return [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), in_hw)) for p in members]
+    return crop_members(members, in_hw)
 
 
 def predict_volume_members(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],
@@ -283,6 +322,19 @@ def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = Fals
     """
     if min_voxels <= 0 and not keep_largest:
         return mask
+    # label only the in-plane box around the predicted voxels (usually a few
+    # hundred of a volume's millions): components and their order are the same
+    rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
+    out = np.zeros_like(mask)
+    if rows.size == 0:
+        return out
+    box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    out[box] = _filter_components(mask[box], min_voxels, keep_largest, slice_gaps)
+    return out
+
+
+def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, slice_gaps) -> np.ndarray:
+    """`postprocess` on a (h, w, D) mask, over the whole of it."""
     runs = slice_runs(mask.shape[-1], slice_gaps)
     out = np.zeros_like(mask)
     for label in np.unique(mask):

@@ -37,8 +37,22 @@ def to_codes(unit: np.ndarray) -> np.ndarray:
 
 
 def encode(volume: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
-    """HU volume -> uint8 intensity codes through `window` (see module doc)."""
-    return to_codes(window_to_unit(volume, window))
+    """HU volume -> uint8 intensity codes through `window` (see module doc).
+
+    The same arithmetic as `to_codes(window_to_unit(volume, window))`, in
+    one float32 buffer updated in place: a test-time volume is encoded at
+    GPU speed only if it does not allocate (and page-fault) five temporaries.
+    """
+    if window is None:
+        unit = np.clip(np.asarray(volume, dtype=np.float32), 0.0, 1.0)
+    else:
+        low, high = float(window[0]), float(window[1])
+        unit = np.subtract(volume, np.float32(low), dtype=np.float32)
+        unit /= np.float32(high - low)
+        np.clip(unit, 0.0, 1.0, out=unit)
+    unit *= np.float32(255.0)
+    np.rint(unit, out=unit)
+    return unit.astype(np.uint8)
 
 
 def pad_offsets(in_hw: tuple[int, int], out_hw: tuple[int, int]) -> tuple[int, int]:
@@ -147,7 +161,16 @@ def add_context(samples: np.ndarray, k: int, slice_gaps=None) -> np.ndarray:
     (neighbours never taken across one of `slice_gaps`)."""
     if k == 0:
         return samples
-    return stack_context(samples[context_positions(samples.shape[0], k, slice_gaps)])
+    positions = context_positions(samples.shape[0], k, slice_gaps)   # (D, 2k+1)
+    d, h, w, c = samples.shape
+    j = positions.shape[1]
+    # channel by channel into the output (the layout of `stack_context`), with
+    # no (D, 2k+1, H, W, C) intermediate: a third of the bytes moved at test time
+    out = np.empty((d, h, w, c * j), dtype=samples.dtype)
+    for m in range(c):
+        for o in range(j):
+            out[..., m * j + o] = samples[positions[:, o], ..., m]
+    return out
 
 
 def store_context_rows(case_ids, slices, k: int, runs=None) -> np.ndarray:
@@ -234,3 +257,28 @@ def model_inputs(samples: np.ndarray, k: int, symmetry: bool = False, slice_gaps
     `symmetry` the mirrored planes."""
     x = add_context(samples, k, slice_gaps)
     return add_mirror(x, k) if symmetry else x
+
+
+def volume_inputs(volumes: list[np.ndarray], windows: list, out_hw: tuple[int, int], k: int = 0,
+                  symmetry: bool = False, slice_gaps=None) -> np.ndarray:
+    """One case's model inputs straight from its HU volumes: uint8 (D, H, W, C'').
+
+    Equal to `model_inputs(volume_to_samples(volumes, windows, out_hw), k,
+    symmetry, slice_gaps)`, built with a third of the memory traffic: each
+    modality is encoded once into contiguous (D, h, w) planes, and every
+    2.5D channel is copied from those planes (whole rows) straight into the
+    padded output, without the interleaved (D, H, W, C) intermediate. This
+    is test time's host cost per slice, which a GPU otherwise waits for.
+    """
+    if symmetry:  # the mirror needs the whole padded plane: the general path
+        return model_inputs(volume_to_samples(volumes, windows, out_hw), k, symmetry, slice_gaps)
+    h, w, d = volumes[0].shape
+    top, left = pad_offsets((h, w), out_hw)
+    positions = context_positions(d, k, slice_gaps)   # (D, 2k+1)
+    j = positions.shape[1]
+    out = np.zeros((d, int(out_hw[0]), int(out_hw[1]), len(volumes) * j), dtype=np.uint8)
+    for m, (vol, win) in enumerate(zip(volumes, windows)):
+        planes = np.ascontiguousarray(np.moveaxis(encode(vol, win), -1, 0))   # (D, h, w)
+        for o in range(j):
+            out[:, top:top + h, left:left + w, m * j + o] = planes[positions[:, o]]
+    return out

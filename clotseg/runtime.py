@@ -51,6 +51,15 @@ def resolve_auto(value, has_gpu: bool) -> bool:
     return has_gpu if value == "auto" else bool(value)
 
 
+def inference_batch_size(batch_size: int, has_gpu: bool | None = None) -> int:
+    """Slices per forward pass at test time: at least BATCH_SIZE, and at least
+    32 on a CPU or 128 on an accelerator (no gradients or optimizer state, so
+    far larger batches fit, and a GPU needs them to stay busy)."""
+    if has_gpu is None:
+        has_gpu = bool(gpu_names())
+    return max(int(batch_size), 128 if has_gpu else 32)
+
+
 def resolve_jit(value, has_gpu: bool | None = None) -> bool:
     """'auto' -> whether to compile with XLA; True/False pass through.
 

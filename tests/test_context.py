@@ -461,3 +461,19 @@ def test_slice_key_follows_the_sidecars_gaps(tmp_path):
     assert gapped != plain
     (s.volume_path / "CS2.json").write_text(json.dumps({"spacing_mm": [0.5, 0.5, 1.0], "slice_gaps": [3]}))
     assert key() not in (plain, gapped)
+
+
+@pytest.mark.parametrize("k, symmetry, gaps, windows", [
+    (1, False, None, [(0, 600), (0, 200)]), (2, False, [2], [(0, 600), None]), (0, False, None, [(-50, 100)]),
+    (1, True, [3], [(0, 600), (0, 200)])])
+def test_volume_inputs_equal_the_model_inputs_of_the_slices(k, symmetry, gaps, windows):
+    """Test time's one-pass inputs are exactly training's slices -> 2.5D (-> mirror) inputs."""
+    from clotseg.intensity import model_inputs, volume_inputs, volume_to_samples
+
+    rng = np.random.default_rng(k)
+    vols = [rng.uniform(-300, 900, (30, 20, 7)).astype(np.float32) if w else rng.uniform(-0.2, 1.2, (30, 20, 7))
+            for w in windows]
+    got = volume_inputs(vols, windows, (40, 36), k, symmetry, gaps)
+    want = model_inputs(volume_to_samples(vols, windows, (40, 36)), k, symmetry, gaps)
+    assert got.dtype == np.uint8 and got.shape == want.shape == (7, 40, 36, len(vols) * (2 * k + 1) * (1 + symmetry))
+    assert np.array_equal(got, want)

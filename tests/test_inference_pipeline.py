@@ -251,13 +251,16 @@ def test_predict_cases_writes_what_the_sequential_loop_wrote(tmp_path, monkeypat
     post = PostProcessing(threshold=0.5, tta_flips=tta, min_component_voxels=2)
     old_log, new_log = [], []
     old = _old_predict_cases(model, cases, settings, post, tmp_path / "old", 4, save, old_log.append)
-    counting = Counting(model)
-    new = evaluate.predict_cases(counting, cases, settings, post, tmp_path / "new", batch_size=4,
+    ensembles = []   # the flip ensemble predict_cases builds, wrapped to count its batches
+    flip_ensemble = evaluate.flip_ensemble
+    monkeypatch.setattr(evaluate, "flip_ensemble", lambda m: ensembles.append(Counting(flip_ensemble(m))) or ensembles[-1])
+    new = evaluate.predict_cases(model, cases, settings, post, tmp_path / "new", batch_size=4,
                                  save_probabilities=save, log=new_log.append, workers=3)
     assert {k: new[k] for k in old} == old and new["batch_size"] == 4
     assert new_log == old_log                      # replayed in case order
-    # one stream for the cohort: 3 members x 17 slices in ceil(51 / 4) full batches
-    assert counting.shapes == [(4, 16, 16, settings.model_channels)] * 13
+    # one stream for the cohort, the flips made by the ensemble: 17 slices in ceil(17 / 4) full batches
+    assert len(ensembles) == 1
+    assert ensembles[0].shapes == [(4, 16, 16, settings.model_channels)] * 5
     old_files = sorted(p.name for p in (tmp_path / "old").iterdir())
     assert old_files == sorted(p.name for p in (tmp_path / "new").iterdir())
     assert len(old_files) == 3 * (5 if save else 4)
@@ -301,3 +304,49 @@ def test_predict_cases_raises_worker_and_loader_errors(tmp_path, monkeypatch):
         evaluate.predict_cases(model, cases, settings, PostProcessing(), tmp_path / "b", batch_size=4, log=quiet)
     assert _wait_for_no_prefetch_threads()
     assert (tmp_path / "b" / "CS1_pred.npy").is_file()   # the cases before the bad one were written
+
+
+# ------------------------------------------------------------- device-side flips
+def test_flip_ensemble_members_are_the_host_flipped_predictions_flipped_back(tiny_model):
+    """(B, H, W, C) -> (B, H, W, 3K): plain, then the h- and v-flipped inputs'
+    predictions un-flipped: what member_inputs(tta_flips) + member_outputs give."""
+    from clotseg.inference import flip_ensemble, split_members
+
+    x = _items([6], seed=3)[0][1]
+    plain, rows, cols = split_members(np.asarray(flip_ensemble(tiny_model).predict_on_batch(x)), 3)
+    want = [tiny_model.predict_on_batch(x),
+            np.flip(tiny_model.predict_on_batch(np.ascontiguousarray(np.flip(x, 1))), 1),
+            np.flip(tiny_model.predict_on_batch(np.ascontiguousarray(np.flip(x, 2))), 2)]
+    for got, expected in zip((plain, rows, cols), want):
+        np.testing.assert_allclose(got, np.asarray(expected), atol=1e-6)
+    assert not np.allclose(plain, rows, atol=1e-3)    # the model is not flip-invariant: the test can fail
+
+
+def test_flip_ensemble_takes_a_deep_supervision_models_full_size_output():
+    import keras
+
+    from clotseg.inference import flip_ensemble
+
+    inp = keras.Input((8, 8, 2))
+    full = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inp)
+    coarse = keras.layers.AveragePooling2D(2)(full)
+    model = keras.Model(inp, [full, coarse])
+    x = _items([2], seed=4)[0][1]
+    out = np.asarray(flip_ensemble(model).predict_on_batch(x))
+    assert out.shape == (2, 8, 8, 3)
+    np.testing.assert_allclose(out[..., :1], np.asarray(model.predict_on_batch(x)[0]), atol=1e-6)
+
+
+@pytest.mark.parametrize("gaps", [None, [3]])
+def test_postprocess_in_the_box_around_the_prediction_equals_the_whole_volume(gaps):
+    from clotseg.inference import _filter_components
+
+    rng = np.random.default_rng(5)
+    mask = np.zeros((40, 30, 8), np.uint8)
+    mask[5:25, 8:20] = (rng.random((20, 12, 8)) > 0.7) * rng.integers(1, 3, (20, 12, 8))   # two labels, many blobs
+    for min_voxels, largest in [(3, False), (0, True), (5, True)]:
+        got = postprocess(mask, min_voxels, largest, slice_gaps=gaps)
+        want = _filter_components(mask, min_voxels, largest, gaps)
+        assert got.dtype == np.uint8 and np.array_equal(got, want)
+        assert 0 < int((got > 0).sum()) < int((mask > 0).sum())
+    assert not postprocess(np.zeros((4, 4, 2), np.uint8), 2).any()

@@ -69,6 +69,45 @@ def _stack(probs) -> np.ndarray:
     return arr
 
 
+def _members(probs) -> list[np.ndarray]:
+    """The members of a list or tuple, checked as `_stack` checks them, but not
+    stacked: views in their own memory layout (float32; a trailing channel
+    axis of size 1 dropped). Test time calls this once per case on volumes of
+    millions of voxels, where the stacked copies were the cost."""
+    if not probs:
+        raise ValueError("no ensemble members given")
+    shapes = {np.shape(p) for p in probs}
+    if len(shapes) > 1:
+        raise ValueError(f"ensemble members differ in shape: {sorted(shapes)}")
+    members = [np.asarray(p, dtype=np.float32) for p in probs]
+    if members[0].ndim < 1:
+        raise ValueError(f"probs must be a stack (M, ...) of probability maps, got members of shape {shapes}")
+    if members[0].ndim > 1 and members[0].shape[-1] == 1:
+        members = [m[..., 0] for m in members]
+    if not all(np.isfinite(m).all() for m in members):
+        raise ValueError("probs hold NaN/inf values")
+    return members
+
+
+def _std_of_members(members: list[np.ndarray]) -> np.ndarray:
+    """Population std over members (float32), in float64 like
+    `np.std(np.stack(members), axis=0, dtype=np.float64)` and with the same
+    operations in the same order (so the same bits), without the stack."""
+    if any(m.min() < 0.0 or m.max() > 1.0 for m in members):
+        members = [np.clip(m, 0.0, 1.0) for m in members]
+    total = members[0].astype(np.float64)
+    for m in members[1:]:
+        total += m
+    mean = np.true_divide(total, len(members), out=total)
+    squares = None
+    for m in members:
+        dev = np.subtract(m, mean)            # float32 - float64 -> float64
+        np.multiply(dev, dev, out=dev)
+        squares = dev if squares is None else np.add(squares, dev, out=squares)
+    squares /= len(members)
+    return np.sqrt(squares, out=squares).astype(np.float32)
+
+
 def uncertainty_map(probs, method: str = "std") -> np.ndarray:
     """Per-voxel uncertainty (float32, shape of one member) from members (M, ...).
 
@@ -77,6 +116,8 @@ def uncertainty_map(probs, method: str = "std") -> np.ndarray:
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "std" and isinstance(probs, (list, tuple)):
+        return _std_of_members(_members(probs))
     p = np.clip(_stack(probs), 0.0, 1.0)
     if method == "std":
         return p.std(axis=0, dtype=np.float64).astype(np.float32)
@@ -94,14 +135,17 @@ def case_uncertainty(probs, threshold: float = 0.5, method: str = "std", unc_map
     computing it twice. Returns {"uncertainty_score", "member_disagreement",
     "uncertain_region_voxels", "uncertainty_method"}.
     """
-    p = _stack(probs)
+    members = _members(probs) if isinstance(probs, (list, tuple)) else list(_stack(probs))
     if unc_map is None:
-        unc_map = uncertainty_map(p, method)
-    elif np.shape(unc_map) != p.shape[1:]:
-        raise ValueError(f"unc_map has shape {np.shape(unc_map)} but a member is {p.shape[1:]}")
-    masks = p > threshold
-    union = masks.any(axis=0)
-    inter = masks.all(axis=0)
+        unc_map = uncertainty_map(members, method)
+    elif np.shape(unc_map) != members[0].shape:
+        raise ValueError(f"unc_map has shape {np.shape(unc_map)} but a member is {members[0].shape}")
+    union = members[0] > threshold
+    inter = union.copy()
+    for m in members[1:]:
+        above = m > threshold
+        union |= above
+        inter &= above
     n_union = int(union.sum())
     score = float(np.mean(unc_map[union], dtype=np.float64)) if n_union else 0.0
     return {

@@ -2,8 +2,9 @@
 
   1. predict  (this module; the only step that imports Keras): every case is
      sliced on the fly and predicted plain and with horizontally and
-     vertically flipped slices (`member_inputs`, `predict_stream`; loading
-     runs ahead in a thread, writing in a thread pool); the prediction is
+     vertically flipped slices (`flip_ensemble`: the three members in one
+     model on the device; `predict_stream`; loading runs ahead in a thread,
+     writing in a thread pool); the prediction is
      the flip average when the resolved post-processing says `tta_flips`,
      else the plain member, thresholded and filtered as it says. Writes
      predictions/<case>_pred.npy, _prob.npy (SAVE_PROBABILITIES), the voxel
@@ -40,7 +41,8 @@ from tqdm import tqdm
 
 from clotseg.cohort import Case, check_case, discover_cases, read_sidecar
 from clotseg.errors import ClotSegError, StageError
-from clotseg.inference import member_inputs, member_outputs, postprocess, predict_stream, prefetch, to_mask
+from clotseg.inference import flip_ensemble, member_inputs, postprocess, predict_stream, prefetch, split_members, to_mask
+from clotseg.intensity import center_crop
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
 from clotseg.layout import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TEST_PREDICTIONS_DIR, TESTING,
@@ -161,15 +163,15 @@ def _export(case: Case, pred: np.ndarray, prob_fg: np.ndarray | None, pred_dir: 
 
 def _prepare_case(case: Case, trained: Settings) -> tuple:
     """Host side of one case's prediction: (case, (h, w, D), slice gaps,
-    member inputs), the inputs uint8 (D, H, W, C') plain, horizontally and
-    vertically flipped (`member_inputs`). The loaded HU volumes are dropped
-    here, so only model inputs wait in the queue."""
+    inputs), the inputs uint8 (D, H, W, C') (`member_inputs`; the flipped
+    members are made on the device by `flip_ensemble`). The loaded HU
+    volumes are dropped here, so only model inputs wait in the queue."""
     windows = [trained.windows_hu[m] for m in trained.modalities]
     vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
     gaps = case.slice_gaps()
-    inputs = member_inputs(vols, windows, trained.input_shape[:2], tta_flips=True,
-                           context_slices=trained.context_slices, symmetry=trained.symmetry_channels,
-                           slice_gaps=gaps)
+    (inputs,) = member_inputs(vols, windows, trained.input_shape[:2], tta_flips=False,
+                              context_slices=trained.context_slices, symmetry=trained.symmetry_channels,
+                              slice_gaps=gaps)
     return case, vols[0].shape, gaps, inputs
 
 
@@ -202,16 +204,18 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
                  save_probabilities: bool, target: str) -> tuple[list[str], list[str], list[str]]:
     """Everything after the forward passes of one case (runs in a worker thread).
 
-    `probs`: float32 (D, H, W, K) predictions of the plain, horizontally and
-    vertically flipped inputs. Writes <case>_pred.npy, _prob.npy, _unc.npy,
+    `probs`: float32 (D, H, W, K) members: the plain prediction and those of
+    the horizontally and vertically flipped inputs, flipped back. Writes <case>_pred.npy, _prob.npy, _unc.npy,
     _unc.json and the exports; returns (written exports, problems, log lines).
     Log lines are returned rather than printed so the caller replays them in
     case order, from one thread, whatever order the workers finish in.
     """
     from clotseg.evaluation.uncertainty import case_uncertainty, uncertainty_map
 
-    members = member_outputs(probs, shape[:2])  # float32 (h, w, D, K) each
-    prob = np.mean(members, axis=0, dtype=np.float32) if post.tta_flips else members[0]
+    # (h, w, D, K) views of the (D, H, W, K) predictions, cropped: the math below is
+    # elementwise, so it runs in the predictions' own memory order without transposed copies
+    members = [center_crop(np.moveaxis(p, 0, 2), shape[:2]) for p in probs]
+    prob = _mean_of(members) if post.tta_flips else members[0]
     pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
                        slice_gaps=gaps or None)
     cid = case.case_id
@@ -232,24 +236,30 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
     return written, bad, lines
 
 
-def _predicted_cases(model, prepared, batch_size: int):
-    """The forward passes of the whole cohort as one `predict_stream`:
-    yields (case, (h, w, D), gaps, [plain, h-flip, v-flip] float32 (D, H, W, K))
-    in case order. Batches span case boundaries (only the cohort's last batch is padded)."""
+def _mean_of(members: list[np.ndarray]) -> np.ndarray:
+    """Elementwise float32 mean of equal-shaped arrays, the same bits as
+    `np.mean(members, axis=0, dtype=np.float32)` (the members are added in
+    order, then divided) without stacking them into one array first."""
+    total = np.add(members[0], members[1], dtype=np.float32) if len(members) > 1 else members[0].astype(np.float32)
+    for m in members[2:]:
+        total += m
+    return np.true_divide(total, np.float32(len(members)), out=total)
+
+
+def _predicted_cases(ensemble, prepared, batch_size: int):
+    """The forward passes of the whole cohort as one `predict_stream` through
+    `flip_ensemble`: yields (case, (h, w, D), gaps, [plain, h-flip, v-flip]
+    float32 (D, H, W, K) views) in case order. Batches span case boundaries
+    (only the cohort's last batch is padded)."""
     meta: dict[int, tuple] = {}   # filled before the case's rows enter the stream, so it is there when they leave
 
     def items():
         for i, (case, shape, gaps, inputs) in enumerate(prepared):
             meta[i] = (case, shape, gaps)
-            for m, samples in enumerate(inputs):
-                yield (i, m), samples
+            yield i, inputs
 
-    probs: list[np.ndarray] = []
-    for (i, m), p in predict_stream(model, items(), batch_size):
-        probs.append(p)
-        if m == len(FLIP_MEMBERS) - 1:
-            yield (*meta.pop(i), probs)
-            probs = []
+    for i, probs in predict_stream(ensemble, items(), batch_size):
+        yield (*meta.pop(i), split_members(probs, len(FLIP_MEMBERS)))
 
 
 def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: Path, *, batch_size: int = 32,
@@ -257,11 +267,14 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
     """Step 1: predictions, uncertainty maps/scores and exports of every case into `pred_dir`.
 
     Three stages overlap, so host work runs while the accelerator predicts:
-      loading + windowing + flipped copies   `prefetch` thread (2 cases at a time
+      loading + windowing                    `prefetch` thread (2-4 cases at a time
                                              with workers > 1), 2 cases ahead;
       forward passes (3 members per case)    this thread, one `predict_stream`
-                                             for the whole cohort (full batches);
-      post-processing, uncertainty, writes   `workers` threads (default min(4, CPUs)).
+                                             through `flip_ensemble` (the flips
+                                             happen on the device) for the whole
+                                             cohort (full batches);
+      post-processing, uncertainty, writes   `workers` threads (default: half the
+                                             CPUs, 2 to 8).
     At most 2 * workers finished-prediction cases wait for a worker, so memory
     stays bounded; results are collected in case order, so files, logs and
     the returned dict are those of the one-case-at-a-time loop.
@@ -270,8 +283,10 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
     "exports": {case: [files]}, "export_problems": [...]}.
     """
     pred_dir.mkdir(parents=True, exist_ok=True)
-    workers = max(1, workers or min(4, os.cpu_count() or 1))
-    prepare_workers = 2 if workers > 1 else 1
+    cpus = os.cpu_count() or 1
+    # measured on a 16-core GPU host: one thread post-processes a few hundred slices a second
+    workers = max(1, workers or min(8, max(2, cpus // 2)))
+    prepare_workers = 1 if workers == 1 else min(4, max(2, cpus // 6))
     n_slices, exports, problems = 0, {}, []
     started = time.perf_counter()
     prepared = prefetch(_prepare(cases, trained, prepare_workers), depth=2)
@@ -292,7 +307,7 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
         bar.update(1)
 
     try:
-        for case, shape, gaps, probs in _predicted_cases(model, prepared, batch_size):
+        for case, shape, gaps, probs in _predicted_cases(flip_ensemble(model), prepared, batch_size):
             future = pool.submit(_finish_case, case, probs, shape, gaps, trained, post, pred_dir,
                                  save_probabilities, target)
             pending.append((case, shape[2], future))
@@ -314,6 +329,7 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
 def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: Path | None = None,
                    mask_dir: Path | None = None, log=print, output: Path | None = None) -> dict:
     """Predict, score and render; return the summary (or {"cases": ..., "note"} unlabeled)."""
+    from clotseg import runtime
     from clotseg.evaluation.rendering import render_report
     from clotseg.evaluation.report import markdown_table
     from clotseg.evaluation.scoring import score_folder
@@ -348,7 +364,8 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
     truth_dir = cases[0].mask.parent if labelled else None
     with staged_dir(out_path) as out:
         pred_dir = out / PREDICTIONS_DIR
-        predicted = predict_cases(model, cases, trained, post, pred_dir, batch_size=max(settings.batch_size, 32),
+        predicted = predict_cases(model, cases, trained, post, pred_dir,
+                                  batch_size=runtime.inference_batch_size(settings.batch_size),
                                   save_probabilities=settings.save_probabilities, target=target, log=log)
         log(f"[test] predict: {len(cases)} case(s), {predicted['n_slices']} slices in {predicted['seconds']:.1f} s "
             f"(plain + 2 flip members each; prediction from the {'flip average' if post.tta_flips else 'plain member'})")

@@ -520,7 +520,7 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         vols, truth = load_case(case)
         gaps.append(case.slice_gaps() or None)
         members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
-                                         batch_size=max(settings.batch_size, 32), tta_flips=True,
+                                         batch_size=runtime.inference_batch_size(settings.batch_size), tta_flips=True,
                                          context_slices=settings.context_slices,
                                          symmetry=settings.symmetry_channels, slice_gaps=gaps[-1])
         data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
