@@ -77,3 +77,18 @@ def test_scatter_plot_png(tmp_path):
     out = uncertainty_scatter_plot([0.01, 0.05, 0.2], [0.9, 0.8, 0.3], tmp_path / "unc.png", labels=["a", "b", "c"])
     assert out.read_bytes()[:4] == b"\x89PNG"
     assert uncertainty_scatter_plot([], [], tmp_path / "none.png").is_file()
+
+
+def test_list_members_give_the_bits_of_the_stacked_std_in_any_memory_order():
+    """Test time passes (h, w, D) views of (D, h, w) predictions: the block-wise
+    std over the list equals np.std of the stacked, clipped members exactly,
+    and the case score equals the stacked array's."""
+    rng = np.random.default_rng(7)
+    base = [rng.random((9, 70, 40), dtype=np.float32) for _ in range(3)]
+    base[1][0, :3, :3] = 1.3                                    # outside [0, 1]: clipped as before
+    views = [np.moveaxis(b, 0, 2) for b in base]                # shape (70, 40, 9), not C-contiguous
+    stacked = np.stack([np.ascontiguousarray(v) for v in views])
+    want = np.clip(stacked, 0.0, 1.0).std(axis=0, dtype=np.float64).astype(np.float32)
+    got = uncertainty_map(views)
+    assert got.shape == want.shape and np.array_equal(got, want)
+    assert case_uncertainty(views, 0.5, unc_map=got) == case_uncertainty(stacked, 0.5, unc_map=want)

@@ -92,9 +92,26 @@ def _members(probs) -> list[np.ndarray]:
 def _std_of_members(members: list[np.ndarray]) -> np.ndarray:
     """Population std over members (float32), in float64 like
     `np.std(np.stack(members), axis=0, dtype=np.float64)` and with the same
-    operations in the same order (so the same bits), without the stack."""
+    operations in the same order (so the same bits), without the stack, and
+    block by block along the members' outermost memory axis, so the float64
+    temporaries stay in the CPU cache instead of costing a volume each."""
     if any(m.min() < 0.0 or m.max() > 1.0 for m in members):
         members = [np.clip(m, 0.0, 1.0) for m in members]
+    out = np.empty(members[0].shape, dtype=np.float32)
+    if out.ndim == 0:
+        out[...] = _std_block(members)
+        return out
+    axis = int(np.argmax(np.abs(members[0].strides)))     # the slowest-varying axis in memory
+    n = out.shape[axis]
+    step = max(1, (1 << 17) // max(1, out.size // max(n, 1)))   # ~128k voxels (1 MiB of float64) a block
+    for start in range(0, n, step):
+        block = (slice(None),) * axis + (slice(start, start + step),)
+        out[block] = _std_block([m[block] for m in members])
+    return out
+
+
+def _std_block(members: list[np.ndarray]) -> np.ndarray:
+    """`_std_of_members` of one block: float64 mean, deviations, mean square, sqrt."""
     total = members[0].astype(np.float64)
     for m in members[1:]:
         total += m
@@ -105,7 +122,7 @@ def _std_of_members(members: list[np.ndarray]) -> np.ndarray:
         np.multiply(dev, dev, out=dev)
         squares = dev if squares is None else np.add(squares, dev, out=squares)
     squares /= len(members)
-    return np.sqrt(squares, out=squares).astype(np.float32)
+    return np.sqrt(squares, out=squares)
 
 
 def uncertainty_map(probs, method: str = "std") -> np.ndarray:

@@ -219,15 +219,18 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
     pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
                        slice_gaps=gaps or None)
     cid = case.case_id
+    # the arrays are (h, w, D) views in the predictions' (D, h, w) memory order: one
+    # transposing copy each before saving (np.save of a strided array is 5x slower)
+    pred = np.ascontiguousarray(pred)
     atomic_save_npy(pred_dir / f"{cid}_pred.npy", pred)
     prob_fg = None
     if save_probabilities:
         atomic_save_npy(pred_dir / f"{cid}_prob.npy",
-                        (prob[..., 0] if prob.shape[-1] == 1 else prob).astype(np.float16))
+                        np.ascontiguousarray((prob[..., 0] if prob.shape[-1] == 1 else prob).astype(np.float16)))
         prob_fg = _foreground([prob])[0]
     fg = _foreground(members)
     umap = uncertainty_map(fg, UNCERTAINTY_METHOD)
-    atomic_save_npy(pred_dir / f"{cid}_unc.npy", umap.astype(np.float16))
+    atomic_save_npy(pred_dir / f"{cid}_unc.npy", np.ascontiguousarray(umap.astype(np.float16)))
     score = case_uncertainty(fg, threshold=post.threshold, method=UNCERTAINTY_METHOD, unc_map=umap)
     atomic_write_json(pred_dir / f"{cid}_unc.json", {"case_id": cid, **score, "members": list(FLIP_MEMBERS),
                                                      "threshold": post.threshold})
