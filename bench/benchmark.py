@@ -15,6 +15,8 @@ Measurements (all wall-clock, after the warm-up stated per measurement):
                   samples/s for image_dtype float32 and uint8
     training      model.fit with the real generator as stages/train.py builds
                   it (uint8 batches), images/s over epochs 2..n
+    host_inference  the same loop with a free stand-in for the model: the
+                  host side's capacity, which bounds the inference figure
     inference     clotseg.stages.evaluate.predict_cases, testing.py's whole
                   prediction loop (load .npy, window, pad, predict the plain
                   and two flipped members, crop, threshold, 3D components,
@@ -49,7 +51,7 @@ SIZES = {
              "train_samples": 8192, "aug_samples": 8192, "epochs": 4,
              "inference_copies": 10, "inference_batches": (64, 256)},
 }
-PARTS = ("slicing", "augmentation", "generator", "training", "inference")
+PARTS = ("slicing", "augmentation", "generator", "training", "inference", "host_inference")
 MIN_SECONDS = 1.0  # repeat short measurements until at least this long
 
 
@@ -217,7 +219,10 @@ def inference_cohort(settings, root: Path, copies: int):
 
     src = settings.volume_path
     dst = root / "inference_volumes"
-    dst.mkdir(parents=True, exist_ok=True)
+    inf = settings.replace(volume_dir=str(dst), mask_dir=str(root / "inference_no_masks"))
+    if dst.is_dir():  # made by an earlier part of this run
+        return inf, discover_cases(inf, require_masks=False, warn=log)
+    dst.mkdir(parents=True)
     originals = discover_cases(settings, require_masks=False, warn=log)
     number = 0
     for _ in range(copies):
@@ -229,7 +234,6 @@ def inference_cohort(settings, root: Path, copies: int):
             sidecar = src / f"{case.case_id}.json"
             if sidecar.is_file():
                 shutil.copyfile(sidecar, dst / f"{settings.case_prefix}{number}.json")
-    inf = settings.replace(volume_dir=str(dst), mask_dir=str(root / "inference_no_masks"))
     return inf, discover_cases(inf, require_masks=False, warn=log)
 
 
@@ -259,6 +263,41 @@ def measure_inference(settings, model, root: Path, copies: int, batch_sizes: tup
     best = max(out["per_batch_size"].values(), key=lambda r: r["slices_per_s"])
     out["slices_per_s"] = best["slices_per_s"]
     return out
+
+
+class FreeEnsemble:
+    """Stands in for `flip_ensemble(model)` at no cost: every batch gets the
+    same (B, H, W, 3) probabilities (a small blob, faint noise elsewhere),
+    so `predict_cases` measures the host side alone (load, window, 2.5D,
+    batching, crop, mean, threshold, components, uncertainty, writes)."""
+
+    def __init__(self, batch: int, hw: tuple[int, int]):
+        import numpy as np
+
+        probs = np.random.default_rng(0).random((batch, *hw, 3), dtype=np.float32) * 0.01
+        probs[:, hw[0] // 2:hw[0] // 2 + 10, hw[1] // 2:hw[1] // 2 + 15] = 0.8
+        self.probs = probs
+
+    def predict_on_batch(self, x):
+        return self.probs
+
+
+def measure_host_inference(settings, root: Path, copies: int, batch: int) -> dict:
+    """`predict_cases` with `FreeEnsemble`: the slices/s the host side of
+    testing.py can feed at most (an upper bound for the GPU figure)."""
+    from clotseg.postprocessing import PostProcessing
+    from clotseg.stages.evaluate import predict_cases
+
+    inf, cases = inference_cohort(settings, root, copies)
+    post = PostProcessing(threshold=0.5, tta_flips=True, min_component_voxels=10)
+    quiet = lambda *a, **k: None  # noqa: E731
+    free = FreeEnsemble(batch, settings.input_shape[:2])
+    start = time.perf_counter()
+    done = predict_cases(None, cases, settings, post, root / "host_inference", batch_size=batch, log=quiet,
+                         ensemble=free)
+    seconds = time.perf_counter() - start
+    return {"n_cases": len(cases), "n_slices": done["n_slices"], "batch_size": batch, "seconds": round(seconds, 3),
+            "slices_per_s": rate(done["n_slices"], seconds), "cpu_count": os.cpu_count()}
 
 
 # ------------------------------------------------------------- environment
@@ -332,6 +371,10 @@ def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", co
         if "generator" in parts:
             log("[bench] generator")
             result["generator"] = measure_generator(settings, cfg["batch_size"])
+        if "host_inference" in parts:
+            log("[bench] host side of inference (free model)")
+            result["host_inference"] = measure_host_inference(settings, root, cfg["inference_copies"],
+                                                              cfg["inference_batches"][0])
         model = None
         if "training" in parts:
             log(f"[bench] training ({cfg['epochs']} epochs)")

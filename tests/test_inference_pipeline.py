@@ -350,3 +350,25 @@ def test_postprocess_in_the_box_around_the_prediction_equals_the_whole_volume(ga
         assert got.dtype == np.uint8 and np.array_equal(got, want)
         assert 0 < int((got > 0).sum()) < int((mask > 0).sum())
     assert not postprocess(np.zeros((4, 4, 2), np.uint8), 2).any()
+
+
+def test_predict_cases_takes_a_ready_ensemble_instead_of_building_one(tmp_path, monkeypatch):
+    """bench/benchmark.py's host-side measurement passes a stand-in for the
+    three-member model: its probabilities are what gets post-processed."""
+    monkeypatch.setattr(evaluate, "_export", _fake_export)
+    settings, cases, _ = _cohort(tmp_path)
+
+    class Blob:
+        calls = 0
+
+        def predict_on_batch(self, x):
+            Blob.calls += 1
+            probs = np.zeros((*x.shape[:3], 3), np.float32)
+            probs[:, 7:9, 6:9] = 0.9          # in the 16x16 frame: rows 5-6, cols 3-5 of a 12x10 case
+            return probs
+
+    evaluate.predict_cases(None, cases, settings, PostProcessing(tta_flips=True), tmp_path / "out", batch_size=4,
+                           log=quiet, ensemble=Blob())
+    assert Blob.calls == 5                                   # 17 slices, batches of 4
+    pred = np.load(tmp_path / "out" / "CS1_pred.npy")
+    assert pred.shape == (12, 10, 5) and pred[5:7, 3:6].all() and pred.sum() == 2 * 3 * 5

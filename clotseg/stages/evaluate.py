@@ -266,7 +266,8 @@ def _predicted_cases(ensemble, prepared, batch_size: int):
 
 
 def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: Path, *, batch_size: int = 32,
-                  save_probabilities: bool = False, target: str = "clot", log=print, workers: int | None = None) -> dict:
+                  save_probabilities: bool = False, target: str = "clot", log=print, workers: int | None = None,
+                  ensemble=None) -> dict:
     """Step 1: predictions, uncertainty maps/scores and exports of every case into `pred_dir`.
 
     Three stages overlap, so host work runs while the accelerator predicts:
@@ -281,6 +282,10 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
     At most 2 * workers finished-prediction cases wait for a worker, so memory
     stays bounded; results are collected in case order, so files, logs and
     the returned dict are those of the one-case-at-a-time loop.
+
+    `ensemble`: the model that predicts the three members, (B, H, W, C) ->
+    (B, H, W, 3K); default `flip_ensemble(model)` (bench/benchmark.py passes
+    a free stand-in to measure the host side alone).
 
     Returns {"n_slices", "seconds", "slices_per_second", "batch_size",
     "exports": {case: [files]}, "export_problems": [...]}.
@@ -310,7 +315,8 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
         bar.update(1)
 
     try:
-        for case, shape, gaps, probs in _predicted_cases(flip_ensemble(model), prepared, batch_size):
+        ensemble = flip_ensemble(model) if ensemble is None else ensemble
+        for case, shape, gaps, probs in _predicted_cases(ensemble, prepared, batch_size):
             future = pool.submit(_finish_case, case, probs, shape, gaps, trained, post, pred_dir,
                                  save_probabilities, target)
             pending.append((case, shape[2], future))
