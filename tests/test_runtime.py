@@ -35,6 +35,6 @@ def test_explicit_jit_passes_through(value):
             assert runtime.resolve_jit(value, has_gpu=False) is value
 
 
-@pytest.mark.parametrize("batch, has_gpu, expected", [(16, False, 32), (64, False, 64), (16, True, 128), (256, True, 256)])
+@pytest.mark.parametrize("batch, has_gpu, expected", [(16, False, 32), (64, False, 64), (16, True, 64), (256, True, 256)])
 def test_test_time_batches_are_larger_on_an_accelerator(batch, has_gpu, expected):
     assert runtime.inference_batch_size(batch, has_gpu) == expected
