@@ -6,7 +6,9 @@ cropped back to the input's in-plane size and restacked along the last axis.
 
 Throughput helpers (testing.py keeps a GPU busy with them):
   `prefetch`        runs a producer (loading, windowing) ahead in a thread;
-  `predict_stream`  packs the slices of many volumes into fixed full batches.
+  `predict_stream`  packs the slices of many volumes into fixed full batches;
+  `flip_ensemble`   predicts the plain and both flipped members in one model
+                    on the device (`split_members` takes them apart).
 """
 
 from __future__ import annotations

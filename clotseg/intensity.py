@@ -165,7 +165,7 @@ def add_context(samples: np.ndarray, k: int, slice_gaps=None) -> np.ndarray:
     d, h, w, c = samples.shape
     j = positions.shape[1]
     # channel by channel into the output (the layout of `stack_context`), with
-    # no (D, 2k+1, H, W, C) intermediate: a third of the bytes moved at test time
+    # no (D, 2k+1, H, W, C) intermediate of the gathered neighbours
     out = np.empty((d, h, w, c * j), dtype=samples.dtype)
     for m in range(c):
         for o in range(j):
