@@ -6,7 +6,7 @@
 #   3. a model trained under JAX loads (safe mode) and predicts the same under
 #      JAX and torch (bench/backends.py; run it here under TensorFlow afterwards)
 #   4. quality at GPU scale: bench/quality.py --scale gpu (the `gpu` preset)
-# Usage, from the repository root (the device tool sets OUT; wheels in .whl/ as DEVELOPERS.md says):
+# Usage, from the repository root (the device tool sets OUT; wheels in .whl/ as README "Development" says):
 #   PARTS=speed bash bench/gpu_session.sh     # 1-3, about 5 minutes on an H200
 #   PARTS=quality bash bench/gpu_session.sh   # 4 with the 5 minutes of training, about 9 minutes
 #   bash bench/gpu_session.sh                 # both, quality with TRAIN_MINUTES=2 (what fit on 2026-12-04)
