@@ -237,12 +237,6 @@ def split_members(probs: np.ndarray, n_members: int = 3) -> list[np.ndarray]:
     return [probs[..., m * k:(m + 1) * k] for m in range(n_members)]
 
 
-def crop_members(members: list[np.ndarray], in_hw: tuple[int, int]) -> list[np.ndarray]:
-    """Members float32 (D, H, W, K) -> float32 (h, w, D, K) C-contiguous,
-    cropped back to the input's in-plane size `in_hw`."""
-    return [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), in_hw)) for p in members]
-
-
 def member_inputs(volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int], tta_flips: bool = False,
                   context_slices: int = 0, symmetry: bool = False, slice_gaps=None) -> list[np.ndarray]:
     """Model inputs of one case's ensemble members (host work only, no model).
@@ -262,7 +256,8 @@ def member_outputs(probs: list[np.ndarray], in_hw: tuple[int, int]) -> list[np.n
     """Predictions of `member_inputs` (float32 (D, H, W, K) each, same order)
     -> the members float32 (h, w, D, K): un-flipped, cropped back to `in_hw`."""
     members = [probs[0]] + [np.flip(p, axis=axis) for p, axis in zip(probs[1:], (1, 2))]
-    return crop_members(members, in_hw)
+    # (D, H, W, K) -> (h, w, D, K), cropped back to the input's in-plane size
+    return [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), in_hw)) for p in members]
 
 
 def predict_volume_members(model, volumes: list[np.ndarray], windows: list, input_hw: tuple[int, int],

@@ -51,29 +51,21 @@ METHODS = ("std", "entropy")
 
 def _stack(probs) -> np.ndarray:
     """(M, ...) float32 array of foreground probabilities from an array or a list of members."""
+    return np.stack(_as_members(probs))
+
+
+def _as_members(probs) -> list[np.ndarray]:
+    """`_members` of a list or tuple, or of a stacked (M, ...) array's rows."""
     if isinstance(probs, (list, tuple)):
-        if not probs:
-            raise ValueError("no ensemble members given")
-        shapes = {np.shape(p) for p in probs}
-        if len(shapes) > 1:
-            raise ValueError(f"ensemble members differ in shape: {sorted(shapes)}")
-        arr = np.stack([np.asarray(p, dtype=np.float32) for p in probs])
-    else:
-        arr = np.asarray(probs, dtype=np.float32)
-    if arr.ndim < 2 or arr.shape[0] < 1:
-        raise ValueError(f"probs must be a stack (M, ...) of probability maps, got shape {arr.shape}")
-    if arr.ndim > 2 and arr.shape[-1] == 1:
-        arr = arr[..., 0]
-    if not np.isfinite(arr).all():
-        raise ValueError("probs hold NaN/inf values")
-    return arr
+        return _members(probs)
+    return _members(list(np.asarray(probs, dtype=np.float32)))
 
 
 def _members(probs) -> list[np.ndarray]:
-    """The members of a list or tuple, checked as `_stack` checks them, but not
-    stacked: views in their own memory layout (float32; a trailing channel
-    axis of size 1 dropped). Test time calls this once per case on volumes of
-    millions of voxels, where the stacked copies were the cost."""
+    """The members of a list or tuple, checked (at least one, equal shapes,
+    finite) but not stacked: views in their own memory layout (float32; a
+    trailing channel axis of size 1 dropped). Test time calls this once per
+    case on volumes of millions of voxels, where stacked copies were the cost."""
     if not probs:
         raise ValueError("no ensemble members given")
     shapes = {np.shape(p) for p in probs}
@@ -152,7 +144,7 @@ def case_uncertainty(probs, threshold: float = 0.5, method: str = "std", unc_map
     computing it twice. Returns {"uncertainty_score", "member_disagreement",
     "uncertain_region_voxels", "uncertainty_method"}.
     """
-    members = _members(probs) if isinstance(probs, (list, tuple)) else list(_stack(probs))
+    members = _as_members(probs)
     if unc_map is None:
         unc_map = uncertainty_map(members, method)
     elif np.shape(unc_map) != members[0].shape:
