@@ -157,6 +157,9 @@ LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOC
                                  # With MAX_TRAINING_MINUTES the decay ends with the budget instead
                                  # (over the epochs that fit, re-estimated every epoch, at most EPOCHS)
 WARMUP_EPOCHS = 1                # linear warm-up from 1% of LEARNING_RATE ("cosine" only)
+EMA_MOMENTUM = None              # e.g. 0.99: validate, pick and save the exponential moving average of
+                                 # the weights (Polyak averaging, ~1/(1-m) steps) instead of the last
+                                 # step's weights; None = off
 EPOCHS = 100
 BATCH_SIZE = 16
 EARLY_STOPPING_PATIENCE = 15     # epochs without better validation Dice

@@ -125,6 +125,7 @@ class Settings:
     learning_rate: float = 1e-3
     lr_schedule: str = "cosine"
     warmup_epochs: int = 1
+    ema_momentum: float | None = None
     epochs: int = 100
     batch_size: int = 16
     early_stopping_patience: int = 15
@@ -444,6 +445,8 @@ class Settings:
               f"LR_SCHEDULE must be one of {LR_SCHEDULES}, got {_short(self.lr_schedule)}")
         check(_is_int(self.warmup_epochs) and 0 <= self.warmup_epochs <= MAX_EPOCHS,
               "WARMUP_EPOCHS must be a non-negative integer")
+        check(self.ema_momentum is None or (_is_num(self.ema_momentum) and 0 < self.ema_momentum < 1),
+              "EMA_MOMENTUM must be None (off) or in (0, 1), e.g. 0.99")
         check(_is_int(self.context_slices) and 0 <= self.context_slices <= 5,
               "CONTEXT_SLICES must be an integer from 0 to 5 (slices above and below fed as extra channels)")
         check(_is_num(self.hard_negative_fraction) and 0 <= self.hard_negative_fraction <= 1,

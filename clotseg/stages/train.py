@@ -16,6 +16,7 @@ optimizer, epoch counter, learning rate and early-stopping state intact.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
@@ -204,6 +205,30 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
     return copy
 
 
+@contextlib.contextmanager
+def averaged_weights(model: keras.Model):
+    """Inside the block, `model`'s trainable weights are the optimizer's
+    exponential moving averages (EMA_MOMENTUM); its own weights come back
+    after it. Without an averaging optimizer, the block sees the model as is.
+
+    The checkpointer exports and the panel draws the averaged model, whose
+    val Dice keras.callbacks.SwapEMAWeights makes the logged one; the
+    resumable checkpoint keeps the raw weights and the averages (optimizer
+    variables), so a resumed run goes on as if never stopped.
+    """
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is None or not getattr(optimizer, "use_ema", False):
+        yield model
+        return
+    own = [keras.ops.convert_to_numpy(v) for v in model.trainable_variables]
+    optimizer.finalize_variable_values(model.trainable_variables)  # averages -> weights
+    try:
+        yield model
+    finally:
+        for variable, value in zip(model.trainable_variables, own):
+            variable.assign(value)
+
+
 class MainOutputLogs(keras.callbacks.Callback):
     """Logs of a deep-supervision model under the single-output names.
 
@@ -247,7 +272,8 @@ class PredictionPanel(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         # fixed, padded batch: a data-parallel model needs batches that split evenly
-        prob = predict_samples(self.model, self.images, self.batch_size)
+        with averaged_weights(self.model):  # the model the checkpointer saves
+            prob = predict_samples(self.model, self.images, self.batch_size)
         pred = to_mask(prob)
         dice = (logs or {}).get(MONITOR)
         title = f"epoch {epoch + 1}" + (f"  val Dice {dice:.3f}" if dice is not None else "")
@@ -395,7 +421,9 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
             except ValueError as exc:  # e.g. a registered model without deep supervision: a config mistake
                 raise StageError(f"MODEL = {settings.model!r}: {exc}") from exc
             steps = _steps_per_epoch(settings, replicas)
-            model.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, steps)),
+            ema = ({"use_ema": True, "ema_momentum": float(settings.ema_momentum)}
+                   if settings.ema_momentum is not None else {})
+            model.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, steps), **ema),
                           jit_compile=jit, **_loss_and_metrics(settings, len(model.outputs)))
         initial_epoch = 0
         log(f"[train] new run {run}")
@@ -436,12 +464,14 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         run, best=state.get("best_val_dice", -np.inf), best_epoch=state.get("best_epoch", -1),
         extra_state=lambda: {"early_stopping": early.counters(),
                              **({"reduce_lr": reduce.counters()} if plateau else {})},
-        export=lambda m: inference_copy(m, settings))
+        export=lambda m: _averaged_copy(m, settings))
     panel_images, panel_masks = panel_samples(settings)
     callbacks = [
         # first: every later callback (and history.csv) reads dice / val_dice whatever the outputs
         *([MainOutputLogs(model.output_names[0])] if num_outputs > 1 else []),
         keras.callbacks.CSVLogger(str(run / HISTORY), append=initial_epoch > 0),
+        # EMA_MOMENTUM: validation scores the averaged weights (a resumed run's optimizer decides)
+        *([keras.callbacks.SwapEMAWeights()] if getattr(model.optimizer, "use_ema", False) else []),
         early, *([reduce] if plateau else []), checkpointer,
         PredictionPanel(panel_images, panel_masks, run / PREDICTIONS_DIR, settings.batch_size,
                         centre_channels(len(settings.modalities), settings.context_slices), settings.modalities),
@@ -537,6 +567,12 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         f"clots found {val['chosen']['clots_found']}) "
         f"-> {run / POSTPROCESSING_FILE}")
     return result
+
+
+def _averaged_copy(model: keras.Model, settings: Settings) -> keras.Model:
+    """The inference copy of `model` with its averaged weights (EMA_MOMENTUM)."""
+    with averaged_weights(model):
+        return inference_copy(model, settings)
 
 
 def _loss_and_metrics(settings: Settings, num_outputs: int) -> dict:
