@@ -1,7 +1,8 @@
 """ClotSeg throughput benchmark: data stages, generator, training, inference.
 
-    python -m bench.benchmark [--size small|full] [--note TEXT] [--only PARTS]
-                              [--jit-compile auto|true|false] [--out bench/results/NAME.json]
+    python -m bench.benchmark [--size small|cpu|full] [--note TEXT] [--only PARTS]
+                              [--jit-compile auto|true|false] [--mixed-precision auto|true|false]
+                              [--out bench/results/NAME.json]
 
 Prints one JSON object (stdout; progress goes to stderr). Inputs are a
 synthetic phantom cohort built in a temporary folder, which is deleted at
@@ -45,6 +46,11 @@ SIZES = {
               "cases": 10, "in_plane": (48, 64), "slices": (16, 24),
               "train_samples": 256, "aug_samples": 2048, "epochs": 4,
               "inference_copies": 2, "inference_batches": (32,)},
+    # The `cpu` preset's network (16 filters, depth 3, batch 32) on its 64x64 training patches.
+    "cpu": {"input_shape": (64, 64, 2), "base_filters": 16, "depth": 3, "batch_size": 32,
+            "cases": 10, "in_plane": (48, 64), "slices": (16, 24),
+            "train_samples": 960, "aug_samples": 960, "epochs": 4,
+            "inference_copies": 2, "inference_batches": (32,)},
     # The default model (config.py) on a GPU machine.
     "full": {"input_shape": (256, 256, 2), "base_filters": 32, "depth": 3, "batch_size": 32,
              "cases": 12, "in_plane": (192, 256), "slices": (30, 50),
@@ -75,7 +81,8 @@ def rate(n: float, seconds: float) -> float:
 
 
 # ------------------------------------------------------------------- inputs
-def make_settings(root: Path, cfg: dict, num_workers: int = 0, context_slices: int = 0):
+def make_settings(root: Path, cfg: dict, num_workers: int = 0, context_slices: int = 0,
+                  mixed_precision="auto"):
     """Settings for a phantom cohort under `root` with the size's model and
     sample counts; `context_slices` 0 gives the plain two-channel input
     (CTA, NCCT), k adds 2k neighbour planes per modality (CONTEXT_SLICES)."""
@@ -86,16 +93,16 @@ def make_settings(root: Path, cfg: dict, num_workers: int = 0, context_slices: i
         "INPUT_SHAPE": cfg["input_shape"], "BASE_FILTERS": cfg["base_filters"], "DEPTH": cfg["depth"],
         "BATCH_SIZE": cfg["batch_size"], "EPOCHS": cfg["epochs"], "RANDOM_SEED": 0,
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": cfg["train_samples"], "TARGET_SAMPLE_SIZE_AUG_VAL": cfg["batch_size"],
-        "NUM_WORKERS": num_workers, "CONTEXT_SLICES": context_slices,
+        "NUM_WORKERS": num_workers, "CONTEXT_SLICES": context_slices, "MIXED_PRECISION": mixed_precision,
     }, root=root)
 
 
-def build_inputs(root: Path, cfg: dict, context_slices: int = 0):
+def build_inputs(root: Path, cfg: dict, context_slices: int = 0, mixed_precision="auto"):
     """Write the phantom cohort and run stages 1-3; return (settings, prepare_data's result)."""
     from clotseg.phantom import write_cohort
     from clotseg.pipeline import prepare_data
 
-    settings = make_settings(root, cfg, context_slices=context_slices)
+    settings = make_settings(root, cfg, context_slices=context_slices, mixed_precision=mixed_precision)
     write_cohort(settings.volume_path, settings.mask_path, cfg["cases"], seed=0,
                  in_plane=cfg["in_plane"], slices=cfg["slices"], progress=False)
     return settings, prepare_data(settings, log=log, demo_if_empty=False)
@@ -341,10 +348,11 @@ def save_for_backends(settings, model, folder: Path, n: int = 8) -> None:
 
 
 def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", context_slices: int = 0,
-        save_model: Path | None = None) -> dict:
+        save_model: Path | None = None, mixed_precision="auto") -> dict:
     """Run the chosen measurements; return the result dict (see module docstring).
 
     jit_compile: "auto" (clotseg.runtime.resolve_jit: on under TensorFlow and JAX), True or False.
+    mixed_precision: MIXED_PRECISION ("auto": bfloat16 with a GPU), True or False.
     """
     cfg = SIZES[size]
     started = time.perf_counter()
@@ -353,7 +361,7 @@ def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", co
     root = Path(tempfile.mkdtemp(prefix="clotseg-bench-"))
     try:
         log(f"[bench] building a {cfg['cases']}-case phantom cohort in {root}")
-        settings, prepared = build_inputs(root, cfg, context_slices)
+        settings, prepared = build_inputs(root, cfg, context_slices, mixed_precision)
         result["config"]["model_input_shape"] = list(settings.model_input_shape)
         if "slicing" in parts:
             log("[bench] slicing")
@@ -395,13 +403,15 @@ def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", co
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="small", help="small (CPU, default) or full (GPU)")
+    p.add_argument("--size", choices=sorted(SIZES), default="small", help="small (CPU smoke, default), cpu (the `cpu` preset's network) or full (GPU)")
     p.add_argument("--note", "--backend-note", dest="note", default=None,
                    help="free text stored in the result, e.g. the machine or driver")
     p.add_argument("--only", default=",".join(PARTS),
                    help=f"comma-separated subset of {','.join(PARTS)} (default: all)")
     p.add_argument("--jit-compile", choices=("auto", "true", "false"), default="auto",
                    help="XLA/jax.jit for training and inference; auto = as training.py resolves it (default)")
+    p.add_argument("--mixed-precision", choices=("auto", "true", "false"), default="auto",
+                   help="MIXED_PRECISION: auto = bfloat16 with a GPU (default); true forces it, also on a CPU")
     p.add_argument("--context-slices", type=int, default=0,
                    help="CONTEXT_SLICES of the benchmark cohort: 0 = the plain (H, W, 2) input (default), "
                         "1 = config.py's default 2.5D input (H, W, 6)")
@@ -418,7 +428,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    result = run(args.size, parts, args.note, jit, args.context_slices, args.save_model)
+    mixed = {"auto": "auto", "true": True, "false": False}[args.mixed_precision]
+    result = run(args.size, parts, args.note, jit, args.context_slices, args.save_model, mixed)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

@@ -199,3 +199,18 @@ def test_unknown_train_domain_is_one_line_and_exit_status_2(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "--train-domain: unknown nonsense" in err and len(err.splitlines()) == 1
+
+
+def test_throughput_benchmark_cpu_size_is_the_cpu_presets_network(tmp_path):
+    from bench import benchmark
+    from clotseg.settings import Settings
+
+    preset = Settings.from_file(ROOT / "config.py", preset="cpu")
+    cfg = benchmark.SIZES["cpu"]
+    # the benchmark trains on whole samples: the preset's patches are its input
+    assert tuple(cfg["input_shape"][:2]) == tuple(preset.patch_size)
+    assert (cfg["base_filters"], cfg["depth"], cfg["batch_size"]) == (preset.base_filters, preset.depth,
+                                                                       preset.batch_size)
+    forced = benchmark.make_settings(tmp_path, cfg, mixed_precision=True, context_slices=1)
+    assert forced.mixed_precision is True and forced.model_input_shape == (64, 64, 6)
+    assert benchmark.make_settings(tmp_path, cfg).mixed_precision == "auto"
