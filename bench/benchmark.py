@@ -403,7 +403,8 @@ def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", co
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.benchmark", description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", choices=sorted(SIZES), default="small", help="small (CPU smoke, default), cpu (the `cpu` preset's network) or full (GPU)")
+    p.add_argument("--size", choices=sorted(SIZES), default="small",
+                   help="small (CPU smoke, default), cpu (the `cpu` preset's network) or full (GPU)")
     p.add_argument("--note", "--backend-note", dest="note", default=None,
                    help="free text stored in the result, e.g. the machine or driver")
     p.add_argument("--only", default=",".join(PARTS),
