@@ -92,3 +92,11 @@ def test_list_members_give_the_bits_of_the_stacked_std_in_any_memory_order():
     got = uncertainty_map(views)
     assert got.shape == want.shape and np.array_equal(got, want)
     assert case_uncertainty(views, 0.5, unc_map=got) == case_uncertainty(stacked, 0.5, unc_map=want)
+
+
+@pytest.mark.parametrize("bad", [np.float32(0.5), np.zeros(4, np.float32)])
+def test_a_scalar_or_a_vector_is_not_a_stack_of_maps(bad):
+    with pytest.raises(ValueError, match=r"stack \(M, \.\.\.\)"):
+        uncertainty_map(bad)
+    with pytest.raises(ValueError, match=r"stack \(M, \.\.\.\)"):
+        case_uncertainty(bad)

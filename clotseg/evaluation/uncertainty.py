@@ -58,7 +58,10 @@ def _as_members(probs) -> list[np.ndarray]:
     """`_members` of a list or tuple, or of a stacked (M, ...) array's rows."""
     if isinstance(probs, (list, tuple)):
         return _members(probs)
-    return _members(list(np.asarray(probs, dtype=np.float32)))
+    arr = np.asarray(probs, dtype=np.float32)
+    if arr.ndim < 2:  # a scalar cannot be iterated, a vector's rows are not maps
+        raise ValueError(f"probs must be a stack (M, ...) of probability maps, got shape {arr.shape}")
+    return _members(list(arr))
 
 
 def _members(probs) -> list[np.ndarray]:
