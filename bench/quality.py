@@ -1,7 +1,7 @@
 """ClotSeg quality benchmark: train on one phantom cohort, score on unseen ones.
 
     python -m bench.quality --scale cpu [--preset cpu] [--set NAME=VALUE ...]
-                            [--repeats 3] [--label TEXT] [--out bench/results/NAME.json]
+                            [--repeats 3] [--first-repeat 0] [--label TEXT] [--out bench/results/NAME.json]
                             [--train-domain first-build]
 
 For each repeat r (seed offset r) it writes, in a temporary project folder:
@@ -281,6 +281,9 @@ def main(argv=None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="NAME=VALUE",
                         help="override a setting, e.g. --set CONTEXT_SLICES=0 (repeatable)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--first-repeat", type=int, default=0, metavar="R",
+                        help="start at repeat R (seed offset R): --first-repeat 2 --repeats 1 adds a third "
+                             "seed beside an earlier call's repeat0 and repeat1 in the same --workdir")
     parser.add_argument("--label", default=None, help="a name for this configuration in the table")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the projects here (default: a temp folder)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
@@ -296,6 +299,8 @@ def main(argv=None) -> int:
                         help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
 
+    if args.repeats < 1 or args.first_repeat < 0:
+        parser.exit(2, "bench.quality: --repeats must be at least 1 and --first-repeat at least 0\n")
     domains = tuple(d for d in args.test_domains.split(",") if d)
     unknown = sorted(set(domains) - set(TEST_DOMAINS))
     if unknown or not domains:
@@ -312,7 +317,7 @@ def main(argv=None) -> int:
     try:
         # Keras progress bars go to stdout: keep stdout for the JSON and the table
         with contextlib.redirect_stdout(sys.stderr):
-            for r in range(args.repeats):
+            for r in range(args.first_repeat, args.first_repeat + args.repeats):
                 results.append(run_once(args.scale, preset, overrides, r, workdir, domains, args.untuned,
                                         args.reuse, args.retune, args.train_domain))
     finally:

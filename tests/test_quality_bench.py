@@ -201,6 +201,34 @@ def test_unknown_train_domain_is_one_line_and_exit_status_2(capsys):
     assert "--train-domain: unknown nonsense" in err and len(err.splitlines()) == 1
 
 
+def test_first_repeat_runs_only_the_later_seeds(tmp_path, monkeypatch):
+    """--first-repeat 2 --repeats 1 runs repeat 2 alone (seed offset 2), so a
+    third seed lands beside an earlier call's repeat0 and repeat1."""
+    seen = []
+
+    def fake_run_once(scale, preset, overrides, repeat, workdir, *args):
+        seen.append((repeat, workdir))
+        return {"repeat": repeat, "training_seconds": 1.0, "cohorts": {}}
+
+    monkeypatch.setattr(quality, "run_once", fake_run_once)
+    assert quality.main(["--scale", "tiny", "--first-repeat", "2", "--workdir", str(tmp_path),
+                         "--out", str(tmp_path / "r.json")]) == 0
+    assert seen == [(2, tmp_path)]
+    assert [r["repeat"] for r in json.loads((tmp_path / "r.json").read_text())["repeats"]] == [2]
+    seen.clear()
+    quality.main(["--scale", "tiny", "--repeats", "2", "--workdir", str(tmp_path)])
+    assert [r for r, _ in seen] == [0, 1]
+
+
+@pytest.mark.parametrize("bad", [["--repeats", "0"], ["--first-repeat", "-1"]])
+def test_bad_repeat_counts_are_one_line_and_exit_status_2(bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--scale", "tiny", *bad])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--repeats must be at least 1" in err and len(err.splitlines()) == 1
+
+
 def test_throughput_benchmark_cpu_size_is_the_cpu_presets_network(tmp_path):
     from bench import benchmark
     from clotseg.settings import Settings
