@@ -428,9 +428,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    jit = {"auto": "auto", "true": True, "false": False}[args.jit_compile]
-    mixed = {"auto": "auto", "true": True, "false": False}[args.mixed_precision]
-    result = run(args.size, parts, args.note, jit, args.context_slices, args.save_model, mixed)
+    setting = {"auto": "auto", "true": True, "false": False}   # --jit-compile / --mixed-precision -> config value
+    result = run(args.size, parts, args.note, setting[args.jit_compile], args.context_slices, args.save_model,
+                 setting[args.mixed_precision])
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:
