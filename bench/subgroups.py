@@ -6,9 +6,12 @@ TESTING_DIR is a testing output folder (its `metrics.csv`, as testing.py
 and bench/quality.py write it); VOLUMES_DIR the cohort's volumes with the
 phantom's `<case>.json` sidecars. Clot cases (sidecar `has_clot`) are
 grouped by NCCT density (`hyperdense`), clot site (M1/ICA, M2, other:
-A1/A2/P1/P2/basilar) and clot volume (< 30, 30-100, >= 100 mm^3); for each
-group it prints the number of cases, the mean Dice and how many were found
-(Dice > 0). A case without a sidecar or without the field is counted under
+A1/A2/P1/P2/basilar) and clot volume (< 30, 30-100, >= 100 mm^3), and
+all together; for each group it prints the number of cases, the mean Dice,
+how many were found (Dice > 0) and the mean Dice of the found ones. The last
+splits a mean Dice into detection and overlap: mean Dice = share found x
+Dice of the found clots, so it says how far finding every clot alone would
+go. A case without a sidecar or without the field is counted under
 "unknown".
 """
 
@@ -40,8 +43,9 @@ def _volume(mm3) -> str:
 
 
 def subgroups(rows: dict[str, dict], sidecars: dict[str, dict]) -> dict:
-    """{grouping: {group: {"n", "dice_mean", "found"}}} over the clot cases."""
-    groups: dict[str, dict[str, list[float]]] = {"hyperdense": {}, "site": {}, "volume": {}}
+    """{grouping: {group: {"n", "dice_mean", "found", "dice_found_mean"}}} over
+    the clot cases; "dice_found_mean" is None for a group with none found."""
+    groups: dict[str, dict[str, list[float]]] = {"all": {}, "hyperdense": {}, "site": {}, "volume": {}}
     for cid, row in rows.items():
         side = sidecars.get(cid)
         side = side if isinstance(side, dict) else {}
@@ -49,12 +53,17 @@ def subgroups(rows: dict[str, dict], sidecars: dict[str, dict]) -> dict:
             continue
         dice = float(row["dice"])
         hyper = side.get("hyperdense")
-        for grouping, key in (("hyperdense", "unknown" if hyper is None else str(bool(hyper))),
+        for grouping, key in (("all", "clot cases"), ("hyperdense", "unknown" if hyper is None else str(bool(hyper))),
                               ("site", _site(side.get("clot_vessel"))),
                               ("volume", _volume(side.get("clot_volume_mm3")))):
             groups[grouping].setdefault(key, []).append(dice)
-    return {g: {k: {"n": len(v), "dice_mean": sum(v) / len(v), "found": sum(d > 0 for d in v)}
-                for k, v in sorted(by.items())} for g, by in groups.items()}
+    return {g: {k: _summary(v) for k, v in sorted(by.items())} for g, by in groups.items()}
+
+
+def _summary(dices: list[float]) -> dict:
+    found = [d for d in dices if d > 0]
+    return {"n": len(dices), "dice_mean": sum(dices) / len(dices), "found": len(found),
+            "dice_found_mean": sum(found) / len(found) if found else None}
 
 
 def main(argv=None) -> int:
@@ -82,10 +91,11 @@ def main(argv=None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", encoding="utf-8")
     print(text)
-    print("\n| grouping | group | clot cases | mean Dice | found |\n| --- | --- | --- | --- | --- |")
+    print("\n| grouping | group | clot cases | mean Dice | found | Dice of the found |\n| --- | --- | --- | --- | --- | --- |")
     for grouping, by in result.items():
         for key, g in by.items():
-            print(f"| {grouping} | {key} | {g['n']} | {g['dice_mean']:.3f} | {g['found']}/{g['n']} |")
+            found_dice = "-" if g["dice_found_mean"] is None else f"{g['dice_found_mean']:.3f}"
+            print(f"| {grouping} | {key} | {g['n']} | {g['dice_mean']:.3f} | {g['found']}/{g['n']} | {found_dice} |")
     return 0
 
 

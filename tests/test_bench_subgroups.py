@@ -35,8 +35,14 @@ def test_groups_clot_cases_by_density_site_and_volume(tmp_path):
     ])
     assert subgroups.main([str(test), str(vols), "--out", str(tmp_path / "s.json")]) == 0
     got = json.loads((tmp_path / "s.json").read_text())
-    assert got["hyperdense"]["False"] == {"n": 2, "dice_mean": pytest.approx(0.2), "found": 1}
-    assert got["hyperdense"]["True"] == {"n": 1, "dice_mean": pytest.approx(0.8), "found": 1}
+    assert got["hyperdense"]["False"] == {"n": 2, "dice_mean": pytest.approx(0.2), "found": 1,
+                                          "dice_found_mean": pytest.approx(0.4)}
+    assert got["hyperdense"]["True"] == {"n": 1, "dice_mean": pytest.approx(0.8), "found": 1,
+                                         "dice_found_mean": pytest.approx(0.8)}
+    # all clot cases: mean Dice = share found x Dice of the found ones
+    assert got["all"]["clot cases"] == {"n": 4, "dice_mean": pytest.approx(0.425), "found": 3,
+                                        "dice_found_mean": pytest.approx(1.7 / 3)}
+    assert got["site"]["M2"]["dice_found_mean"] is None             # nothing found: no mean to report
     assert set(got["site"]) == {"M1/ICA", "M2", "other", "unknown"}
     assert got["site"]["other"]["n"] == 1 and got["site"]["M2"]["found"] == 0
     assert got["volume"]["< 30 mm^3"]["n"] == 1 and got["volume"][">= 100 mm^3"]["n"] == 1
