@@ -142,6 +142,12 @@ NORMALIZATION = "batch"          # "batch" (CT-ClotSeg's BatchNormalization) or 
                                  # each feature map normalised over its own image, at training and testing).
                                  # Not recommended yet: trained on patches and tested on whole slices it
                                  # scored -0.052 [-0.081, -0.024] at the CPU scale (README seventh round)
+INITIAL_MODEL = None             # start training from a trained model's weights instead of random ones
+                                 # (transfer learning): a .keras file or a run folder (its
+                                 # Best_Model/model.keras), e.g. a run on the phantom (README "Starting
+                                 # from a trained model"). Its MODEL, BASE_FILTERS, DEPTH, channels
+                                 # (modalities x (2 CONTEXT_SLICES + 1)) and NUM_CLASSES must be yours;
+                                 # its rows and cols need not be. None = random initialisation
 NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
 TARGET_NAME = "clot"             # what the masks mark, used in logs and reports ("hemorrhage" for an ICH cohort)
 

@@ -118,6 +118,7 @@ class Settings:
     dropout: float = 0.1
     deep_supervision: bool = False
     normalization: str = "batch"
+    initial_model: str | None = None
     num_classes: int = 1
     target_name: str = "clot"
     # training
@@ -418,6 +419,10 @@ class Settings:
         check(isinstance(self.target_name, str) and 0 < len(self.target_name.strip()) <= 40
               and self.target_name.isprintable(),
               "TARGET_NAME must be a short name of what is segmented (1 to 40 printable characters), e.g. 'clot'")
+        check(self.initial_model is None or (isinstance(self.initial_model, str) and self.initial_model.strip() != ""
+                                             and "\0" not in self.initial_model),
+              "INITIAL_MODEL must be None (random initialisation) or the path of a .keras model or a run folder, "
+              f"got {_short(self.initial_model)}")
         check(self.split_file is None or (isinstance(self.split_file, str) and self.split_file.strip() != ""),
               "SPLIT_FILE must be None (ClotSeg splits) or the path of a JSON or CSV file {case: cohort}")
         check(self.group_by is None or (isinstance(self.group_by, str) and re.fullmatch(r"\w[\w.\-]{0,63}", self.group_by)),
@@ -539,6 +544,17 @@ class Settings:
     def split_file_path(self) -> Path | None:
         """SPLIT_FILE resolved against the config's folder (None: ClotSeg splits)."""
         return None if self.split_file is None else self.path(self.split_file)
+
+    @property
+    def initial_model_path(self) -> Path | None:
+        """INITIAL_MODEL resolved against the config's folder: a run folder
+        stands for its Best_Model/model.keras (None: random initialisation)."""
+        if self.initial_model is None:
+            return None
+        from clotseg.layout import BEST_MODEL
+
+        path = self.path(self.initial_model)
+        return path / BEST_MODEL if path.is_dir() else path
 
     @property
     def modalities(self) -> list[str]:

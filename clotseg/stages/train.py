@@ -205,6 +205,55 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
     return copy
 
 
+def load_initial_weights(model: keras.Model, settings: Settings, log=print) -> dict:
+    """Set `model`'s weights from INITIAL_MODEL (transfer learning); return
+    what run.json records about it ({"path", "sha256", "layers"}).
+
+    The source is checked (a complete .keras file with NUM_CLASSES outputs),
+    loaded in safe mode and copied layer by layer by name, as
+    `inference_copy` does: the networks are fully convolutional, so a model
+    saved for 128 px slices starts a 256 px run. Every source layer with
+    weights must meet a layer of the same name and weight shapes; a
+    different MODEL, BASE_FILTERS, DEPTH or channel count stops with one
+    line naming the file and the first layer that differs. Layers the source
+    lacks (the extra heads of DEEP_SUPERVISION) keep their random start.
+    """
+    import hashlib
+
+    path = settings.initial_model_path
+    what = f"INITIAL_MODEL {path}"
+    check_keras_file(path, None, settings.num_classes, "INITIAL_MODEL", "NUM_CLASSES in config.py")
+    try:
+        source = keras.models.load_model(path, compile=False)  # safe_mode: a Lambda layer is refused
+    except Exception as exc:  # noqa: BLE001 - any load failure of a user's file is one line
+        raise StageError(f"{what} could not be loaded as a Keras model: {str(exc).splitlines()[0][:300]}") from exc
+    channels, source_channels = model.input_shape[-1], source.input_shape[-1]
+    if source_channels != channels:
+        raise StageError(f"{what} takes {source_channels} input channels, this run {channels} (modalities x "
+                         f"(2 CONTEXT_SLICES + 1){' x 2 for SYMMETRY_CHANNELS' if settings.symmetry_channels else ''}): "
+                         "train it with the same MODALITY_PATTERNS, CONTEXT_SLICES and SYMMETRY_CHANNELS")
+    targets = {layer.name: layer for layer in model.layers if layer.weights}
+    copied = 0
+    for layer in source.layers:
+        if not layer.weights:
+            continue
+        target = targets.pop(layer.name, None)
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if target is None or [tuple(w.shape) for w in target.weights] != shapes:
+            found = "no layer of that name" if target is None else f"weights {[tuple(w.shape) for w in target.weights]}"
+            raise StageError(f"{what} does not fit this run's network: its layer {layer.name!r} (weights {shapes}) "
+                             f"meets {found}; MODEL, BASE_FILTERS, DEPTH and NORMALIZATION must be those it was "
+                             "trained with")
+        target.set_weights(layer.get_weights())
+        copied += 1
+    if copied == 0:
+        raise StageError(f"{what} holds no weights to start from")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    left = f"; {len(targets)} layer(s) it lacks keep their random start ({', '.join(sorted(targets))})" if targets else ""
+    log(f"[train] starting from the weights of {path} ({copied} layers{left})")
+    return {"path": str(path), "sha256": digest, "layers": copied}
+
+
 @contextlib.contextmanager
 def averaged_weights(model: keras.Model):
     """Inside the block, `model`'s trainable weights are the optimizer's
@@ -408,8 +457,6 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         raise StageError(f"BATCH_SIZE {settings.batch_size} must be a multiple of the {replicas} devices "
                          "that DISTRIBUTION = 'data_parallel' splits each batch over")
     if run is None:
-        run = new_run_dir(settings)
-        _write_relevant_files(settings, run)
         record = {"status": "running", "started": _now(), "resumed": [], **runtime.describe(),
                   "precision": policy, "jit_compile": jit, "replicas": replicas}
         with scope:  # variables must be created where the distribution places them
@@ -420,11 +467,16 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                                     normalization=settings.normalization)
             except ValueError as exc:  # e.g. a registered model without deep supervision: a config mistake
                 raise StageError(f"MODEL = {settings.model!r}: {exc}") from exc
+            if settings.initial_model is not None:
+                record["initial_model"] = load_initial_weights(model, settings, log)
             steps = _steps_per_epoch(settings, replicas)
             ema = ({"use_ema": True, "ema_momentum": float(settings.ema_momentum)}
                    if settings.ema_momentum is not None else {})
             model.compile(optimizer=keras.optimizers.Adam(learning_rate(settings, steps), **ema),
                           jit_compile=jit, **_loss_and_metrics(settings, len(model.outputs)))
+        # the run folder only once the network stands (an INITIAL_MODEL that does not fit leaves none)
+        run = new_run_dir(settings)
+        _write_relevant_files(settings, run)
         initial_epoch = 0
         log(f"[train] new run {run}")
     else:
