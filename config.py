@@ -132,7 +132,7 @@ PATCH_SIZE = None                # (rows, cols): train on random patches of the 
 MODEL = "unet"                   # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (residual encoder, nnU-Net ResEnc style)
 BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
-DROPOUT = 0.1
+DROPOUT = 0.1                    # 0: -0.006 [-0.037, +0.021] on another generator (README thirteenth round)
 DEEP_SUPERVISION = False         # also train the decoder's coarser levels (1/2, 1/4 size) against the
                                  # pooled mask, weights 1/2**k (nnU-Net); the saved model keeps only
                                  # the full-size output, so testing is unchanged. Off: at the demo scale
@@ -156,7 +156,9 @@ TARGET_NAME = "clot"             # what the masks mark, used in logs and reports
 # --------------------------------------------------------------------------
 LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half the Dice per clot slice: small clots
                                  # weigh as much as large ones; -0.009 [-0.040, +0.023] at the CPU scale over
-                                 # 2 seeds, 3x the network's false positives), "tversky", "focal_tversky"
+                                 # 2 seeds, 3x the network's false positives), "tversky", "focal_tversky";
+                                 # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, twice the
+                                 # controls with an alarm before post-processing (README thirteenth round)
 LEARNING_RATE = 1e-3
 LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
                                  # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau.
