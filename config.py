@@ -144,10 +144,12 @@ NORMALIZATION = "batch"          # "batch" (CT-ClotSeg's BatchNormalization) or 
                                  # scored -0.052 [-0.081, -0.024] at the CPU scale (README seventh round)
 INITIAL_MODEL = None             # start training from a trained model's weights instead of random ones
                                  # (transfer learning): a .keras file or a run folder (its
-                                 # Best_Model/model.keras), e.g. a run on the phantom (README "Starting
-                                 # from a trained model"). Its MODEL, BASE_FILTERS, DEPTH, channels
-                                 # (modalities x (2 CONTEXT_SLICES + 1)) and NUM_CLASSES must be yours;
-                                 # its rows and cols need not be. None = random initialisation
+                                 # Best_Model/model.keras), e.g. your model of an earlier cohort (README
+                                 # "Your own data"). Its MODEL, BASE_FILTERS, DEPTH, NORMALIZATION,
+                                 # channels (modalities x (2 CONTEXT_SLICES + 1)) and NUM_CLASSES must be
+                                 # yours; its rows and cols need not be. None = random initialisation.
+                                 # From a 5-minute phantom model: -0.024 [-0.063, +0.011] on another
+                                 # generator's cohort (README thirteenth round), so not a default
 NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
 TARGET_NAME = "clot"             # what the masks mark, used in logs and reports ("hemorrhage" for an ICH cohort)
 
