@@ -159,8 +159,8 @@ TARGET_NAME = "clot"             # what the masks mark, used in logs and reports
 LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half the Dice per clot slice: small clots
                                  # weigh as much as large ones; -0.009 [-0.040, +0.023] at the CPU scale over
                                  # 2 seeds, 3x the network's false positives), "tversky", "focal_tversky";
-                                 # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, twice the
-                                 # controls with an alarm before post-processing (README thirteenth round)
+                                 # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, -0.014
+                                 # [-0.039, +0.006] at the CPU scale, more false alarms (README thirteenth round)
 LEARNING_RATE = 1e-3
 LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
                                  # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau.
