@@ -47,7 +47,7 @@ def test_weights_are_copied_from_a_file_or_a_run_folder_whatever_its_slice_size(
         target = _net(s)
         before = _weights(target)
         info = load_initial_weights(target, s.replace(initial_model=given), log=quiet)
-        for got, want, old in zip(_weights(target), _weights(source), before):
+        for got, want in zip(_weights(target), _weights(source)):
             np.testing.assert_array_equal(got, want)
         assert any(not np.array_equal(a, b) for a, b in zip(before, _weights(target)))
         assert info["path"] == str(run / BEST_MODEL) and len(info["sha256"]) == 64

@@ -17,6 +17,7 @@ optimizer, epoch counter, learning rate and early-stopping state intact.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import sys
@@ -218,8 +219,6 @@ def load_initial_weights(model: keras.Model, settings: Settings, log=print) -> d
     line naming the file and the first layer that differs. Layers the source
     lacks (the extra heads of DEEP_SUPERVISION) keep their random start.
     """
-    import hashlib
-
     path = settings.initial_model_path
     what = f"INITIAL_MODEL {path}"
     check_keras_file(path, None, settings.num_classes, "INITIAL_MODEL", "NUM_CLASSES in config.py")
