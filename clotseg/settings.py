@@ -23,7 +23,7 @@ from typing import Any
 from clotseg.errors import ConfigError, StageError
 from clotseg.helpers import jsonable
 
-LOSSES = ("dice", "bce_dice", "bce_slice_dice", "tversky", "focal_tversky")
+LOSSES = ("dice", "bce_dice", "bce_slice_dice", "topk_bce_dice", "tversky", "focal_tversky")
 MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test keeps them in sync)
 NORMALIZATIONS = ("batch", "instance")  # myModels.unet2D.NORMALIZATIONS (a test keeps them in sync)
 LR_SCHEDULES = ("plateau", "cosine", "poly")

@@ -20,6 +20,12 @@ Design choices:
   weigh every clot the same; the misses are the small clots (README
   "Segmentation quality"). The idea of blob loss (Kofler et al. 2022), at the
   cost of a sum over two axes: a training patch rarely holds two clots.
+- `topk_bce_dice` is nnU-Net's DC_and_topk_loss: the crossentropy is
+  averaged over the k% (10) of pixels with the largest crossentropy only,
+  so the many easy background pixels stop diluting the few hard ones (a
+  faint clot in a thin M2 branch, a calcification next to an artery). The
+  top k is taken per slice (nnU-Net takes it over the whole batch) so the
+  number of pixels kept is fixed by the slice size, whatever the batch.
 - The metrics `dice` and `iou` are `keras.metrics.Metric` classes that
   accumulate intersection and sums over the whole epoch, so the reported
   value is the global Dice/IoU of the epoch (every clot pixel weighs the
@@ -31,6 +37,8 @@ Design choices:
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 from keras import ops
@@ -110,6 +118,32 @@ def crossentropy(y_true, y_pred):
     return ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
 
 
+def topk_crossentropy(y_true, y_pred, k_percent=10.0):
+    """Mean pixel crossentropy over the k_percent of pixels of each slice with
+    the largest crossentropy; float32 scalar.
+
+    Per sample b the (H, W) crossentropy map (binary for K = 1, categorical
+    for K > 1) is flattened and its ceil(H W k / 100) largest values kept;
+    the mean of all kept values is returned. k_percent = 100 is
+    `crossentropy`. H and W must be known when the loss is traced (they are:
+    the models take a fixed INPUT_SHAPE or PATCH_SIZE).
+    """
+    y_true, y_pred = _prepare(y_true, y_pred)
+    if y_pred.shape[-1] == 1:
+        pixels = keras.losses.binary_crossentropy(y_true, y_pred)          # (B, H, W)
+    else:
+        pixels = keras.losses.categorical_crossentropy(y_true, y_pred)
+    spatial = pixels.shape[1:]
+    if any(size is None for size in spatial):
+        raise ValueError(f"topk crossentropy needs a known slice size, got {tuple(pixels.shape)}")
+    count = 1
+    for size in spatial:
+        count *= int(size)
+    keep = max(1, math.ceil(count * float(k_percent) / 100.0))
+    hardest, _ = ops.top_k(ops.reshape(pixels, (-1, count)), keep, sorted=False)  # (B, keep)
+    return ops.mean(hardest)
+
+
 @keras.saving.register_keras_serializable(package="clotseg")
 class DiceLoss(keras.losses.Loss):
     """Soft batch Dice loss 1 - Dice (see module docstring)."""
@@ -167,6 +201,24 @@ class BceSliceDiceLoss(keras.losses.Loss):
 
 
 @keras.saving.register_keras_serializable(package="clotseg")
+class TopKBceDiceLoss(keras.losses.Loss):
+    """Crossentropy of the k% hardest pixels of each slice + soft batch Dice
+    (nnU-Net's DC_and_topk_loss, k = 10; see `topk_crossentropy`)."""
+
+    def __init__(self, k_percent=10.0, smooth=LOSS_SMOOTH, name="topk_bce_dice", **kwargs):
+        super().__init__(name=name, **kwargs)
+        if not 0.0 < float(k_percent) <= 100.0:
+            raise ValueError(f"k_percent must be in (0, 100], got {k_percent}")
+        self.k_percent, self.smooth = float(k_percent), float(smooth)
+
+    def call(self, y_true, y_pred):
+        return topk_crossentropy(y_true, y_pred, self.k_percent) + soft_dice_loss(y_true, y_pred, self.smooth)
+
+    def get_config(self):
+        return {**super().get_config(), "k_percent": self.k_percent, "smooth": self.smooth}
+
+
+@keras.saving.register_keras_serializable(package="clotseg")
 class TverskyLoss(keras.losses.Loss):
     """1 - Tversky index; alpha weighs false positives, beta false negatives.
 
@@ -210,6 +262,7 @@ LOSSES = {
     "dice": DiceLoss,
     "bce_dice": BceDiceLoss,
     "bce_slice_dice": BceSliceDiceLoss,
+    "topk_bce_dice": TopKBceDiceLoss,
     "tversky": TverskyLoss,
     "focal_tversky": FocalTverskyLoss,
 }

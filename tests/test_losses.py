@@ -17,13 +17,16 @@ from myModels.losses import (
     DiceLoss,
     FocalTverskyLoss,
     IoUScore,
+    TopKBceDiceLoss,
     TverskyLoss,
     clot_slice_dice_loss,
+    crossentropy,
     dice_coefficient,
     get_loss,
     get_metrics,
     iou_score,
     soft_dice_loss,
+    topk_crossentropy,
     tversky_index,
 )
 
@@ -124,7 +127,39 @@ def test_bce_slice_dice_is_crossentropy_plus_half_of_each_dice():
     assert value(BceSliceDiceLoss()(truth, pred)) == pytest.approx(expected, rel=1e-4)
 
 
-@pytest.mark.parametrize("name", ["dice", "bce_dice", "bce_slice_dice", "tversky", "focal_tversky"])
+def test_topk_crossentropy_keeps_the_hardest_pixels_of_each_slice():
+    truth = np.zeros((2, 4, 5, 1), "float32")                  # 20 pixels a slice: top 10% = 2
+    truth[0, 0, :2] = 1
+    pred = np.full_like(truth, 0.1)
+    pred[0, 0, :2] = 0.2                                        # slice 0: two missed clot pixels
+    pred[1, 1, 1], pred[1, 2, 2] = 0.6, 0.9                     # slice 1: two false alarms
+    expected = (2 * -np.log(0.2) + -np.log(1 - 0.6) - np.log(1 - 0.9)) / 4
+    assert value(topk_crossentropy(truth, pred, 10.0)) == pytest.approx(expected, rel=1e-4)
+    assert value(topk_crossentropy(truth, pred, 100.0)) == pytest.approx(value(crossentropy(truth, pred)),
+                                                                         rel=1e-5)
+    # ceil: 15% of 20 pixels keeps 3, so the next-hardest pixel (0.1 -> -log 0.9) joins each slice
+    three = (2 * -np.log(0.2) - np.log(0.9) - np.log(0.4) - np.log(0.1) - np.log(0.9)) / 6
+    assert value(topk_crossentropy(truth, pred, 15.0)) == pytest.approx(three, rel=1e-4)
+
+
+def test_topk_bce_dice_is_topk_crossentropy_plus_batch_dice():
+    rng = np.random.default_rng(3)
+    truth = (rng.random((2, 8, 8, 1)) > 0.85).astype("float32")
+    pred = rng.uniform(0.05, 0.95, truth.shape).astype("float32")
+    loss = TopKBceDiceLoss()
+    assert loss.name == "topk_bce_dice" and get_loss("topk_bce_dice").k_percent == 10.0
+    expected = value(topk_crossentropy(truth, pred, 10.0)) + value(DiceLoss()(truth, pred))
+    assert value(loss(truth, pred)) == pytest.approx(expected, rel=1e-5)
+    # harder than the plain crossentropy: only the worst pixels are averaged
+    assert value(loss(truth, pred)) > value(BceDiceLoss()(truth, pred))
+    with pytest.raises(ValueError, match="k_percent"):
+        TopKBceDiceLoss(k_percent=0)
+    back = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(TopKBceDiceLoss(25.0)))
+    assert isinstance(back, TopKBceDiceLoss) and back.k_percent == 25.0
+
+
+@pytest.mark.parametrize("name", ["dice", "bce_dice", "bce_slice_dice", "topk_bce_dice", "tversky",
+                                  "focal_tversky"])
 def test_perfect_prediction_gives_near_zero_loss(name):
     rng = np.random.default_rng(0)
     truth = (rng.random((2, 16, 16, 1)) > 0.8).astype("float32")
@@ -216,7 +251,7 @@ def test_softmax_metric_uses_argmax_and_foreground_classes():
 
 def test_get_loss_names_and_errors():
     for name, cls in [("dice", DiceLoss), ("bce_dice", BceDiceLoss), ("bce_slice_dice", BceSliceDiceLoss),
-                      ("tversky", TverskyLoss),
+                      ("topk_bce_dice", TopKBceDiceLoss), ("tversky", TverskyLoss),
                       ("focal_tversky", FocalTverskyLoss)]:
         loss = get_loss(name)
         assert isinstance(loss, cls) and loss.name == name
