@@ -106,6 +106,9 @@ CLOT_APPEARANCE_AUG = 0.0        # share of clot samples whose clot intensity is
                                  # (NCCT -30..+10 HU: not every clot is hyperdense; CTA -20..+60 HU: more
                                  # or less pervious); the mask is unchanged. 0 = off: over 2 seeds it
                                  # did not help (README, demo scale third round)
+MODALITY_DROPOUT = 0.0           # share of training samples in which one modality (all its context slices) is
+                                 # blanked, so the network learns to find a clot from CTA alone and from NCCT
+                                 # alone (ModDrop); validation and testing always see every modality. 0 = off
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
 CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below of every modality as
                                  # channels (0 = plain 2D); edge slices repeat the first/last slice.

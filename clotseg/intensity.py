@@ -206,6 +206,15 @@ def centre_channels(n_modalities: int, k: int) -> list[int]:
     return [m * (2 * k + 1) + k for m in range(n_modalities)]
 
 
+def modality_channels(n_modalities: int, k: int, symmetry: bool = False) -> list[list[int]]:
+    """Channel indices of each modality in the model input: its 2 k + 1
+    context slices and, with `symmetry`, their mirrored planes (appended
+    after all original planes, see below)."""
+    span, planes = 2 * k + 1, n_modalities * (2 * k + 1)
+    return [[m * span + j + copy * planes for copy in range(2 if symmetry else 1) for j in range(span)]
+            for m in range(n_modalities)]
+
+
 # ------------------------------------------------------ symmetry channels
 # With SYMMETRY_CHANNELS the network also sees every input plane mirrored
 # left-right about the head's midline, appended after the original planes:

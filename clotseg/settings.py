@@ -107,6 +107,7 @@ class Settings:
     hard_negative_fraction: float = 0.25
     positive_sampling: str = "slice"
     clot_appearance_aug: float = 0.0
+    modality_dropout: float = 0.0
     num_workers: int = 0
     context_slices: int = 1
     symmetry_channels: bool = False
@@ -460,6 +461,11 @@ class Settings:
               f"POSITIVE_SAMPLING must be one of {POSITIVE_SAMPLINGS}, got {_short(self.positive_sampling)}")
         check(_is_num(self.clot_appearance_aug) and 0 <= self.clot_appearance_aug <= 1,
               "CLOT_APPEARANCE_AUG must be in [0, 1] (share of clot samples whose clot intensity is moved)")
+        check(_is_num(self.modality_dropout) and 0 <= self.modality_dropout <= 1,
+              "MODALITY_DROPOUT must be in [0, 1] (share of training samples with one modality blanked)")
+        check(not (_is_num(self.modality_dropout) and self.modality_dropout > 0
+                   and isinstance(self.modality_patterns, dict) and len(self.modality_patterns) < 2),
+              "MODALITY_DROPOUT needs at least two modalities in MODALITY_PATTERNS")
         check(self.max_training_minutes is None
               or (_is_num(self.max_training_minutes) and self.max_training_minutes > 0),
               "MAX_TRAINING_MINUTES must be None or a positive number of minutes")

@@ -64,6 +64,16 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             batch])`, so epochs are reproducible and differ from each other.
         num_outputs: outputs of the model fed (deep supervision: DEPTH);
             y is repeated for each.
+        modality_dropout: probability (0..1) that a sample has one of its
+            modalities blanked: every channel of that modality (its 2.5D
+            context slices, its mirrored planes) set to code 0, the modality
+            drawn uniformly (ModDrop, Neverova et al. 2016). A network that
+            must also find the clot from CTA alone and from NCCT alone
+            learns both signs, not only the easiest one (a hyperdense clot on
+            NCCT). Drawn from `default_rng([seed, epoch, batch, 1])`; the mask
+            is unchanged. Needs `modality_channels`.
+        modality_channels: one list of channel indices per modality (see
+            `clotseg.intensity.modality_channels`); at least two modalities.
         **kwargs: workers, use_multiprocessing, max_queue_size (PyDataset).
 
     Batches: x (B, H, W, C) of `image_dtype`; y float32 (B, H, W, 1) in {0, 1}
@@ -90,6 +100,8 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         image_dtype="float32",
         patch_size=None,
         num_outputs=1,
+        modality_dropout=0.0,
+        modality_channels=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,6 +128,7 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         self.image_dtype = np.dtype(dtype_name)
         self.indices = self._validate_indices(indices)
         self.patch_size = self._validate_patch(patch_size)
+        self.modality_dropout, self.modality_channels = self._validate_dropout(modality_dropout, modality_channels)
         self.epoch = 0
         self.order = self._epoch_order()
 
@@ -167,6 +180,26 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             raise ValueError(f"patch_size {(rows, cols)} must fit inside the slices ({self._describe()})")
         return None if (rows, cols) == (height, width) else (rows, cols)
 
+    def _validate_dropout(self, probability, groups):
+        try:
+            probability = float(probability)
+        except (TypeError, ValueError):
+            raise ValueError(f"modality_dropout must be a number in [0, 1], got {probability!r}") from None
+        if not 0.0 <= probability <= 1.0:
+            raise ValueError(f"modality_dropout must be in [0, 1], got {probability}")
+        if probability == 0.0:
+            return 0.0, None
+        channels = self.images.shape[-1]
+        try:
+            groups = [np.asarray(group, dtype=np.int64).ravel() for group in groups]
+        except TypeError:
+            raise ValueError("modality_dropout needs modality_channels, one channel list per modality") from None
+        if len(groups) < 2:
+            raise ValueError("modality_dropout needs at least two modalities (one would blank the whole input)")
+        if any(g.size == 0 or g.min() < 0 or g.max() >= channels for g in groups):
+            raise ValueError(f"modality_channels must hold channel indices below {channels} ({self._describe()})")
+        return probability, groups
+
     # ------------------------------------------------------------ ordering
     def _epoch_order(self) -> np.ndarray:
         if not self.shuffle:
@@ -203,6 +236,8 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         masks = np.asarray(self.masks[rows])[inverse]
         if self.patch_size is not None:
             x, masks = self._crop(x, masks, np.random.default_rng([self.seed, self.epoch, int(idx)]))
+        if self.modality_dropout > 0.0:
+            x = self._drop_modalities(x, np.random.default_rng([self.seed, self.epoch, int(idx), 1]))
         y = self._targets(masks)
         # deep supervision: every output gets the same full-size target (its loss pools it)
         return x.astype(self.image_dtype, copy=False), (y if self.num_outputs == 1 else (y,) * self.num_outputs)
@@ -225,6 +260,18 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             out_x[i] = x[i, top:top + rows, left:left + cols]
             out_m[i] = masks[i, top:top + rows, left:left + cols]
         return out_x, out_m
+
+    def _drop_modalities(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(B, H, W, C) -> the same with one modality's channels set to 0 in a
+        `modality_dropout` share of the samples (a copy; memmap rows stay)."""
+        dropped = rng.random(len(x)) < self.modality_dropout
+        which = rng.integers(len(self.modality_channels), size=len(x))
+        if not dropped.any():
+            return x
+        x = np.array(x, copy=True)
+        for i in np.flatnonzero(dropped):
+            x[i][..., self.modality_channels[which[i]]] = 0
+        return x
 
     def _targets(self, masks: np.ndarray) -> np.ndarray:
         """(B, H, W) uint8 masks -> float32 (B, H, W, 1) binary or (B, H, W, K) one-hot."""

@@ -33,7 +33,7 @@ from clotseg import postprocessing, runtime  # noqa: E402
 from clotseg.cohort import discover_cases, load_case
 from clotseg.errors import StageError
 from clotseg.evaluation.figures import plot_training_curves, prediction_panel
-from clotseg.intensity import add_mirror, centre_channels, normalise_mask, stack_context, store_context_rows
+from clotseg.intensity import add_mirror, centre_channels, modality_channels, normalise_mask, stack_context, store_context_rows
 from clotseg.io import (atomic_write_json, atomic_write_text, check_keras_file, disk_full_error, is_no_space,
                         read_json, read_manifest, read_run_record, read_run_state)
 from clotseg.inference import predict_samples, predict_volume_members, to_mask
@@ -500,7 +500,11 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                             # results as float32, a quarter of the host copies and host-to-GPU bytes
                             image_dtype="uint8",
                             # patches for training; validation sees whole slices, as testing does
-                            patch_size=settings.patch_size if cohort == TRAINING else None)
+                            patch_size=settings.patch_size if cohort == TRAINING else None,
+                            # training only: validation scores the network as testing will use it
+                            modality_dropout=settings.modality_dropout if cohort == TRAINING else 0.0,
+                            modality_channels=modality_channels(len(settings.modalities), settings.context_slices,
+                                                                settings.symmetry_channels))
         for cohort in TRAIN_COHORTS)
     # Keras' shuffling sequence must continue where the killed run stopped.
     train_gen.set_epoch(initial_epoch)
