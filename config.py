@@ -108,7 +108,9 @@ CLOT_APPEARANCE_AUG = 0.0        # share of clot samples whose clot intensity is
                                  # did not help (README, demo scale third round)
 MODALITY_DROPOUT = 0.0           # share of training samples in which one modality (all its context slices) is
                                  # blanked, so the network learns to find a clot from CTA alone and from NCCT
-                                 # alone (ModDrop); validation and testing always see every modality. 0 = off
+                                 # alone (ModDrop); validation and testing always see every modality. 0 = off:
+                                 # 0.25 gave -0.014 [-0.028, +0.000], -0.025 before post-processing (README
+                                 # fourteenth round)
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
 CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below of every modality as
                                  # channels (0 = plain 2D); edge slices repeat the first/last slice.
@@ -163,7 +165,10 @@ LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half th
                                  # weigh as much as large ones; -0.009 [-0.040, +0.023] at the CPU scale over
                                  # 2 seeds, 3x the network's false positives), "tversky", "focal_tversky";
                                  # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, -0.014
-                                 # [-0.039, +0.006] at the CPU scale, more false alarms (README thirteenth round)
+                                 # [-0.039, +0.006] at the CPU scale, more false alarms (README thirteenth round);
+                                 # "topk_bce_dice" (nnU-Net's crossentropy of the 10% hardest pixels): -0.005
+                                 # [-0.017, +0.005] at the demo scale, +0.003 [-0.017, +0.021] at the CPU scale,
+                                 # more false alarms at both (README fourteenth round)
 LEARNING_RATE = 1e-3
 LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
                                  # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau.
