@@ -33,7 +33,8 @@ from clotseg import postprocessing, runtime  # noqa: E402
 from clotseg.cohort import discover_cases, load_case
 from clotseg.errors import StageError
 from clotseg.evaluation.figures import plot_training_curves, prediction_panel
-from clotseg.intensity import add_mirror, centre_channels, modality_channels, normalise_mask, stack_context, store_context_rows
+from clotseg.intensity import (add_mirror, centre_channels, modality_channels, normalise_mask, stack_context,
+                               store_context_rows)
 from clotseg.io import (atomic_write_json, atomic_write_text, check_keras_file, disk_full_error, is_no_space,
                         read_json, read_manifest, read_run_record, read_run_state)
 from clotseg.inference import predict_samples, predict_volume_members, to_mask
