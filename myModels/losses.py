@@ -110,12 +110,17 @@ def clot_slice_dice_loss(y_true, y_pred, smooth=LOSS_SMOOTH):
     return ops.sum(weight * (1.0 - dice)) / ops.maximum(ops.sum(weight), 1.0)
 
 
-def crossentropy(y_true, y_pred):
-    """Mean pixel crossentropy (binary for K = 1, categorical for K > 1); float32 scalar."""
+def _pixel_crossentropy(y_true, y_pred):
+    """(B, H, W) float32 crossentropy of each pixel (binary for K = 1, categorical for K > 1)."""
     y_true, y_pred = _prepare(y_true, y_pred)
     if y_pred.shape[-1] == 1:
-        return ops.mean(keras.losses.binary_crossentropy(y_true, y_pred))
-    return ops.mean(keras.losses.categorical_crossentropy(y_true, y_pred))
+        return keras.losses.binary_crossentropy(y_true, y_pred)
+    return keras.losses.categorical_crossentropy(y_true, y_pred)
+
+
+def crossentropy(y_true, y_pred):
+    """Mean pixel crossentropy (binary for K = 1, categorical for K > 1); float32 scalar."""
+    return ops.mean(_pixel_crossentropy(y_true, y_pred))
 
 
 def topk_crossentropy(y_true, y_pred, k_percent=10.0):
@@ -128,17 +133,11 @@ def topk_crossentropy(y_true, y_pred, k_percent=10.0):
     `crossentropy`. H and W must be known when the loss is traced (they are:
     the models take a fixed INPUT_SHAPE or PATCH_SIZE).
     """
-    y_true, y_pred = _prepare(y_true, y_pred)
-    if y_pred.shape[-1] == 1:
-        pixels = keras.losses.binary_crossentropy(y_true, y_pred)          # (B, H, W)
-    else:
-        pixels = keras.losses.categorical_crossentropy(y_true, y_pred)
+    pixels = _pixel_crossentropy(y_true, y_pred)                            # (B, H, W)
     spatial = pixels.shape[1:]
     if any(size is None for size in spatial):
         raise ValueError(f"topk crossentropy needs a known slice size, got {tuple(pixels.shape)}")
-    count = 1
-    for size in spatial:
-        count *= int(size)
+    count = math.prod(spatial)
     keep = max(1, math.ceil(count * float(k_percent) / 100.0))
     hardest, _ = ops.top_k(ops.reshape(pixels, (-1, count)), keep, sorted=False)  # (B, keep)
     return ops.mean(hardest)
