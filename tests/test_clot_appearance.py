@@ -53,14 +53,41 @@ def test_only_the_clot_and_its_soft_edge_change_within_the_range():
     assert np.array_equal(clot_appearance(img, mask, CODES, 5), clot_appearance(img, mask, CODES, 5))
 
 
-def test_a_slice_without_clot_and_context_planes_stay_as_they_were():
-    img, mask = _sample(planes=3)
-    assert np.array_equal(clot_appearance(img, np.zeros_like(mask), CODES, 1), img)
-    for seed in range(30):
-        out = clot_appearance(img, mask, CODES, seed)
-        # modality-major planes: only the centre plane of each modality (1 and 4) may move
-        for c in (0, 2, 3, 5):
-            assert np.array_equal(out[..., c], img[..., c])
+def test_every_context_plane_moves_through_its_own_mask_by_its_modalitys_offset():
+    img, _ = _sample(planes=3)
+    masks = np.zeros((3, 32, 32), np.uint8)
+    masks[0, 12:16, 10:14] = 1             # the clot ends here: smaller in the plane below
+    masks[1, 12:16, 10:18] = 1             # the centre plane
+    # plane 2: past the clot's end, nothing to move
+    assert np.array_equal(clot_appearance(img, np.zeros_like(masks), CODES, 1), img)
+    moved = 0
+    for seed in range(40):
+        out = clot_appearance(img, masks, CODES, seed)
+        d = out.astype(int) - img
+        for m in range(2):                 # modality-major: planes m*3 .. m*3+2
+            below, centre, above = d[..., 3 * m], d[..., 3 * m + 1], d[..., 3 * m + 2]
+            assert not above.any()
+            # one offset per modality: the cores of both planes move alike
+            assert abs(int(below[13, 11]) - int(centre[13, 11])) <= 1
+            assert not below[:, 16:].any() or abs(below[:, 16:]).max() <= 1   # not where only the centre has clot
+            moved += bool(centre.any())
+    assert moved > 10
+    with pytest.raises(ValueError, match="one mask per context plane"):
+        clot_appearance(img, masks[1], CODES, 0)     # the centre mask alone does not say where the others' clot is
+
+
+def test_augment_one_takes_the_context_planes_masks():
+    img, _ = _sample(planes=3)
+    masks = np.zeros((3, 32, 32), np.uint8)
+    masks[:, 12:16, 10:18] = 1
+    none = build_transform(6, 0.0)
+    changed_context = 0
+    for seed in range(40):
+        out, out_mask = augment_one(none, img, masks[1], [3, 0, 1, seed], 2, "strong", (1.0, CODES),
+                                    plane_masks=masks)
+        assert np.array_equal(out_mask, masks[1])
+        changed_context += bool((out[..., [0, 2, 3, 5]] != img[..., [0, 2, 3, 5]]).any())
+    assert changed_context > 10
 
 
 def test_augment_one_applies_it_with_its_probability_and_keeps_the_mask():
@@ -106,3 +133,36 @@ def test_setting_is_validated_and_rebuilds_the_augmented_samples(tmp_path):
     from scipy.ndimage import binary_dilation
     near = np.stack([binary_dilation(m > 0, iterations=3) for m in masks])
     assert not diff[~near].any()
+
+
+def test_the_stage_moves_each_context_plane_through_that_slices_mask(tmp_path):
+    """With CONTEXT_SLICES = 1 the neighbouring planes change too, each only
+    around the clot of its own source slice (the sliced store's mask)."""
+    from scipy.ndimage import binary_dilation
+
+    from clotseg.intensity import store_context_rows
+    from clotseg.stages.common import store_runs
+
+    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32,
+                      context_slices=1)
+    write_cohort(s, n=6, shape=(40, 36, 12))
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    plain = np.load(augmented_dir(s, "Training") / "images.npy")
+    prepare_data(s.replace(clot_appearance_aug=1.0), log=quiet, demo_if_empty=False)
+    looked = np.load(augmented_dir(s, "Training") / "images.npy")
+    rows = read_samples_csv(augmented_dir(s, "Training") / "samples.csv")
+    src_rows = read_samples_csv(sliced_dir(s, "Training") / "samples.csv")
+    src_masks = np.load(sliced_dir(s, "Training") / "masks.npy")
+    context = store_context_rows([r["case_id"] for r in src_rows], [int(r["slice"]) for r in src_rows], 1,
+                                 store_runs(src_rows))
+    diff = looked.astype(int) - plain
+    assert diff.shape[-1] == 6
+    moved_context = 0
+    for i, row in enumerate(rows):
+        for p, src in enumerate(context[int(row["source_sample"])]):
+            near = binary_dilation(src_masks[src] > 0, iterations=3)
+            for m in range(2):
+                plane = diff[i, ..., 3 * m + p]
+                assert not plane[~near].any()
+                moved_context += p != 1 and bool(plane.any())
+    assert moved_context > 0

@@ -90,27 +90,38 @@ def clot_appearance_codes(modalities, windows_hu: dict) -> list:
     return out
 
 
-def clot_appearance(image: np.ndarray, mask: np.ndarray, codes: list, seed) -> np.ndarray:
+def clot_appearance(image: np.ndarray, masks: np.ndarray, codes: list, seed) -> np.ndarray:
     """Move the clot's intensity, separately per modality, inside the mask.
 
     image: (H, W, C) uint8, modality-major with C = len(codes) * planes
-    (2.5D context planes); mask: (H, W) uint8 of the centre slice. Each
-    modality with a range in `codes` (uint8 codes, see
-    `clot_appearance_codes`) gets, with probability 1/2, an offset drawn
-    from that range, applied to its centre plane only (the mask belongs to
-    the centre slice) through the mask blurred by a Gaussian of 0.7 pixels
-    and scaled to peak 1, so the clot's edge stays as soft as the scanner
-    made it rather than a step that traces the label. Returns a new array;
-    a slice without clot comes back unchanged.
+    (2.5D context planes); masks: (planes, H, W) uint8, the mask of each
+    context plane (centre in the middle), or (H, W) for a one-plane sample.
+    Each modality with a range in `codes` (uint8 codes, see
+    `clot_appearance_codes`) gets, with probability 1/2, one offset drawn
+    from that range and applied to every plane through that plane's own
+    mask: the clot runs through the neighbouring slices, and a hyperdense
+    clot left in the context planes would still give its density away.
+    Each plane's mask is blurred by a Gaussian of 0.7 pixels and scaled to
+    peak 1, so the clot's edge stays as soft as the scanner made it rather
+    than a step that traces the label. Returns a new array; a sample
+    without clot in any plane comes back unchanged.
     """
     from scipy.ndimage import gaussian_filter
 
-    if not mask.any():
+    masks = np.asarray(masks)
+    if masks.ndim == 2:
+        masks = masks[None]
+    planes = image.shape[-1] // len(codes)
+    if masks.shape != (planes, *image.shape[:2]):
+        raise ValueError(f"clot_appearance: masks of shape {masks.shape} for {planes} plane(s) of "
+                         f"{image.shape[:2]} pixels; give one mask per context plane")
+    if not masks.any():
         return image.copy()
     rng = np.random.default_rng(seed)
-    weight = gaussian_filter(mask.astype(np.float32), 0.7)
-    weight /= max(float(weight.max()), 1e-6)
-    planes = image.shape[-1] // len(codes)
+    weights = []
+    for plane in masks:
+        w = gaussian_filter(plane.astype(np.float32), 0.7)
+        weights.append(w / max(float(w.max()), 1e-6))
     out = image.astype(np.float32)
     for m, rng_codes in enumerate(codes):
         # both draws every time, so one modality's draws never depend on another's range
@@ -118,8 +129,8 @@ def clot_appearance(image: np.ndarray, mask: np.ndarray, codes: list, seed) -> n
         offset = rng.uniform(*rng_codes) if rng_codes is not None else 0.0
         if rng_codes is None or draw >= 0.5:
             continue
-        c = m * planes + planes // 2
-        out[..., c] += offset * weight
+        for p, weight in enumerate(weights):
+            out[..., m * planes + p] += offset * weight
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
@@ -212,7 +223,8 @@ def modality_shift(image: np.ndarray, n_modalities: int, seed, strength: str = "
 
 def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
                 n_modalities: int | None = None, strength: str = "strong",
-                clot_look: tuple | None = None, mirror_k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                clot_look: tuple | None = None, mirror_k: int | None = None,
+                plane_masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Augment one sample: image (H, W, C) uint8, mask (H, W) uint8 -> same shapes.
 
     `seed` (an int or a sequence of ints) fully determines the result.
@@ -221,16 +233,19 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
     transform.p). `clot_look` = (probability, per-modality code ranges):
     first, with that probability and whether or not the rest fires, move
     the clot's own intensity (`clot_appearance`), before the geometry so
-    that it moves with the mask. `mirror_k` given (SYMMETRY_CHANNELS, the
+    that it moves with the mask; `plane_masks` (planes, H, W) uint8 are
+    then the masks of the 2.5D context planes (centre in the middle; None
+    = `mask` of a one-plane sample). `mirror_k` given (SYMMETRY_CHANNELS, the
     CONTEXT_SLICES k): the planes mirrored about the midline are appended
     after that and before the geometry (`clotseg.intensity.add_mirror`), so
     the output has twice the input's channels.
     """
-    if clot_look is not None and clot_look[0] > 0 and mask.any():
+    look_masks = mask if plane_masks is None else plane_masks
+    if clot_look is not None and clot_look[0] > 0 and look_masks.any():
         # its own stream (a spawned child), so the draws below stay as they were without it
         look_rng = np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
         if look_rng.random() < clot_look[0]:
-            image = clot_appearance(image, mask, clot_look[1], look_rng.integers(2**63))
+            image = clot_appearance(image, look_masks, clot_look[1], look_rng.integers(2**63))
     if mirror_k is not None:
         image = add_mirror(image[None], mirror_k)[0]
     # Compose.set_random_seed hands the *same* seed to every transform, which
@@ -346,7 +361,9 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
         "settings": settings.subset(["target_sample_size_aug_train", "target_sample_size_aug_val",
                                      "aug_p", "augmentation", "positive_fraction", "hard_negative_fraction",
                                      "context_slices", "random_seed", "clot_appearance_aug", "symmetry_channels"]),
-        **({"clot_appearance_hu": CLOT_APPEARANCE_HU, "windows_hu": settings.windows_hu}
+        # "planes": since the change reaches every 2.5D context plane, not the centre one only
+        **({"clot_appearance_hu": CLOT_APPEARANCE_HU, "windows_hu": settings.windows_hu,
+            "clot_appearance_planes": "each context plane through its own mask"}
            if settings.clot_appearance_aug > 0 else {}),
         # only when set: the stores of every run before the setting existed stay valid
         **({"positive_sampling": settings.positive_sampling} if settings.positive_sampling != "slice" else {}),
@@ -539,8 +556,10 @@ def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: i
     for k, rows in enumerate(picks):
         img = stack_context(np.asarray(src_images[rows])[None])[0]
         msk = np.asarray(src_masks[rows[centre]])
+        # every context plane's own mask, for the clot-appearance change (read only when it is on)
+        plane_msks = np.asarray(src_masks[rows]) if clot_look is not None else None
         aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities,
-                                       strength, clot_look, mirror_k)
+                                       strength, clot_look, mirror_k, plane_msks)
         images[start + k] = aug_img
         masks[start + k] = aug_msk
         # the mirrored half (SYMMETRY_CHANNELS) follows from the first: comparing that suffices
