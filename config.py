@@ -194,13 +194,16 @@ DISTRIBUTION = None              # None = one device; "data_parallel" = all loca
 # Testing (testing.py)
 # --------------------------------------------------------------------------
 TEST_RUN = None                  # run folder name under TRAININGS_DIR; None = latest
-TUNE_POSTPROCESSING = True       # after training, choose the four settings below on the Validation
+TUNE_POSTPROCESSING = True       # after training, choose the five settings below on the Validation
                                  # volumes (saved as <run>/postprocessing.json)
-# None = the run's validation-tuned choice (0.5 / False / 0 / False when the run has none);
+# None = the run's validation-tuned choice (0.5 / False / 0 / 0 / False when the run has none);
 # a value here overrides it.
 THRESHOLD = None                 # probability above which a voxel is clot
 TTA_FLIPS = None                 # average predictions over horizontal/vertical flips
 MIN_COMPONENT_VOXELS = None      # drop predicted 3D components smaller than this
+MIN_COMPONENT_PEAK = None        # drop predicted 3D components whose highest probability stays under this
+                                 # (hysteresis: THRESHOLD draws the outline, this decides what is a finding;
+                                 # 0 = off)
 KEEP_LARGEST_COMPONENT = None    # keep only the largest predicted 3D component
 SAVE_PROBABILITIES = False
 BOOTSTRAP_RESAMPLES = 5000

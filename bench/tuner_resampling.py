@@ -119,7 +119,7 @@ def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, se
         for rule in RULES:
             ch = _choose(rule, tune_cases)
             scores = [pp._score(comps[(ch["tta_flips"], ch["threshold"])][i], ch["min_component_voxels"],
-                                ch["keep_largest_component"]) for i in score_idx]
+                                ch["keep_largest_component"], ch.get("min_component_peak", 0.0)) for i in score_idx]
             clot = [s for s, i in zip(scores, score_idx) if truths[i].any()]
             ctrl = [s for s, i in zip(scores, score_idx) if not truths[i].any()]
             out[rule].append((float(np.mean([s[0] for s in clot])), float(np.mean([s[1] for s in scores])),

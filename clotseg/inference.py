@@ -18,6 +18,7 @@ import threading
 from collections import deque
 
 import numpy as np
+from scipy import ndimage
 
 from clotseg.helpers import label_components, slice_runs
 from clotseg.intensity import center_crop, volume_inputs
@@ -312,13 +313,21 @@ def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 
 def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = False,
-                slice_gaps=None) -> np.ndarray:
-    """Drop 3D components (26-connected) below `min_voxels`; optionally keep
-    only the largest. Works per label for multi-class masks; returns uint8.
+                slice_gaps=None, prob: np.ndarray | None = None, min_peak: float = 0.0) -> np.ndarray:
+    """Drop 3D components (26-connected) below `min_voxels`, and those whose
+    highest probability in `prob` stays under `min_peak` (hysteresis: the
+    threshold that made `mask` draws the outline, `min_peak` decides which
+    components are findings); optionally keep only the largest of the rest.
+    Works per label for multi-class masks; returns uint8.
+    mask: (h, w, D) labels; prob: (h, w, D) foreground probability, or
+    (h, w, D, K) per class (label l reads channel l, or channel 0 when
+    K = 1), needed when `min_peak` > 0.
     `slice_gaps` (sidecar): no component joins slices across a gap.
     """
-    if min_voxels <= 0 and not keep_largest:
+    if min_voxels <= 0 and not keep_largest and min_peak <= 0:
         return mask
+    if min_peak > 0 and prob is None:
+        raise ValueError("postprocess: min_peak needs the probabilities (prob)")
     # label only the in-plane box around the predicted voxels (usually a few
     # hundred of a volume's millions): components and their order are the same
     rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
@@ -326,11 +335,13 @@ def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = Fals
     if rows.size == 0:
         return out
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    out[box] = _filter_components(mask[box], min_voxels, keep_largest, slice_gaps)
+    out[box] = _filter_components(mask[box], min_voxels, keep_largest, slice_gaps,
+                                  prob[box] if min_peak > 0 else None, min_peak)
     return out
 
 
-def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, slice_gaps) -> np.ndarray:
+def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, slice_gaps,
+                       prob: np.ndarray | None = None, min_peak: float = 0.0) -> np.ndarray:
     """`postprocess` on a (h, w, D) mask, over the whole of it."""
     runs = slice_runs(mask.shape[-1], slice_gaps)
     out = np.zeros_like(mask)
@@ -342,6 +353,9 @@ def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, sl
             continue
         sizes = np.bincount(comps.ravel())[1:]
         keep = sizes >= max(min_voxels, 1)
+        if min_peak > 0:
+            p = prob if prob.ndim == mask.ndim else prob[..., label if prob.shape[-1] > 1 else 0]
+            keep &= np.asarray(ndimage.maximum(p, comps, np.arange(1, n + 1))) >= min_peak
         if keep_largest and keep.any():
             largest = np.argmax(np.where(keep, sizes, -1))
             keep = np.zeros_like(keep)

@@ -2,9 +2,11 @@
 
 nnU-Net decides after training, on cases the weights never saw, whether
 removing small or all-but-the-largest connected components helps. ClotSeg
-does the same for the four test-time choices of a sigmoid model: the
+does the same for the five test-time choices of a sigmoid model: the
 probability threshold, flip test-time augmentation, the minimum 3D
-component size and keep-largest-component. Each combination is scored by
+component size, the minimum peak probability of a component (hysteresis:
+the threshold draws the outline, the peak decides what is a finding) and
+keep-largest-component. Each combination is scored by
 the mean per-case Dice over every validation case, with the conventions of
 `clotseg.evaluation.metrics` (a clot-free case scores 1 when nothing is
 predicted and 0 for a false alarm, so false alarms on controls count); among
@@ -22,8 +24,8 @@ beside a larger false alarm when that raises the mean Dice. The result is `<run>
 which testing.py uses unless config.py sets a value.
 
 Scoring a combination costs no relabelling: each (threshold, TTA) mask is
-labelled once (26-connected), and every size filter is evaluated from the
-components' sizes and their overlap with the truth.
+labelled once (26-connected), and every size and peak filter is evaluated
+from the components' sizes, peak probabilities and overlap with the truth.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from itertools import product
 
 import numpy as np
 
+from scipy import ndimage
+
 from clotseg.helpers import label_components, slice_runs
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
@@ -41,6 +45,10 @@ THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # suited them deleted every clot of the test cases.
 MIN_CLOT_CASES = 5
 MIN_SIZES = (0, 3, 6, 10, 20, 40, 80, 160)
+# Minimum peak probabilities (0 = off); only those above the threshold are
+# tried. A low threshold outlines a found clot more fully, and a peak filter
+# then drops the faint components such a threshold also lets through.
+MIN_PEAKS = (0.0, 0.6, 0.7, 0.8, 0.9)
 # A size filter may only remove components smaller than SIZE_MARGIN x the
 # smallest validation clot (voxels). A filter just under the validation
 # clots' sizes removes every false alarm there and still "finds" every clot,
@@ -82,6 +90,7 @@ class PostProcessing:
     tta_flips: bool = False
     min_component_voxels: int = 0
     keep_largest_component: bool = False
+    min_component_peak: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -91,20 +100,23 @@ DEFAULT = PostProcessing()
 
 
 def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slice_gaps=None) -> dict:
-    """Component sizes and truth overlaps of one case's thresholded mask,
-    labelled within each run of adjacent slices (`slice_gaps`, as testing.py's
-    post-processing and scoring do)."""
+    """Component sizes, peak probabilities and truth overlaps of one case's
+    thresholded mask, labelled within each run of adjacent slices
+    (`slice_gaps`, as testing.py's post-processing and scoring do)."""
     runs = slice_runs(prob.shape[-1], slice_gaps) if slice_gaps else None
     labels, n = label_components(prob > threshold, runs)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     overlap = np.bincount(labels[truth].ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
-    return {"sizes": sizes, "overlap": overlap, "n_true": int(truth.sum())}
+    peaks = np.asarray(ndimage.maximum(prob, labels, np.arange(1, n + 1)), dtype=np.float64) if n else np.zeros(0)
+    return {"sizes": sizes, "overlap": overlap, "peaks": peaks, "n_true": int(truth.sum())}
 
 
-def _score(comp: dict, min_size: int, keep_largest: bool) -> tuple[float, int, int]:
-    """(Dice, false-positive components, clot found 0/1) of one case after a size filter."""
+def _score(comp: dict, min_size: int, keep_largest: bool, min_peak: float = 0.0) -> tuple[float, int, int]:
+    """(Dice, false-positive components, clot found 0/1) of one case after a size and peak filter."""
     sizes, overlap = comp["sizes"], comp["overlap"]
     keep = sizes >= max(min_size, 1)
+    if min_peak > 0:
+        keep &= comp["peaks"] >= min_peak
     if keep_largest and keep.any():
         largest = int(np.argmax(np.where(keep, sizes, -1)))
         keep = np.zeros_like(keep)
@@ -120,7 +132,7 @@ def _score(comp: dict, min_size: int, keep_largest: bool) -> tuple[float, int, i
 
 
 def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS, min_sizes=MIN_SIZES,
-         min_clot_cases: int = MIN_CLOT_CASES, slice_gaps: list | None = None) -> dict:
+         min_clot_cases: int = MIN_CLOT_CASES, slice_gaps: list | None = None, min_peaks=MIN_PEAKS) -> dict:
     """Choose the post-processing on labelled validation cases.
 
     Args:
@@ -153,9 +165,11 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         for (members, truth), case_gaps in zip(cases, gaps):
             prob = np.mean(members, axis=0) if tta else members[0]
             comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps))
-        for keep_largest, min_size in product((False, True), min_sizes):
-            scores = [_score(c, min_size, keep_largest) for c in comps]
-            table.append({**PostProcessing(threshold, tta, min_size, keep_largest).as_dict(),
+        for keep_largest, min_size, peak in product((False, True), min_sizes, min_peaks):
+            if peak and peak <= threshold:     # every component already peaks above the threshold
+                continue
+            scores = [_score(c, min_size, keep_largest, peak) for c in comps]
+            table.append({**PostProcessing(threshold, tta, min_size, keep_largest, float(peak)).as_dict(),
                           "mean_dice": float(np.mean([s[0] for s in scores])),
                           "fp_components_per_case": float(np.mean([s[1] for s in scores])),
                           "clots_found": int(sum(s[2] for s in scores))})
@@ -169,9 +183,10 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
 
     sign = -1 if TIE_FILTER == "largest" else 1
 
-    def simplicity(r):  # ties: no TTA, no keep-largest, largest (or smallest) filter, threshold nearest 0.5
-        return (r["tta_flips"], r["keep_largest_component"], sign * r["min_component_voxels"],
-                abs(r["threshold"] - 0.5))
+    def simplicity(r):  # ties: no TTA, no keep-largest, no (or the lowest) peak filter, largest (or smallest)
+        # size filter, threshold nearest 0.5
+        return (r["tta_flips"], r["keep_largest_component"], r["min_component_peak"],
+                sign * r["min_component_voxels"], abs(r["threshold"] - 0.5))
 
     if n_clot < min_clot_cases:
         best = base
@@ -190,7 +205,7 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
 
 def _choice(row: dict) -> PostProcessing:
     return PostProcessing(float(row["threshold"]), bool(row["tta_flips"]), int(row["min_component_voxels"]),
-                          bool(row["keep_largest_component"]))
+                          bool(row["keep_largest_component"]), float(row.get("min_component_peak", 0.0)))
 
 
 def resolve(settings, tuned: dict | None) -> PostProcessing:

@@ -239,7 +239,7 @@ def test_prediction_follows_the_resolved_tta_choice(trained):
                                      context_slices=s.context_slices)
     prob = np.mean(members, axis=0) if meta["tta_flips"] else members[0]
     expected = postprocess(to_mask(prob, meta["threshold"]), meta["min_component_voxels"],
-                           meta["keep_largest_component"])
+                           meta["keep_largest_component"], prob=prob, min_peak=meta["min_component_peak"])
     saved = np.load(out / "predictions" / f"{cid}_pred.npy")
     assert np.mean(saved != expected) < 1e-3         # same forward passes; float noise may flip a border voxel
     assert meta["prediction_from"] == ("mean of plain and flip members" if meta["tta_flips"] else "plain member")

@@ -200,7 +200,7 @@ def _old_predict_cases(model, cases, trained, post, pred_dir, batch_size, save_p
         members = [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), vols[0].shape[:2])) for p in probs]
         prob = np.mean(members, axis=0, dtype=np.float32) if post.tta_flips else members[0]
         pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
-                           slice_gaps=gaps or None)
+                           slice_gaps=gaps or None, prob=prob, min_peak=post.min_component_peak)
         cid = case.case_id
         atomic_save_npy(pred_dir / f"{cid}_pred.npy", pred)
         prob_fg = None
@@ -248,7 +248,7 @@ def _cohort(tmp_path, classes=1, context=0):
 def test_predict_cases_writes_what_the_sequential_loop_wrote(tmp_path, monkeypatch, classes, context, tta, save):
     monkeypatch.setattr(evaluate, "_export", _fake_export)
     settings, cases, model = _cohort(tmp_path, classes, context)
-    post = PostProcessing(threshold=0.5, tta_flips=tta, min_component_voxels=2)
+    post = PostProcessing(threshold=0.5, tta_flips=tta, min_component_voxels=2, min_component_peak=0.6)
     old_log, new_log = [], []
     old = _old_predict_cases(model, cases, settings, post, tmp_path / "old", 4, save, old_log.append)
     ensembles = []   # the flip ensemble predict_cases builds, wrapped to count its batches

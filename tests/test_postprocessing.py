@@ -7,7 +7,8 @@ import pytest
 
 from clotseg.evaluation.metrics import case_metrics
 from clotseg.inference import postprocess, to_mask
-from clotseg.postprocessing import DEFAULT, MIN_CLOT_CASES, MIN_SIZES, THRESHOLDS, PostProcessing, resolve, tune
+from clotseg.postprocessing import (DEFAULT, MIN_CLOT_CASES, MIN_PEAKS, MIN_SIZES, THRESHOLDS, PostProcessing, resolve,
+                                    tune)
 from tests.conftest import tiny_settings
 
 SHAPE = (24, 24, 10)
@@ -35,6 +36,12 @@ def _clot_case(prob_value=0.9, blob=None, blob_value=0.8):
 
 def _chosen(result) -> PostProcessing:
     return PostProcessing(**result["chosen"])
+
+
+def _n_rows(thresholds, min_sizes) -> int:
+    """Table rows per TTA choice: keep-largest x size filters x, per threshold,
+    no peak filter and each MIN_PEAKS value above that threshold."""
+    return 2 * len(min_sizes) * sum(1 + sum(p > t for p in MIN_PEAKS if p) for t in thresholds)
 
 
 def test_min_size_removes_a_small_spurious_blob():
@@ -86,7 +93,8 @@ def test_a_dice_gain_that_adds_false_positives_is_refused():
     _box(truth2, 2, 2, 1, (5, 3, 2))
     _box(truth2, 15, 15, 6, (5, 3, 2))
     prob2[truth2] = 0.9
-    result = tune([([prob1], truth1), ([prob2], truth2)], min_clot_cases=1)
+    # without the peak filter (which would drop that faint false positive: see the next test)
+    result = tune([([prob1], truth1), ([prob2], truth2)], min_clot_cases=1, min_peaks=(0.0,))
     table = result["table"]
     best_unconstrained = max(table, key=lambda r: r["mean_dice"])
     base = next(r for r in table if PostProcessing(r["threshold"], r["tta_flips"], r["min_component_voxels"],
@@ -104,6 +112,38 @@ def test_a_dice_gain_that_adds_false_positives_is_refused():
     assert _chosen(result) == PostProcessing(0.5, False, 20, False)
 
 
+
+def test_a_peak_filter_keeps_the_low_threshold_outline_without_the_faint_false_positive():
+    """Hysteresis: at threshold 0.3 the clot's faint half joins its confident
+    half (peak 0.9), while the faint false positive (peak 0.35) is dropped by
+    a 0.6 peak filter: the Dice gain of the low threshold without its alarm."""
+    prob1, truth1 = _empty()
+    _box(truth1, 2, 2, 1, (4, 4, 4))
+    _box(prob1, 2, 2, 1, (4, 4, 2), 0.9)
+    _box(prob1, 2, 2, 3, (4, 4, 2), 0.35)
+    _box(prob1, 15, 15, 5, (5, 4, 2), 0.35)
+    prob2, truth2 = _empty()
+    _box(truth2, 2, 2, 1, (5, 3, 2))
+    _box(truth2, 15, 15, 6, (5, 3, 2))
+    prob2[truth2] = 0.9
+    cases = [([prob1], truth1), ([prob2], truth2)]
+    without = tune(cases, min_clot_cases=1, min_peaks=(0.0,))
+    result = tune(cases, min_clot_cases=1)
+    # the lowest peak filter above the threshold that does it, the largest size filter under the cap
+    assert _chosen(result) == PostProcessing(0.3, False, 20, False, 0.6)
+    chosen = result["validation"]["chosen"]
+    assert chosen["mean_dice"] == pytest.approx(1.0)
+    assert chosen["fp_components_per_case"] == 0.0
+    assert chosen["mean_dice"] > without["validation"]["chosen"]["mean_dice"] + 0.03
+    # a peak filter is only tried above the threshold (below it, it would change nothing)
+    assert all(r["min_component_peak"] == 0.0 or r["min_component_peak"] > r["threshold"] for r in result["table"])
+    # testing.py's post-processing does the same to the volume
+    from clotseg.inference import postprocess
+    pred = postprocess((prob1 > 0.3).astype(np.uint8), 20, False, prob=prob1, min_peak=0.6)
+    assert np.array_equal(pred.astype(bool), truth1)
+    with pytest.raises(ValueError, match="needs the probabilities"):
+        postprocess((prob1 > 0.3).astype(np.uint8), min_peak=0.6)
+
 def test_flip_tta_is_chosen_when_it_removes_a_one_member_artefact():
     prob, truth = _clot_case()
     artefact = prob.copy()
@@ -112,14 +152,14 @@ def test_flip_tta_is_chosen_when_it_removes_a_one_member_artefact():
     chosen = _chosen(result)
     assert chosen.tta_flips is True
     assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
-    assert len(result["table"]) == 2 * len(THRESHOLDS) * 2 * len(MIN_SIZES)
+    assert len(result["table"]) == 2 * _n_rows(THRESHOLDS, MIN_SIZES)
 
 
 def test_without_tta_members_tta_is_never_offered():
     prob, truth = _clot_case(blob=(2, 2, 1))
     result = tune([([prob], truth), ([prob, prob, prob], truth)], min_clot_cases=1)    # one case has no flip members
     assert {r["tta_flips"] for r in result["table"]} == {False}
-    assert len(result["table"]) == len(THRESHOLDS) * 2 * len(MIN_SIZES)
+    assert len(result["table"]) == _n_rows(THRESHOLDS, MIN_SIZES)
 
 
 def test_tune_needs_cases():
@@ -143,13 +183,14 @@ def test_every_table_row_matches_the_testing_code_path(gaps):
         members = [prob, np.clip(prob + rng.normal(0, 0.1, SHAPE), 0, 1).astype(np.float32)]
         cases.append((members, truth))
     result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10), min_clot_cases=1, slice_gaps=gaps)
-    assert len(result["table"]) == 2 * 3 * 2 * 3
+    assert len(result["table"]) == 2 * _n_rows((0.3, 0.5, 0.7), (0, 3, 10))
     for row in result["table"]:
         dices, fps = [], []
         for (members, truth), case_gaps in zip(cases, gaps or [None] * len(cases)):
             prob = np.mean(members, axis=0) if row["tta_flips"] else members[0]
             pred = postprocess(to_mask(prob[..., None], row["threshold"]), row["min_component_voxels"],
-                               row["keep_largest_component"], slice_gaps=case_gaps)
+                               row["keep_largest_component"], slice_gaps=case_gaps, prob=prob[..., None],
+                               min_peak=row["min_component_peak"])
             m = case_metrics(pred, truth, slice_gaps=case_gaps)
             dices.append(m["dice"])
             fps.append(m["n_false_positive_components"])
@@ -210,6 +251,11 @@ def test_resolve_lets_config_override_each_tuned_value(tmp_path):
     s = tiny_settings(tmp_path, tta_flips=False, min_component_voxels=0)
     # falsy overrides (False, 0) still override
     assert resolve(s, TUNED) == PostProcessing(0.6, False, 0, False)
+    # a run tuned before the peak filter existed has no such key: no peak filter, unless config.py sets one
+    assert resolve(tiny_settings(tmp_path), TUNED).min_component_peak == 0.0
+    tuned_peak = {"chosen": {**TUNED["chosen"], "min_component_peak": 0.8}}
+    assert resolve(tiny_settings(tmp_path), tuned_peak) == PostProcessing(0.6, True, 10, False, 0.8)
+    assert resolve(tiny_settings(tmp_path, min_component_peak=0), tuned_peak).min_component_peak == 0
 
 
 def test_resolve_falls_back_to_the_defaults_without_a_tuned_choice(tmp_path):
@@ -219,7 +265,9 @@ def test_resolve_falls_back_to_the_defaults_without_a_tuned_choice(tmp_path):
 
 
 @pytest.mark.parametrize("name,value", [("threshold", 1.0), ("threshold", 0), ("min_component_voxels", -1),
-                                        ("tta_flips", "yes"), ("keep_largest_component", "no")])
+                                        ("tta_flips", "yes"), ("keep_largest_component", "no"),
+                                        ("min_component_peak", 1.0), ("min_component_peak", -0.1),
+                                        ("min_component_peak", "high")])
 def test_postprocessing_overrides_are_validated(tmp_path, name, value):
     from clotseg.errors import ConfigError
 

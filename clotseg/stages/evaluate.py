@@ -217,7 +217,7 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
     members = [center_crop(np.moveaxis(p, 0, 2), shape[:2]) for p in probs]
     prob = _mean_of(members) if post.tta_flips else members[0]
     pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
-                       slice_gaps=gaps or None)
+                       slice_gaps=gaps or None, prob=prob, min_peak=post.min_component_peak)
     cid = case.case_id
     # the arrays are (h, w, D) views in the predictions' (D, h, w) memory order: one
     # transposing copy each before saving (np.save of a strided array is 5x slower)

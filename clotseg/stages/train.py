@@ -617,6 +617,7 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         log(f"[train] post-processing: {result['reason']}")
     log(f"[train] post-processing chosen on {len(cases)} Validation volumes: threshold {chosen['threshold']}, "
         f"TTA {'on' if chosen['tta_flips'] else 'off'}, min component {chosen['min_component_voxels']} voxels, "
+        f"min peak {chosen['min_component_peak']:g}, "
         f"keep largest {'yes' if chosen['keep_largest_component'] else 'no'} (mean Dice "
         f"{val['default']['mean_dice']:.3f} -> {val['chosen']['mean_dice']:.3f}, FP components per case "
         f"{val['default']['fp_components_per_case']:.2f} -> {val['chosen']['fp_components_per_case']:.2f}, "
