@@ -197,7 +197,8 @@ TEST_RUN = None                  # run folder name under TRAININGS_DIR; None = l
 TUNE_POSTPROCESSING = True       # after training, choose the five settings below on the Validation
                                  # volumes (saved as <run>/postprocessing.json)
 # None = the run's validation-tuned choice (0.5 / False / 0 / 0 / False when the run has none);
-# a value here overrides it.
+# a value here overrides it, and at training time the tuner holds it and chooses the others given it
+# (e.g. THRESHOLD = 0.5, nnU-Net's fixed argmax, with the component filters chosen for 0.5).
 THRESHOLD = None                 # probability above which a voxel is clot
 TTA_FLIPS = None                 # average predictions over horizontal/vertical flips
 MIN_COMPONENT_VOXELS = None      # drop predicted 3D components smaller than this

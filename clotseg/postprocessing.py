@@ -16,7 +16,9 @@ of the validation clot cases fewer than it (a clot is found when a kept
 component touches it), and whose size filter stays under half the smallest
 validation clot (SIZE_MARGIN), the best mean Dice wins, ties going to the
 plainer threshold, TTA and keep-largest choice and to the largest size filter
-under that cap (TIE_FILTER). The detection floor matters most for a weak
+under that cap (TIE_FILTER). A choice that config.py fixes (THRESHOLD = 0.5,
+say) is not searched: the others are chosen given it, so testing never
+combines a fixed threshold with a size filter chosen for another one. The detection floor matters most for a weak
 model: without it, a high threshold and a large minimum size can win on mean Dice by
 deleting every prediction of the clot-free cases and of the hard clot cases
 alike. The slack lets keep-largest-component lose the odd clot that sits
@@ -132,7 +134,8 @@ def _score(comp: dict, min_size: int, keep_largest: bool, min_peak: float = 0.0)
 
 
 def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS, min_sizes=MIN_SIZES,
-         min_clot_cases: int = MIN_CLOT_CASES, slice_gaps: list | None = None, min_peaks=MIN_PEAKS) -> dict:
+         min_clot_cases: int = MIN_CLOT_CASES, slice_gaps: list | None = None, min_peaks=MIN_PEAKS,
+         fixed: dict | None = None) -> dict:
     """Choose the post-processing on labelled validation cases.
 
     Args:
@@ -146,6 +149,9 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         min_clot_cases: with fewer validation cases holding clot, the
             table is still computed but the plain default is chosen
             ("reason" says so).
+        fixed: {PostProcessing field: value} that config.py sets: each is
+            held at that value (not searched), the plain reference takes
+            it too, and the rest is chosen given it.
     Returns:
         {"chosen": PostProcessing dict, "reason", "validation": {mean_dice,
         fp_components_per_case, clots_found} of the chosen and of the
@@ -158,28 +164,40 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
     if len(gaps) != len(cases):
         raise ValueError(f"slice_gaps has {len(gaps)} entries for {len(cases)} cases")
     with_tta = all(len(members) > 1 for members, _ in cases)
+    fixed = {k: v for k, v in (fixed or {}).items() if v is not None}
+    unknown = set(fixed) - set(DEFAULT.as_dict())
+    if unknown:
+        raise ValueError(f"fixed: unknown post-processing choice(s) {sorted(unknown)}")
+    if fixed.get("tta_flips") and not with_tta:
+        raise ValueError("fixed: tta_flips needs the flip members of every case")
     tta_options = (False, True) if with_tta else (False,)
+    grids = {"threshold": thresholds, "tta_flips": tta_options, "min_component_voxels": min_sizes,
+             "keep_largest_component": (False, True), "min_component_peak": min_peaks}
+    grids.update({k: (v,) for k, v in fixed.items()})
+    plain = PostProcessing(**{**DEFAULT.as_dict(), **fixed})
     table = []
-    for tta, threshold in product(tta_options, thresholds):
+    for tta, threshold in product(grids["tta_flips"], grids["threshold"]):
         comps = []
         for (members, truth), case_gaps in zip(cases, gaps):
             prob = np.mean(members, axis=0) if tta else members[0]
             comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps))
-        for keep_largest, min_size, peak in product((False, True), min_sizes, min_peaks):
-            if peak and peak <= threshold:     # every component already peaks above the threshold
-                continue
+        for keep_largest, min_size, peak in product(grids["keep_largest_component"], grids["min_component_voxels"],
+                                                    grids["min_component_peak"]):
+            if peak and peak <= threshold and "min_component_peak" not in fixed:
+                continue                       # every component already peaks above the threshold
             scores = [_score(c, min_size, keep_largest, peak) for c in comps]
             table.append({**PostProcessing(threshold, tta, min_size, keep_largest, float(peak)).as_dict(),
                           "mean_dice": float(np.mean([s[0] for s in scores])),
                           "fp_components_per_case": float(np.mean([s[1] for s in scores])),
                           "clots_found": int(sum(s[2] for s in scores))})
-    base = next(r for r in table if _choice(r) == DEFAULT)
+    base = next(r for r in table if _choice(r) == plain)
     clot_sizes = [int(np.count_nonzero(truth)) for _, truth in cases if np.any(truth)]
     size_cap = SIZE_MARGIN * min(clot_sizes) if clot_sizes else 0.0
     n_clot = len(clot_sizes)
     slack = int(FOUND_SLACK * n_clot + 1e-9)
     allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"] + 1e-12
-               and r["clots_found"] >= base["clots_found"] - slack and r["min_component_voxels"] <= size_cap]
+               and r["clots_found"] >= base["clots_found"] - slack
+               and ("min_component_voxels" in fixed or r["min_component_voxels"] <= size_cap)]
 
     sign = -1 if TIE_FILTER == "largest" else 1
 
@@ -197,7 +215,9 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         reason = (f"best mean Dice on {len(cases)} validation cases ({n_clot} with clot) without more "
                   f"false-positive components or more than {slack} fewer clots found than the plain default, "
                   f"size filter at most {size_cap:g} voxels ({SIZE_MARGIN:g} x the smallest validation clot)")
-    return {"chosen": _choice(best).as_dict(), "reason": reason,
+    if fixed:
+        reason += "; held as config.py sets them: " + ", ".join(f"{k} = {v}" for k, v in sorted(fixed.items()))
+    return {"chosen": _choice(best).as_dict(), "reason": reason, "fixed": fixed,
             "validation": {"chosen": {k: best[k] for k in ("mean_dice", "fp_components_per_case", "clots_found")},
                            "default": {k: base[k] for k in ("mean_dice", "fp_components_per_case", "clots_found")}},
             "n_cases": len(cases), "table": table}

@@ -243,3 +243,21 @@ def test_prediction_follows_the_resolved_tta_choice(trained):
     saved = np.load(out / "predictions" / f"{cid}_pred.npy")
     assert np.mean(saved != expected) < 1e-3         # same forward passes; float noise may flip a border voxel
     assert meta["prediction_from"] == ("mean of plain and flip members" if meta["tta_flips"] else "plain member")
+
+
+def test_retuning_holds_what_config_fixes(trained):
+    """THRESHOLD set in config.py: the tuner searches only the other choices,
+    at that threshold, and records what it held."""
+    from clotseg.stages import train as train_stage
+
+    s, run, _ = trained
+    before = read_json(run / "postprocessing.json")
+    try:
+        again = train_stage.tune_run_postprocessing(s.replace(threshold=0.4, tta_flips=False), run,
+                                                    log=lambda *_: None)
+        assert again["fixed"] == {"threshold": 0.4, "tta_flips": False}
+        assert {(r["threshold"], r["tta_flips"]) for r in again["table"]} == {(0.4, False)}
+        assert again["chosen"]["threshold"] == 0.4 and again["chosen"]["tta_flips"] is False
+        assert read_json(run / "postprocessing.json")["fixed"] == again["fixed"]
+    finally:
+        (run / "postprocessing.json").write_text(json.dumps(before), encoding="utf-8")

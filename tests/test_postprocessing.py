@@ -235,6 +235,34 @@ def test_chosen_never_worse_than_default_on_random_cases():
         assert val["chosen"]["fp_components_per_case"] <= val["default"]["fp_components_per_case"] + 1e-12
 
 
+
+def test_a_fixed_choice_is_held_and_the_rest_chosen_given_it():
+    """config.py's THRESHOLD = 0.3: no other threshold is tried, the plain
+    reference is 0.3 with nothing else, and the size filter is chosen for
+    0.3 (the spurious blobs still go)."""
+    cases = [([_clot_case(blob=(2, 2, 1))[0]], _clot_case()[1]),
+             ([_clot_case(blob=(1, 2, 2))[0]], _clot_case()[1])]
+    result = tune(cases, min_clot_cases=1, fixed={"threshold": 0.3, "min_component_peak": None})
+    assert {r["threshold"] for r in result["table"]} == {0.3}
+    assert result["fixed"] == {"threshold": 0.3}                       # None = not fixed
+    chosen = _chosen(result)
+    assert chosen.threshold == 0.3 and 4 <= chosen.min_component_voxels <= 13.5
+    assert result["validation"]["default"]["fp_components_per_case"] == 1.0    # 0.3 alone keeps the blobs
+    assert result["validation"]["chosen"]["fp_components_per_case"] == 0.0
+    assert "held as config.py sets them: threshold = 0.3" in result["reason"]
+    # a fixed size filter is held even above the cap the tuner keeps for its own choices
+    big = tune(cases, min_clot_cases=1, fixed={"min_component_voxels": 500})
+    assert _chosen(big).min_component_voxels == 500
+    # a fixed peak filter is held at any threshold (it is the user's)
+    low = tune(cases, min_clot_cases=1, fixed={"min_component_peak": 0.2})
+    assert {r["min_component_peak"] for r in low["table"]} == {0.2}
+    assert len(low["table"]) == len(THRESHOLDS) * 2 * len(MIN_SIZES)     # no TTA members: one TTA choice
+    with pytest.raises(ValueError, match="unknown"):
+        tune(cases, min_clot_cases=1, fixed={"thresh": 0.5})
+    with pytest.raises(ValueError, match="flip members"):
+        tune(cases, min_clot_cases=1, fixed={"tta_flips": True})
+
+
 # ------------------------------------------------------------------ resolve
 TUNED = {"chosen": {"threshold": 0.6, "tta_flips": True, "min_component_voxels": 10,
                     "keep_largest_component": False}}

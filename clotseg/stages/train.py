@@ -587,10 +587,16 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
     The model's inputs (windows, modalities, shape, 2.5D context) follow the
     run's own settings (Relevant_Files/config.json), not `settings`: a run
     re-tuned after config.py changed (bench/quality.py --retune) is fed as
-    it was trained.
+    it was trained. A post-processing choice that `settings` fixes
+    (THRESHOLD etc. not None) is held at that value and the others are
+    chosen given it (`postprocessing.tune`'s `fixed`).
 
     Returns the record, or None when the Validation cohort has no labelled case.
     """
+    # what config.py fixes (THRESHOLD = 0.5, ...) is held, the rest chosen given it: testing would
+    # override those anyway, and a size filter chosen for another threshold would not suit
+    fixed = {name: getattr(settings, name) for name in postprocessing.DEFAULT.as_dict()
+             if getattr(settings, name) is not None}
     if (run / RUN_CONFIG).is_file():
         settings = load_run_settings(run, settings.root)
     split = read_json(run / RUN_SPLIT) if (run / RUN_SPLIT).is_file() else read_json(split_path(settings))
@@ -610,11 +616,14 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
                                          context_slices=settings.context_slices,
                                          symmetry=settings.symmetry_channels, slice_gaps=gaps[-1])
         data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
-    result = postprocessing.tune(data, slice_gaps=gaps)
+    result = postprocessing.tune(data, slice_gaps=gaps, fixed=fixed)
     atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
     chosen, val = result["chosen"], result["validation"]
     if result["reason"].startswith("only"):
         log(f"[train] post-processing: {result['reason']}")
+    if fixed:
+        log(f"[train] post-processing: held as config.py sets them: "
+            f"{', '.join(f'{k.upper()} = {v}' for k, v in sorted(fixed.items()))}")
     log(f"[train] post-processing chosen on {len(cases)} Validation volumes: threshold {chosen['threshold']}, "
         f"TTA {'on' if chosen['tta_flips'] else 'off'}, min component {chosen['min_component_voxels']} voxels, "
         f"min peak {chosen['min_component_peak']:g}, "
