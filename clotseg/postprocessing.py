@@ -15,13 +15,13 @@ the plain choice (0.5, no TTA, no filtering) nor find more than FOUND_SLACK
 of the validation clot cases fewer than it (a clot is found when a kept
 component touches it), and whose size filter stays under half the smallest
 validation clot (SIZE_MARGIN), the best mean Dice wins, ties going to the
-plainer threshold, TTA and keep-largest choice and to the largest size filter
+plainer threshold, TTA, keep-largest and peak choice and to the largest size filter
 under that cap (TIE_FILTER). A choice that config.py fixes (THRESHOLD = 0.5,
 say) is not searched: the others are chosen given it, so testing never
-combines a fixed threshold with a size filter chosen for another one. The detection floor matters most for a weak
-model: without it, a high threshold and a large minimum size can win on mean Dice by
-deleting every prediction of the clot-free cases and of the hard clot cases
-alike. The slack lets keep-largest-component lose the odd clot that sits
+combines a fixed threshold with a size filter chosen for another one. The
+detection floor matters most for a weak model: without it, a high threshold
+and a large minimum size can win on mean Dice by deleting every prediction of
+the clot-free cases and of the hard clot cases alike. The slack lets keep-largest-component lose the odd clot that sits
 beside a larger false alarm when that raises the mean Dice. The result is `<run>/postprocessing.json`,
 which testing.py uses unless config.py sets a value.
 
@@ -36,7 +36,6 @@ from dataclasses import asdict, dataclass
 from itertools import product
 
 import numpy as np
-
 from scipy import ndimage
 
 from clotseg.helpers import label_components, slice_runs
