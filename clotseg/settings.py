@@ -443,7 +443,8 @@ class Settings:
         check(self.min_component_voxels is None
               or (_is_int(self.min_component_voxels) and self.min_component_voxels >= 0),
               "MIN_COMPONENT_VOXELS must be None (the run's validation-tuned value) or a non-negative integer")
-        check(self.min_component_peak is None or (_is_num(self.min_component_peak) and 0 <= self.min_component_peak < 1),
+        check(self.min_component_peak is None
+              or (_is_num(self.min_component_peak) and 0 <= self.min_component_peak < 1),
               "MIN_COMPONENT_PEAK must be None (the run's validation-tuned value) or in [0, 1)")
         check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")
         check(_one_of(self.normalization, NORMALIZATIONS),
