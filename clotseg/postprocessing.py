@@ -227,13 +227,13 @@ def _choice(row: dict) -> PostProcessing:
                           bool(row["keep_largest_component"]), float(row.get("min_component_peak", 0.0)))
 
 
+def fixed_by(settings) -> dict:
+    """{choice: value} of the post-processing choices config.py sets (not None)."""
+    return {name: getattr(settings, name) for name in DEFAULT.as_dict() if getattr(settings, name) is not None}
+
+
 def resolve(settings, tuned: dict | None) -> PostProcessing:
     """The choices testing uses: a config.py value when set (not None), else
     the run's tuned value, else the default."""
     base = PostProcessing(**tuned["chosen"]) if tuned else DEFAULT
-    values = base.as_dict()
-    for name in values:
-        override = getattr(settings, name)
-        if override is not None:
-            values[name] = override
-    return PostProcessing(**values)
+    return PostProcessing(**{**base.as_dict(), **fixed_by(settings)})

@@ -555,9 +555,9 @@ def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: i
     changed = 0
     for k, rows in enumerate(picks):
         img = stack_context(np.asarray(src_images[rows])[None])[0]
-        msk = np.asarray(src_masks[rows[centre]])
-        # every context plane's own mask, for the clot-appearance change (read only when it is on)
+        # every context plane's own mask for the clot-appearance change (read only when it is on)
         plane_msks = np.asarray(src_masks[rows]) if clot_look is not None else None
+        msk = plane_msks[centre] if plane_msks is not None else np.asarray(src_masks[rows[centre]])
         aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities,
                                        strength, clot_look, mirror_k, plane_msks)
         images[start + k] = aug_img

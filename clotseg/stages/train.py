@@ -595,8 +595,7 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
     """
     # what config.py fixes (THRESHOLD = 0.5, ...) is held, the rest chosen given it: testing would
     # override those anyway, and a size filter chosen for another threshold would not suit
-    fixed = {name: getattr(settings, name) for name in postprocessing.DEFAULT.as_dict()
-             if getattr(settings, name) is not None}
+    fixed = postprocessing.fixed_by(settings)
     if (run / RUN_CONFIG).is_file():
         settings = load_run_settings(run, settings.root)
     split = read_json(run / RUN_SPLIT) if (run / RUN_SPLIT).is_file() else read_json(split_path(settings))
