@@ -107,6 +107,10 @@ CLOT_APPEARANCE_AUG = 0.0        # share of clot samples whose clot intensity is
                                  # CTA -20..+60 HU: more or less pervious); the mask is unchanged. 0 = off:
                                  # 0.5 raised the clots that are not hyperdense by +0.076 [+0.020, +0.144]
                                  # but gave 5 of 16 controls a false alarm instead of 1 (README fifteenth round)
+CLOT_APPEARANCE_HU = {            # with CLOT_APPEARANCE_AUG: per modality, the range of HU offsets a clot's
+    "NCCT": (-30.0, 10.0),        # intensity moves by (NCCT: a hyperdense clot of 45-75 HU becomes iso- or
+    "CTA": (-20.0, 60.0),         # hypodense, as 30-50% of clots are; CTA: a more or less pervious clot, a
+}                                 # fainter filling defect). A modality left out (or with no HU window) stays
 MODALITY_DROPOUT = 0.0           # share of training samples in which one modality (all its context slices) is
                                  # blanked, so the network learns to find a clot from CTA alone and from NCCT
                                  # alone (ModDrop); validation and testing always see every modality. 0 = off:

@@ -55,6 +55,10 @@ def _default_windows():
     return {"CTA": (-100.0, 600.0), "NCCT": (0.0, 200.0)}   # see config.py
 
 
+def _default_clot_appearance_hu():
+    return {"NCCT": (-30.0, 10.0), "CTA": (-20.0, 60.0)}    # see config.py
+
+
 def _default_display_windows():
     return {"NCCT": (0.0, 80.0)}                             # see config.py
 
@@ -107,6 +111,7 @@ class Settings:
     hard_negative_fraction: float = 0.25
     positive_sampling: str = "slice"
     clot_appearance_aug: float = 0.0
+    clot_appearance_hu: dict = field(default_factory=_default_clot_appearance_hu)
     modality_dropout: float = 0.0
     num_workers: int = 0
     context_slices: int = 1
@@ -465,6 +470,17 @@ class Settings:
               f"POSITIVE_SAMPLING must be one of {POSITIVE_SAMPLINGS}, got {_short(self.positive_sampling)}")
         check(_is_num(self.clot_appearance_aug) and 0 <= self.clot_appearance_aug <= 1,
               "CLOT_APPEARANCE_AUG must be in [0, 1] (share of clot samples whose clot intensity is moved)")
+        looks = self.clot_appearance_hu
+        check(isinstance(looks, dict), "CLOT_APPEARANCE_HU must be a dict {modality: (low, high)} of HU offsets")
+        for name, shift in (looks.items() if isinstance(looks, dict) else ()):
+            # the default names CTA and NCCT; only an augmentation that is on must match the modalities
+            check(not (_is_num(self.clot_appearance_aug) and self.clot_appearance_aug > 0) or name in mods,
+                  f"CLOT_APPEARANCE_HU[{_short(name)}] names no modality of MODALITY_PATTERNS "
+                  "(CLOT_APPEARANCE_AUG is on)")
+            check(isinstance(shift, (tuple, list)) and len(shift) == 2 and all(_is_num(v) for v in shift)
+                  and -MAX_HU <= shift[0] <= shift[1] <= MAX_HU,
+                  f"CLOT_APPEARANCE_HU[{_short(name)}] must be (low, high) HU offsets with low <= high "
+                  f"(within +-{MAX_HU:g}); got {_short(shift)}")
         check(_is_num(self.modality_dropout) and 0 <= self.modality_dropout <= 1,
               "MODALITY_DROPOUT must be in [0, 1] (share of training samples with one modality blanked)")
         check(not (_is_num(self.modality_dropout) and self.modality_dropout > 0
@@ -717,7 +733,7 @@ def _normalise(kwargs: dict) -> dict:
     for name in ("voxel_spacing_mm", "target_spacing_mm", "roi_size_mm"):
         if isinstance(out.get(name), list):
             out[name] = tuple(out[name])
-    for name in ("windows_hu", "display_windows_hu"):
+    for name in ("windows_hu", "display_windows_hu", "clot_appearance_hu"):
         if isinstance(out.get(name), dict):
             out[name] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in out[name].items()}
     return out

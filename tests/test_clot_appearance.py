@@ -7,13 +7,14 @@ from clotseg.errors import ConfigError
 from clotseg.io import read_json
 from clotseg.pipeline import prepare_data
 from clotseg.settings import Settings
-from clotseg.stages.augment import (CLOT_APPEARANCE_HU, augment_key, augment_one, augmented_dir, build_transform,
-                                    clot_appearance, clot_appearance_codes)
+from clotseg.stages.augment import (augment_key, augment_one, augmented_dir, build_transform, clot_appearance,
+                                    clot_appearance_codes)
 from clotseg.layout import sliced_dir
 from clotseg.stages.common import read_samples_csv
 from tests.conftest import quiet, tiny_settings, write_cohort
 
-CODES = clot_appearance_codes(["CTA", "NCCT"], {"CTA": (-100.0, 600.0), "NCCT": (0.0, 200.0)})
+OFFSETS_HU = {"NCCT": (-30.0, 10.0), "CTA": (-20.0, 60.0)}
+CODES = clot_appearance_codes(["CTA", "NCCT"], {"CTA": (-100.0, 600.0), "NCCT": (0.0, 200.0)}, OFFSETS_HU)
 
 
 def _sample(planes=1, shape=(32, 32)):
@@ -25,12 +26,13 @@ def _sample(planes=1, shape=(32, 32)):
 
 def test_codes_are_the_hu_ranges_in_each_modalitys_window():
     (cta_lo, cta_hi), (nc_lo, nc_hi) = CODES
-    assert (cta_lo, cta_hi) == pytest.approx((CLOT_APPEARANCE_HU["CTA"][0] * 255 / 700,
-                                              CLOT_APPEARANCE_HU["CTA"][1] * 255 / 700))
+    assert (cta_lo, cta_hi) == pytest.approx((-20 * 255 / 700, 60 * 255 / 700))
     assert (nc_lo, nc_hi) == pytest.approx((-30 * 255 / 200, 10 * 255 / 200))
     # a modality without a range, or without an HU window (normalised input), is left alone
-    assert clot_appearance_codes(["CTA", "MRI", "NCCT"], {"CTA": None, "MRI": (0, 1), "NCCT": (0, 200)})[:2] == \
-        [None, None]
+    assert clot_appearance_codes(["CTA", "MRI", "NCCT"], {"CTA": None, "MRI": (0, 1), "NCCT": (0, 200)},
+                                 OFFSETS_HU)[:2] == [None, None]
+    # the settings' default is the range above
+    assert Settings().clot_appearance_hu == OFFSETS_HU
 
 
 def test_only_the_clot_and_its_soft_edge_change_within_the_range():
@@ -166,3 +168,32 @@ def test_the_stage_moves_each_context_plane_through_that_slices_mask(tmp_path):
                 assert not plane[~near].any()
                 moved_context += p != 1 and bool(plane.any())
     assert moved_context > 0
+
+
+def test_offsets_are_a_validated_setting_and_one_modality_can_be_left_alone(tmp_path):
+    """CLOT_APPEARANCE_HU without CTA moves the clot on NCCT only; the augmented
+    store is rebuilt when the ranges change."""
+    for bad in ({"NCCT": (10.0, -30.0)}, {"NCCT": (-30.0,)}, {"NCCT": ("a", 1)}, [(-30, 10)]):
+        with pytest.raises(ConfigError, match="CLOT_APPEARANCE_HU"):
+            Settings.from_dict({"CLOT_APPEARANCE_HU": bad}, root=tmp_path).validate()
+    with pytest.raises(ConfigError, match="CLOT_APPEARANCE_HU.*names no modality"):
+        Settings.from_dict({"CLOT_APPEARANCE_AUG": 0.5, "CLOT_APPEARANCE_HU": {"MRI": (0, 1)}},
+                           root=tmp_path).validate()
+    # off, the default's names need not match a user's modalities
+    Settings.from_dict({"MODALITY_PATTERNS": {"CT": "CS<ID>_CT.npy"}, "WINDOWS_HU": {"CT": (0.0, 80.0)},
+                        "INPUT_SHAPE": (256, 256, 1)}, root=tmp_path).validate()
+
+    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32)
+    write_cohort(s, n=6, shape=(40, 36, 12))
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    plain = np.load(augmented_dir(s, "Training") / "images.npy")
+    both = s.replace(clot_appearance_aug=1.0)
+    ncct = both.replace(clot_appearance_hu={"NCCT": (-30.0, 10.0)})
+    sliced = read_json(sliced_dir(s, "Training") / "manifest.json")
+    assert augment_key(ncct, "Training", sliced) != augment_key(both, "Training", sliced)
+    prepare_data(ncct, log=quiet, demo_if_empty=False)
+    diff = np.load(augmented_dir(s, "Training") / "images.npy").astype(int) - plain
+    cta, nc = s.modalities.index("CTA"), s.modalities.index("NCCT")
+    planes = diff.shape[-1] // 2
+    assert not diff[..., cta * planes:(cta + 1) * planes].any()
+    assert diff[..., nc * planes:(nc + 1) * planes].any()

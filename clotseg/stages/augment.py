@@ -67,26 +67,18 @@ MODALITY_SHIFT = {"strong": {"p": 0.5, "gain": 0.12, "offset": 15.0},
                   "domain": {"p": 0.6, "gain": 0.25, "offset": 25.0}}
 
 
-# CLOT_APPEARANCE_AUG: the HU range by which a clot's own intensity is moved
-# per modality (label-preserving: the clot stays where the mask says). NCCT
-# -30..+10: a hyperdense clot (45-75 HU) becomes iso- or hypodense to blood,
-# as 30-50% of clots are, so the model cannot rely on the hyperdense sign
-# alone; CTA -20..+60: a more or less pervious clot, a fainter filling
-# defect. Modalities not named here, or without an HU window, are left alone.
-CLOT_APPEARANCE_HU = {"NCCT": (-30.0, 10.0), "CTA": (-20.0, 60.0)}
-
-
-def clot_appearance_codes(modalities, windows_hu: dict) -> list:
-    """Per modality, CLOT_APPEARANCE_HU converted to uint8 codes of its window
-    (None where the modality is not named or has no HU window)."""
+def clot_appearance_codes(modalities, windows_hu: dict, offsets_hu: dict) -> list:
+    """Per modality, its CLOT_APPEARANCE_HU range (low, high) of HU offsets
+    converted to uint8 codes of its window: None where the modality is not
+    named in `offsets_hu` or has no HU window (it is left alone)."""
     out = []
     for m in modalities:
-        hu, window = CLOT_APPEARANCE_HU.get(m), windows_hu.get(m)
+        hu, window = offsets_hu.get(m), windows_hu.get(m)
         if hu is None or window is None:
             out.append(None)
             continue
         per_hu = 255.0 / (float(window[1]) - float(window[0]))
-        out.append((hu[0] * per_hu, hu[1] * per_hu))
+        out.append((float(hu[0]) * per_hu, float(hu[1]) * per_hu))
     return out
 
 
@@ -362,7 +354,7 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
                                      "aug_p", "augmentation", "positive_fraction", "hard_negative_fraction",
                                      "context_slices", "random_seed", "clot_appearance_aug", "symmetry_channels"]),
         # "planes": since the change reaches every 2.5D context plane, not the centre one only
-        **({"clot_appearance_hu": CLOT_APPEARANCE_HU, "windows_hu": settings.windows_hu,
+        **({"clot_appearance_hu": settings.clot_appearance_hu, "windows_hu": settings.windows_hu,
             "clot_appearance_planes": "each context plane through its own mask"}
            if settings.clot_appearance_aug > 0 else {}),
         # only when set: the stores of every run before the setting existed stay valid
@@ -417,7 +409,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
         look = None
         if settings.clot_appearance_aug > 0:
             look = (float(settings.clot_appearance_aug),
-                    clot_appearance_codes(settings.modalities, settings.windows_hu))
+                    clot_appearance_codes(settings.modalities, settings.windows_hu, settings.clot_appearance_hu))
         jobs = [(str(source), str(tmp), context[picks[s:s + CHUNK]], s, settings.random_seed, cohort_id,
                  settings.aug_p, settings.augmentation, shift, look,
                  settings.context_slices if settings.symmetry_channels else None)
