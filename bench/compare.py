@@ -2,6 +2,7 @@
 
     python -m bench.compare A/Testing_standard B/Testing_standard [--labels base lever] [--out F.json]
                             [--also A2/Testing_standard B2/Testing_standard ...]
+                            [--where hyperdense=false --volumes A/test_standard/volumes ...]
 
 Each argument is a testing output folder (its `metrics.csv`, as testing.py
 and bench/quality.py write it). Two configurations scored on the same
@@ -15,6 +16,13 @@ one is reported, never silently dropped). `--also A2 B2` (repeatable) pools
 further pairs, e.g. the same two configurations trained and tested with
 another seed (`bench/quality.py --repeats`): their cases join the paired
 figures as `2:CS1`, `3:CS1`, ... so cases of different cohorts never match.
+
+`--where KEY=VALUE` compares a subgroup: only the cases whose phantom
+sidecar (`<case>.json` in the cohort's volume folder, as bench/subgroups.py
+reads it) has that value, e.g. `--where hyperdense=false` for the clots
+that are not hyperdense (VALUE is read as JSON: false, 1.5, "M1_L"; else as
+text). `--volumes DIR` (repeatable) names the volume folder of each pair in
+order: the first pair's, then one per `--also`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,36 @@ def read_metrics(folder: Path) -> dict[str, dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics.csv (run testing.py or bench/quality.py first)")
     return {row["case_id"]: row for row in read_metrics_csv(path)}
+
+
+def where(rows: dict[str, dict], volumes: Path, key: str, value) -> dict[str, dict]:
+    """The rows whose case's sidecar `volumes/<case>.json` has `key` == `value`
+    (a case without a sidecar is left out). FileNotFoundError for a missing
+    folder, ValueError for a sidecar that is not a JSON object."""
+    volumes = Path(volumes)
+    if not volumes.is_dir():
+        raise FileNotFoundError(f"{volumes}: no such folder (the cohort's volumes with <case>.json sidecars)")
+    out = {}
+    for cid, row in rows.items():
+        path = volumes / f"{cid}.json"
+        if not path.is_file():
+            continue
+        try:
+            side = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(side, dict):
+            raise ValueError(f"{path}: not a JSON object")
+        if key in side and side[key] == value and type(side[key]) is type(value):
+            out[cid] = row
+    return out
+
+
+def _where_value(text: str):
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def _f(row: dict, key: str) -> float:
@@ -96,17 +134,37 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--also", nargs=2, type=Path, action="append", default=[], metavar=("A2", "B2"),
                         help="pool another pair of testing folders (e.g. a second seed); repeatable")
+    parser.add_argument("--where", default=None, metavar="KEY=VALUE",
+                        help="compare only the cases whose sidecar has this value, e.g. hyperdense=false")
+    parser.add_argument("--volumes", type=Path, action="append", default=[], metavar="DIR",
+                        help="with --where: each pair's volume folder with the sidecars, in order; repeatable")
     args = parser.parse_args(argv)
+    if args.where is not None:
+        if "=" not in args.where or not args.where.split("=", 1)[0]:
+            parser.exit(2, f"bench.compare: --where expects KEY=VALUE, got {args.where!r}\n")
+        if len(args.volumes) != 1 + len(args.also):
+            parser.exit(2, f"bench.compare: --where needs one --volumes folder per pair ({1 + len(args.also)}), "
+                           f"got {len(args.volumes)}\n")
+    elif args.volumes:
+        parser.exit(2, "bench.compare: --volumes is only used with --where\n")
     try:  # a wrong folder is a user's mistake: one line, exit status 2
-        a, b = read_metrics(args.a), read_metrics(args.b)
-        for k, (extra_a, extra_b) in enumerate(args.also, start=2):
-            a.update({f"{k}:{c}": row for c, row in read_metrics(extra_a).items()})
-            b.update({f"{k}:{c}": row for c, row in read_metrics(extra_b).items()})
+        pairs = [(args.a, args.b), *args.also]
+        a, b = {}, {}
+        for k, (folder_a, folder_b) in enumerate(pairs, start=1):
+            rows_a, rows_b = read_metrics(folder_a), read_metrics(folder_b)
+            if args.where is not None:
+                key, value = args.where.split("=", 1)
+                rows_a = where(rows_a, args.volumes[k - 1], key, _where_value(value))
+                rows_b = where(rows_b, args.volumes[k - 1], key, _where_value(value))
+            prefix = "" if k == 1 else f"{k}:"
+            a.update({f"{prefix}{c}": row for c, row in rows_a.items()})
+            b.update({f"{prefix}{c}": row for c, row in rows_b.items()})
         result = compare(a, b)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         parser.exit(2, f"bench.compare: {exc}\n")
     if not result["n_common"]:
-        parser.exit(2, f"bench.compare: {args.a} and {args.b} share no case\n")
+        what = f" with {args.where}" if args.where is not None else ""
+        parser.exit(2, f"bench.compare: {args.a} and {args.b} share no case{what}\n")
     text = json.dumps(result, indent=2)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

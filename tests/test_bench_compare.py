@@ -85,3 +85,34 @@ def test_also_with_a_missing_folder_is_one_line_and_exit_2(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "nope" in err and "metrics.csv" in err and len(err.splitlines()) == 1
+
+
+def test_where_compares_the_subgroup_of_each_pairs_own_cohort(tmp_path, capsys):
+    # pair 1: CS1 not hyperdense (+0.4), CS2 hyperdense (-0.2), CS3 a control; pair 2: CS1 not hyperdense (-0.1)
+    _write(tmp_path / "a1", [("CS1", 0.2, 100, 80, 1, 0), ("CS2", 0.8, 50, 40, 1, 0), ("CS3", 1.0, 0, 0, 0, 0)])
+    _write(tmp_path / "b1", [("CS1", 0.6, 100, 90, 1, 0), ("CS2", 0.6, 50, 30, 1, 0), ("CS3", 0.0, 0, 9, 0, 1)])
+    _write(tmp_path / "a2", [("CS1", 0.5, 60, 50, 1, 0), ("CS2", 0.1, 40, 9, 1, 0)])
+    _write(tmp_path / "b2", [("CS1", 0.4, 60, 50, 1, 0), ("CS2", 0.9, 40, 30, 1, 0)])
+    for folder, sides in (("v1", {"CS1": False, "CS2": True, "CS3": None}), ("v2", {"CS1": False, "CS2": True})):
+        (tmp_path / folder).mkdir()
+        for cid, hyper in sides.items():
+            (tmp_path / folder / f"{cid}.json").write_text(json.dumps({"hyperdense": hyper}))
+    argv = [str(tmp_path / "a1"), str(tmp_path / "b1"), "--also", str(tmp_path / "a2"), str(tmp_path / "b2"),
+            "--where", "hyperdense=false", "--volumes", str(tmp_path / "v1"), "--volumes", str(tmp_path / "v2"),
+            "--out", str(tmp_path / "c.json")]
+    assert compare.main(argv) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert (result["n_common"], result["n_clot_cases"], result["n_clot_free_cases"]) == (2, 2, 0)
+    assert result["dice_difference"]["mean"] == pytest.approx((0.4 - 0.1) / 2)
+    # the hyperdense ones alone: the other cases
+    assert compare.main([*argv[:5], "--where", "hyperdense=true", *argv[7:]]) == 0
+    result = json.loads((tmp_path / "c.json").read_text())
+    assert result["dice_difference"]["mean"] == pytest.approx((-0.2 + 0.8) / 2)
+    # one volumes folder for two pairs, a missing folder, a bad KEY=VALUE: one line each, exit 2
+    for bad in (argv[:9], [*argv[:9], "--volumes", str(tmp_path / "none")],
+                [*argv[:5], "--where", "hyperdense", *argv[7:]]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            compare.main(bad)
+        assert exc.value.code == 2
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
