@@ -199,9 +199,9 @@ DISTRIBUTION = None              # None = one device; "data_parallel" = all loca
 # Testing (testing.py)
 # --------------------------------------------------------------------------
 TEST_RUN = None                  # run folder name under TRAININGS_DIR; None = latest
-TUNE_POSTPROCESSING = True       # after training, choose the five settings below on the Validation
+TUNE_POSTPROCESSING = True       # after training, choose the six settings below on the Validation
                                  # volumes (saved as <run>/postprocessing.json)
-# None = the run's validation-tuned choice (0.5 / False / 0 / 0 / False when the run has none);
+# None = the run's validation-tuned choice (0.5 / False / 0 / 0 / 0 / False when the run has none);
 # a value here overrides it, and at training time the tuner holds it and chooses the others given it
 # (e.g. THRESHOLD = 0.5, nnU-Net's fixed argmax, with the component filters chosen for 0.5).
 THRESHOLD = None                 # probability above which a voxel is clot
@@ -210,6 +210,9 @@ MIN_COMPONENT_VOXELS = None      # drop predicted 3D components smaller than thi
 MIN_COMPONENT_PEAK = None        # drop predicted 3D components whose highest probability stays under this
                                  # (hysteresis: THRESHOLD draws the outline, this decides what is a finding;
                                  # 0 = off)
+MAX_VESSEL_DISTANCE_MM = None    # drop predicted 3D components farther than this (mm) from contrast-filled
+                                 # lumen (CTA >= 100 HU): a clot sits in an artery, a speck in the brain does
+                                 # not; 0 = off; tuned from 0, 2 and 4 mm (needs a CTA modality in HU)
 KEEP_LARGEST_COMPONENT = None    # keep only the largest predicted 3D component
 SAVE_PROBABILITIES = False
 BOOTSTRAP_RESAMPLES = 5000

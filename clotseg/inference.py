@@ -313,36 +313,57 @@ def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 
 def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = False,
-                slice_gaps=None, prob: np.ndarray | None = None, min_peak: float = 0.0) -> np.ndarray:
-    """Drop 3D components (26-connected) below `min_voxels`, and those whose
+                slice_gaps=None, prob: np.ndarray | None = None, min_peak: float = 0.0,
+                vessel: np.ndarray | None = None, spacing_mm=None, max_vessel_mm: float = 0.0) -> np.ndarray:
+    """Drop 3D components (26-connected) below `min_voxels`, those whose
     highest probability in `prob` stays under `min_peak` (hysteresis: the
     threshold that made `mask` draws the outline, `min_peak` decides which
-    components are findings); optionally keep only the largest of the rest.
+    components are findings) and those farther than `max_vessel_mm` from
+    every `vessel` voxel (`clotseg.vessels`: a clot sits in an artery);
+    optionally keep only the largest of the rest.
     Works per label for multi-class masks; returns uint8.
     mask: (h, w, D) labels; prob: (h, w, D) foreground probability, or
     (h, w, D, K) per class (label l reads channel l, or channel 0 when
-    K = 1), needed when `min_peak` > 0.
+    K = 1), needed when `min_peak` > 0; vessel: (h, w, D) bool
+    (`clotseg.vessels.vessel_mask`), needed when `max_vessel_mm` > 0, with
+    spacing_mm (row, col, slice; None = 1 mm).
     `slice_gaps` (sidecar): no component joins slices across a gap.
     """
-    if min_voxels <= 0 and not keep_largest and min_peak <= 0:
+    if min_voxels <= 0 and not keep_largest and min_peak <= 0 and max_vessel_mm <= 0:
         return mask
     if min_peak > 0 and prob is None:
         raise ValueError("postprocess: min_peak needs the probabilities (prob)")
+    if max_vessel_mm > 0 and vessel is None:
+        raise ValueError("postprocess: max_vessel_mm needs the vessel mask (vessel)")
     # label only the in-plane box around the predicted voxels (usually a few
-    # hundred of a volume's millions): components and their order are the same
+    # hundred of a volume's millions): components and their order are the same;
+    # the vessels are measured in a box of their own around each component
     rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
     out = np.zeros_like(mask)
     if rows.size == 0:
         return out
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+    near = None
+    if max_vessel_mm > 0:
+        near = (vessel, box, spacing_mm, float(max_vessel_mm))
     out[box] = _filter_components(mask[box], min_voxels, keep_largest, slice_gaps,
-                                  prob[box] if min_peak > 0 else None, min_peak)
+                                  prob[box] if min_peak > 0 else None, min_peak, near)
     return out
 
 
+def _vessel_distances(comps: np.ndarray, n: int, vessel: np.ndarray, box: tuple, spacing_mm, max_mm: float):
+    """`clotseg.vessels.component_distances` of components labelled in `box`
+    of the volume, against the vessels of the whole volume (a vessel just
+    outside the predictions' box still counts)."""
+    from clotseg.vessels import component_distances
+
+    return component_distances(comps, n, vessel, spacing_mm, max_mm, offset=[s.start for s in box] + [0] * (comps.ndim - len(box)))
+
+
 def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, slice_gaps,
-                       prob: np.ndarray | None = None, min_peak: float = 0.0) -> np.ndarray:
-    """`postprocess` on a (h, w, D) mask, over the whole of it."""
+                       prob: np.ndarray | None = None, min_peak: float = 0.0, near=None) -> np.ndarray:
+    """`postprocess` on a (h, w, D) mask, over the whole of it. `near`:
+    (the whole volume's vessel mask, `mask`'s box in it, spacing, mm) or None."""
     runs = slice_runs(mask.shape[-1], slice_gaps)
     out = np.zeros_like(mask)
     for label in np.unique(mask):
@@ -356,6 +377,8 @@ def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, sl
         if min_peak > 0:
             p = prob if prob.ndim == mask.ndim else prob[..., label if prob.shape[-1] > 1 else 0]
             keep &= np.asarray(ndimage.maximum(p, comps, np.arange(1, n + 1))) >= min_peak
+        if near is not None:
+            keep &= _vessel_distances(comps, n, *near) <= near[3]
         if keep_largest and keep.any():
             largest = np.argmax(np.where(keep, sizes, -1))
             keep = np.zeros_like(keep)

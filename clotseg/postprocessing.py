@@ -2,11 +2,13 @@
 
 nnU-Net decides after training, on cases the weights never saw, whether
 removing small or all-but-the-largest connected components helps. ClotSeg
-does the same for the five test-time choices of a sigmoid model: the
+does the same for the six test-time choices of a sigmoid model: the
 probability threshold, flip test-time augmentation, the minimum 3D
 component size, the minimum peak probability of a component (hysteresis:
-the threshold draws the outline, the peak decides what is a finding) and
-keep-largest-component. Each combination is scored by
+the threshold draws the outline, the peak decides what is a finding), the
+largest distance of a component from contrast-filled lumen on CTA
+(`clotseg.vessels`: a clot sits in an artery; searched only where the
+volumes have a CTA in HU) and keep-largest-component. Each combination is scored by
 the mean per-case Dice over every validation case, with the conventions of
 `clotseg.evaluation.metrics` (a clot-free case scores 1 when nothing is
 predicted and 0 for a false alarm, so false alarms on controls count); among
@@ -15,7 +17,7 @@ the plain choice (0.5, no TTA, no filtering) nor find more than FOUND_SLACK
 of the validation clot cases fewer than it (a clot is found when a kept
 component touches it), and whose size filter stays under half the smallest
 validation clot (SIZE_MARGIN), the best mean Dice wins, ties going to the
-plainer threshold, TTA, keep-largest and peak choice and to the largest size filter
+plainer threshold, TTA, keep-largest, peak and vessel choice and to the largest size filter
 under that cap (TIE_FILTER). A choice that config.py fixes (THRESHOLD = 0.5,
 say) is not searched: the others are chosen given it, so testing never
 combines a fixed threshold with a size filter chosen for another one. The
@@ -26,8 +28,9 @@ beside a larger false alarm when that raises the mean Dice. The result is `<run>
 which testing.py uses unless config.py sets a value.
 
 Scoring a combination costs no relabelling: each (threshold, TTA) mask is
-labelled once (26-connected), and every size and peak filter is evaluated
-from the components' sizes, peak probabilities and overlap with the truth.
+labelled once (26-connected), and every size, peak and vessel filter is
+evaluated from the components' sizes, peak probabilities, distances to the
+vessels and overlap with the truth.
 """
 
 from __future__ import annotations
@@ -50,6 +53,10 @@ MIN_SIZES = (0, 3, 6, 10, 20, 40, 80, 160)
 # tried. A low threshold outlines a found clot more fully, and a peak filter
 # then drops the faint components such a threshold also lets through.
 MIN_PEAKS = (0.0, 0.6, 0.7, 0.8, 0.9)
+# Largest distances (mm) of a kept component from CTA lumen of at least
+# clotseg.vessels.VESSEL_MIN_HU (0 = off): a clot touches or fills its artery,
+# so its distance is about a voxel; a speck in the parenchyma lies farther.
+VESSEL_DISTANCES_MM = (0.0, 2.0, 4.0)
 # A size filter may only remove components smaller than SIZE_MARGIN x the
 # smallest validation clot (voxels). A filter just under the validation
 # clots' sizes removes every false alarm there and still "finds" every clot,
@@ -92,6 +99,7 @@ class PostProcessing:
     min_component_voxels: int = 0
     keep_largest_component: bool = False
     min_component_peak: float = 0.0
+    max_vessel_distance_mm: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -100,24 +108,34 @@ class PostProcessing:
 DEFAULT = PostProcessing()
 
 
-def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slice_gaps=None) -> dict:
-    """Component sizes, peak probabilities and truth overlaps of one case's
-    thresholded mask, labelled within each run of adjacent slices
+def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slice_gaps=None,
+                     vessels: tuple | None = None) -> dict:
+    """Component sizes, peak probabilities, truth overlaps and (with
+    `vessels` = (vessel mask, spacing mm)) distances to the vessels of one
+    case's thresholded mask, labelled within each run of adjacent slices
     (`slice_gaps`, as testing.py's post-processing and scoring do)."""
     runs = slice_runs(prob.shape[-1], slice_gaps) if slice_gaps else None
     labels, n = label_components(prob > threshold, runs)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     overlap = np.bincount(labels[truth].ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
     peaks = np.asarray(ndimage.maximum(prob, labels, np.arange(1, n + 1)), dtype=np.float64) if n else np.zeros(0)
-    return {"sizes": sizes, "overlap": overlap, "peaks": peaks, "n_true": int(truth.sum())}
+    distances = None
+    if vessels is not None:
+        from clotseg.vessels import component_distances
+
+        distances = component_distances(labels, n, vessels[0], vessels[1], max(VESSEL_DISTANCES_MM))
+    return {"sizes": sizes, "overlap": overlap, "peaks": peaks, "distances": distances, "n_true": int(truth.sum())}
 
 
-def _score(comp: dict, min_size: int, keep_largest: bool, min_peak: float = 0.0) -> tuple[float, int, int]:
-    """(Dice, false-positive components, clot found 0/1) of one case after a size and peak filter."""
+def _score(comp: dict, min_size: int, keep_largest: bool, min_peak: float = 0.0,
+           max_vessel_mm: float = 0.0) -> tuple[float, int, int]:
+    """(Dice, false-positive components, clot found 0/1) of one case after a size, peak and vessel filter."""
     sizes, overlap = comp["sizes"], comp["overlap"]
     keep = sizes >= max(min_size, 1)
     if min_peak > 0:
         keep &= comp["peaks"] >= min_peak
+    if max_vessel_mm > 0:
+        keep &= comp["distances"] <= max_vessel_mm
     if keep_largest and keep.any():
         largest = int(np.argmax(np.where(keep, sizes, -1)))
         keep = np.zeros_like(keep)
@@ -134,7 +152,7 @@ def _score(comp: dict, min_size: int, keep_largest: bool, min_peak: float = 0.0)
 
 def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS, min_sizes=MIN_SIZES,
          min_clot_cases: int = MIN_CLOT_CASES, slice_gaps: list | None = None, min_peaks=MIN_PEAKS,
-         fixed: dict | None = None) -> dict:
+         fixed: dict | None = None, vessels: list | None = None, vessel_distances=VESSEL_DISTANCES_MM) -> dict:
     """Choose the post-processing on labelled validation cases.
 
     Args:
@@ -151,6 +169,9 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         fixed: {PostProcessing field: value} that config.py sets: each is
             held at that value (not searched), the plain reference takes
             it too, and the rest is chosen given it.
+        vessels: per case (vessel mask (h, w, D) bool, spacing mm or
+            None), see `clotseg.vessels`; None = the volumes have no CTA
+            in HU, and the vessel filter is not searched.
     Returns:
         {"chosen": PostProcessing dict, "reason", "validation": {mean_dice,
         fp_components_per_case, clots_found} of the chosen and of the
@@ -169,23 +190,31 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         raise ValueError(f"fixed: unknown post-processing choice(s) {sorted(unknown)}")
     if fixed.get("tta_flips") and not with_tta:
         raise ValueError("fixed: tta_flips needs the flip members of every case")
+    if vessels is not None and len(vessels) != len(cases):
+        raise ValueError(f"vessels has {len(vessels)} entries for {len(cases)} cases")
+    if fixed.get("max_vessel_distance_mm") and vessels is None:
+        raise ValueError("fixed: max_vessel_distance_mm needs the vessel mask of every case")
+    vessels = list(vessels) if vessels is not None else [None] * len(cases)
     tta_options = (False, True) if with_tta else (False,)
     grids = {"threshold": thresholds, "tta_flips": tta_options, "min_component_voxels": min_sizes,
-             "keep_largest_component": (False, True), "min_component_peak": min_peaks}
+             "keep_largest_component": (False, True), "min_component_peak": min_peaks,
+             "max_vessel_distance_mm": vessel_distances if vessels[0] is not None else (0.0,)}
     grids.update({k: (v,) for k, v in fixed.items()})
     plain = PostProcessing(**{**DEFAULT.as_dict(), **fixed})
     table = []
     for tta, threshold in product(grids["tta_flips"], grids["threshold"]):
         comps = []
-        for (members, truth), case_gaps in zip(cases, gaps):
+        for (members, truth), case_gaps, case_vessels in zip(cases, gaps, vessels):
             prob = np.mean(members, axis=0) if tta else members[0]
-            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps))
-        for keep_largest, min_size, peak in product(grids["keep_largest_component"], grids["min_component_voxels"],
-                                                    grids["min_component_peak"]):
+            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps, case_vessels))
+        for keep_largest, min_size, peak, distance in product(
+                grids["keep_largest_component"], grids["min_component_voxels"], grids["min_component_peak"],
+                grids["max_vessel_distance_mm"]):
             if peak and peak <= threshold and "min_component_peak" not in fixed:
                 continue                       # every component already peaks above the threshold
-            scores = [_score(c, min_size, keep_largest, peak) for c in comps]
-            table.append({**PostProcessing(threshold, tta, min_size, keep_largest, float(peak)).as_dict(),
+            scores = [_score(c, min_size, keep_largest, peak, distance) for c in comps]
+            table.append({**PostProcessing(threshold, tta, min_size, keep_largest, float(peak),
+                                           float(distance)).as_dict(),
                           "mean_dice": float(np.mean([s[0] for s in scores])),
                           "fp_components_per_case": float(np.mean([s[1] for s in scores])),
                           "clots_found": int(sum(s[2] for s in scores))})
@@ -200,10 +229,11 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
 
     sign = -1 if TIE_FILTER == "largest" else 1
 
-    def simplicity(r):  # ties: no TTA, no keep-largest, no (or the lowest) peak filter, largest (or smallest)
-        # size filter, threshold nearest 0.5
+    def simplicity(r):  # ties: no TTA, no keep-largest, no (or the lowest) peak filter, no (or the widest)
+        # vessel filter, largest (or smallest) size filter, threshold nearest 0.5
+        distance = r["max_vessel_distance_mm"]
         return (r["tta_flips"], r["keep_largest_component"], r["min_component_peak"],
-                sign * r["min_component_voxels"], abs(r["threshold"] - 0.5))
+                distance > 0, -distance, sign * r["min_component_voxels"], abs(r["threshold"] - 0.5))
 
     if n_clot < min_clot_cases:
         best = base
@@ -224,7 +254,8 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
 
 def _choice(row: dict) -> PostProcessing:
     return PostProcessing(float(row["threshold"]), bool(row["tta_flips"]), int(row["min_component_voxels"]),
-                          bool(row["keep_largest_component"]), float(row.get("min_component_peak", 0.0)))
+                          bool(row["keep_largest_component"]), float(row.get("min_component_peak", 0.0)),
+                          float(row.get("max_vessel_distance_mm", 0.0)))
 
 
 def fixed_by(settings) -> dict:

@@ -42,6 +42,7 @@ MAX_FILTERS = 8192          # BASE_FILTERS * 2**DEPTH: a 3x3 conv of that width 
 MAX_WORKERS = 256
 MAX_RESAMPLES = 1_000_000   # bootstrap: resamples x cases indices are drawn at once
 MAX_ROI_MM = 2000.0         # ROI_SIZE_MM: larger than any head
+MAX_VESSEL_MM = 50.0        # MAX_VESSEL_DISTANCE_MM: beyond this it filters nothing in a head
 MIN_TARGET_SPACING_MM = 0.05
 IMAGE_INTERPOLATIONS = ("linear", "bspline")
 MASK_INTERPOLATIONS = ("volume", "nearest")
@@ -149,6 +150,7 @@ class Settings:
     tta_flips: bool | None = None
     min_component_voxels: int | None = None
     min_component_peak: float | None = None
+    max_vessel_distance_mm: float | None = None
     keep_largest_component: bool | None = None
     save_probabilities: bool = False
     bootstrap_resamples: int = 5000
@@ -451,6 +453,15 @@ class Settings:
         check(self.min_component_peak is None
               or (_is_num(self.min_component_peak) and 0 <= self.min_component_peak < 1),
               "MIN_COMPONENT_PEAK must be None (the run's validation-tuned value) or in [0, 1)")
+        check(self.max_vessel_distance_mm is None
+              or (_is_num(self.max_vessel_distance_mm) and 0 <= self.max_vessel_distance_mm <= MAX_VESSEL_MM),
+              f"MAX_VESSEL_DISTANCE_MM must be None (the run's validation-tuned value), 0 (off) or a distance "
+              f"in mm up to {MAX_VESSEL_MM:g}")
+        vessel_on = _is_num(self.max_vessel_distance_mm) and self.max_vessel_distance_mm > 0
+        check(not vessel_on or (isinstance(mods, dict) and "CTA" in mods and isinstance(self.windows_hu, dict)
+                                and self.windows_hu.get("CTA") is not None),
+              "MAX_VESSEL_DISTANCE_MM > 0 needs a modality named 'CTA' in MODALITY_PATTERNS with an HU window "
+              "in WINDOWS_HU (the vessels are its voxels of at least 100 HU)")
         check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")
         check(_one_of(self.normalization, NORMALIZATIONS),
               f"NORMALIZATION must be one of {NORMALIZATIONS}, got {_short(self.normalization)}")

@@ -9,6 +9,7 @@ import pytest
 from clotseg.errors import StageError
 from clotseg.io import read_json
 from clotseg.pipeline import prepare_data
+from clotseg.postprocessing import VESSEL_DISTANCES_MM
 from clotseg.stages.evaluate import load_model, run_evaluation
 from clotseg.stages.train import run_training
 from tests.conftest import quiet, tiny_settings, write_cohort
@@ -190,6 +191,8 @@ def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
     record = read_json(run / "postprocessing.json")
     assert set(record["cases"]) == set(read_json(run / "Relevant_Files" / "split.json")["cohorts"]["Validation"])
     assert record["validation"]["chosen"]["mean_dice"] >= record["validation"]["default"]["mean_dice"]
+    # the volumes have a CTA in HU: the vessel filter was searched
+    assert {r["max_vessel_distance_mm"] for r in record["table"]} == set(VESSEL_DISTANCES_MM)
     meta = read_json(run / "Testing" / "summary.json")["meta"]
     assert meta["postprocessing_source"] == "validation-tuned"
     for key, value in record["chosen"].items():
@@ -227,6 +230,7 @@ def test_prediction_follows_the_resolved_tta_choice(trained):
     saved prediction is their mean only when the post-processing says tta_flips."""
     from clotseg.cohort import discover_cases, load_case
     from clotseg.inference import postprocess, predict_volume_members, to_mask
+    from clotseg.vessels import vessel_mask
 
     s, run, _ = trained
     out = run / "Testing"
@@ -239,7 +243,9 @@ def test_prediction_follows_the_resolved_tta_choice(trained):
                                      context_slices=s.context_slices)
     prob = np.mean(members, axis=0) if meta["tta_flips"] else members[0]
     expected = postprocess(to_mask(prob, meta["threshold"]), meta["min_component_voxels"],
-                           meta["keep_largest_component"], prob=prob, min_peak=meta["min_component_peak"])
+                           meta["keep_largest_component"], prob=prob, min_peak=meta["min_component_peak"],
+                           vessel=vessel_mask(vols, s.modalities), spacing_mm=case.spacing_mm(s.voxel_spacing_mm),
+                           max_vessel_mm=meta["max_vessel_distance_mm"])
     saved = np.load(out / "predictions" / f"{cid}_pred.npy")
     assert np.mean(saved != expected) < 1e-3         # same forward passes; float noise may flip a border voxel
     assert meta["prediction_from"] == ("mean of plain and flip members" if meta["tta_flips"] else "plain member")
@@ -253,10 +259,11 @@ def test_retuning_holds_what_config_fixes(trained):
     s, run, _ = trained
     before = read_json(run / "postprocessing.json")
     try:
-        again = train_stage.tune_run_postprocessing(s.replace(threshold=0.4, tta_flips=False), run,
-                                                    log=lambda *_: None)
-        assert again["fixed"] == {"threshold": 0.4, "tta_flips": False}
-        assert {(r["threshold"], r["tta_flips"]) for r in again["table"]} == {(0.4, False)}
+        again = train_stage.tune_run_postprocessing(s.replace(threshold=0.4, tta_flips=False,
+                                                               max_vessel_distance_mm=2.0), run, log=lambda *_: None)
+        assert again["fixed"] == {"threshold": 0.4, "tta_flips": False, "max_vessel_distance_mm": 2.0}
+        assert {(r["threshold"], r["tta_flips"], r["max_vessel_distance_mm"]) for r in again["table"]} == \
+            {(0.4, False, 2.0)}
         assert again["chosen"]["threshold"] == 0.4 and again["chosen"]["tta_flips"] is False
         assert read_json(run / "postprocessing.json")["fixed"] == again["fixed"]
     finally:

@@ -7,8 +7,8 @@ import pytest
 
 from clotseg.evaluation.metrics import case_metrics
 from clotseg.inference import postprocess, to_mask
-from clotseg.postprocessing import (DEFAULT, MIN_CLOT_CASES, MIN_PEAKS, MIN_SIZES, THRESHOLDS, PostProcessing, resolve,
-                                    tune)
+from clotseg.postprocessing import (DEFAULT, MIN_CLOT_CASES, MIN_PEAKS, MIN_SIZES, THRESHOLDS, VESSEL_DISTANCES_MM,
+                                    PostProcessing, resolve, tune)
 from tests.conftest import tiny_settings
 
 SHAPE = (24, 24, 10)
@@ -182,15 +182,22 @@ def test_every_table_row_matches_the_testing_code_path(gaps):
             prob[truth] = rng.uniform(0.45, 0.95, int(truth.sum()))
         members = [prob, np.clip(prob + rng.normal(0, 0.1, SHAPE), 0, 1).astype(np.float32)]
         cases.append((members, truth))
-    result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10), min_clot_cases=1, slice_gaps=gaps)
-    assert len(result["table"]) == 2 * _n_rows((0.3, 0.5, 0.7), (0, 3, 10))
+    # a vessel (CTA lumen) along the rows on slices 0-4, beside the clots; spacing 0.5 x 0.5 x 2 mm
+    vessel = np.zeros(SHAPE, bool)
+    vessel[:, 10:12, 0:5] = True
+    near = [(vessel, (0.5, 0.5, 2.0))] * len(cases)
+    result = tune(cases, thresholds=(0.3, 0.5, 0.7), min_sizes=(0, 3, 10), min_clot_cases=1, slice_gaps=gaps,
+                  vessels=near)
+    assert len(result["table"]) == 2 * _n_rows((0.3, 0.5, 0.7), (0, 3, 10)) * len(VESSEL_DISTANCES_MM)
+    assert {r["max_vessel_distance_mm"] for r in result["table"]} == set(VESSEL_DISTANCES_MM)
     for row in result["table"]:
         dices, fps = [], []
         for (members, truth), case_gaps in zip(cases, gaps or [None] * len(cases)):
             prob = np.mean(members, axis=0) if row["tta_flips"] else members[0]
             pred = postprocess(to_mask(prob[..., None], row["threshold"]), row["min_component_voxels"],
                                row["keep_largest_component"], slice_gaps=case_gaps, prob=prob[..., None],
-                               min_peak=row["min_component_peak"])
+                               min_peak=row["min_component_peak"], vessel=vessel, spacing_mm=(0.5, 0.5, 2.0),
+                               max_vessel_mm=row["max_vessel_distance_mm"])
             m = case_metrics(pred, truth, slice_gaps=case_gaps)
             dices.append(m["dice"])
             fps.append(m["n_false_positive_components"])
@@ -295,7 +302,8 @@ def test_resolve_falls_back_to_the_defaults_without_a_tuned_choice(tmp_path):
 @pytest.mark.parametrize("name,value", [("threshold", 1.0), ("threshold", 0), ("min_component_voxels", -1),
                                         ("tta_flips", "yes"), ("keep_largest_component", "no"),
                                         ("min_component_peak", 1.0), ("min_component_peak", -0.1),
-                                        ("min_component_peak", "high")])
+                                        ("min_component_peak", "high"), ("max_vessel_distance_mm", -1.0),
+                                        ("max_vessel_distance_mm", 51.0), ("max_vessel_distance_mm", "near")])
 def test_postprocessing_overrides_are_validated(tmp_path, name, value):
     from clotseg.errors import ConfigError
 
@@ -426,3 +434,75 @@ def test_ties_go_to_the_largest_filter_under_the_cap_when_asked(monkeypatch):
     assert chosen.min_component_voxels == 10                       # 20 would exceed 0.5 x 27
     assert not chosen.keep_largest_component and chosen.threshold == 0.5
     assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
+
+
+def _vessel_cohort():
+    """Six clot cases whose clot sits against a vessel, and two controls with a
+    confident 8-voxel speck 5 mm from any vessel; the clots are the same size
+    as the specks, so no size or peak filter can tell them apart."""
+    vessel = np.zeros(SHAPE, bool)
+    vessel[:, 2:4, :] = True                   # a vessel along the rows, columns 2-3
+    cases = []
+    for i in range(8):
+        prob, truth = _empty()
+        if i < 6:
+            _box(truth, 4 + i, 4, 3, (2, 2, 2))    # touches the vessel (column 4 next to 3)
+            _box(prob, 4 + i, 4, 3, (2, 2, 2), 0.9)
+        else:
+            _box(prob, 10, 14, 3, (2, 2, 2), 0.9)  # columns 14-15: 10 columns = 5 mm from the vessel
+        cases.append(([prob], truth))
+    return cases, [(vessel, (0.5, 0.5, 2.0))] * len(cases)
+
+
+def test_the_vessel_filter_removes_specks_away_from_the_vessels_and_keeps_the_clots():
+    cases, near = _vessel_cohort()
+    chosen = _chosen(tune(cases, vessels=near))
+    assert chosen.max_vessel_distance_mm == max(VESSEL_DISTANCES_MM)    # ties: the widest that does it
+    assert not chosen.keep_largest_component
+    for (members, truth), (vessel, spacing) in zip(cases, near):
+        pred = postprocess(to_mask(members[0][..., None], chosen.threshold), chosen.min_component_voxels,
+                           chosen.keep_largest_component, prob=members[0][..., None],
+                           min_peak=chosen.min_component_peak, vessel=vessel, spacing_mm=spacing,
+                           max_vessel_mm=chosen.max_vessel_distance_mm)
+        assert np.array_equal(pred > 0, truth)
+    # without the CTA's vessels the filter is not searched, and a fixed one cannot be held
+    plain = tune(cases)
+    assert {r["max_vessel_distance_mm"] for r in plain["table"]} == {0.0}
+    assert _chosen(plain).max_vessel_distance_mm == 0
+    with pytest.raises(ValueError, match="vessel"):
+        tune(cases, fixed={"max_vessel_distance_mm": 2.0})
+    with pytest.raises(ValueError, match="vessels has 1"):
+        tune(cases, vessels=near[:1])
+    # ties (no speck to remove) go to no vessel filter
+    assert _chosen(tune(cases[:6], vessels=near[:6])).max_vessel_distance_mm == 0
+
+
+def test_vessel_distances_are_in_mm_per_axis():
+    from clotseg.vessels import component_distances, vessel_mask
+
+    vessel = np.zeros((20, 20, 10), bool)
+    vessel[5, 5, 5] = True
+    labels = np.zeros((20, 20, 10), np.int32)
+    labels[5, 5, 5] = 1                        # on the vessel: 0
+    labels[5, 9, 5] = 2                        # 4 columns away: 4 x 0.5 = 2 mm
+    labels[5, 5, 7] = 3                        # 2 slices away: 2 x 2 = 4 mm
+    labels[15, 15, 5] = 4                      # far: inf
+    d = component_distances(labels, 4, vessel, (0.5, 0.5, 2.0), 4.0)
+    assert d[:3] == pytest.approx([0.0, 2.0, 4.0]) and d[3] == np.inf
+    assert component_distances(labels, 4, vessel, (0.5, 0.5, 2.0), 3.0)[2] == np.inf
+    # labels of a box of the volume, placed by their offset
+    assert component_distances(labels[4:, 4:], 4, vessel, (0.5, 0.5, 2.0), 4.0, offset=(4, 4, 0))[:3] == \
+        pytest.approx([0.0, 2.0, 4.0])
+    # the vessels are the CTA's voxels of at least 100 HU, whatever the modality order
+    cta = np.array([[[99.0, 100.0]]])
+    assert vessel_mask([np.zeros_like(cta), cta], ["NCCT", "CTA"]).tolist() == [[[False, True]]]
+    with pytest.raises(ValueError, match="vessel mask"):
+        postprocess(labels.astype(np.uint8), max_vessel_mm=2.0)
+
+
+def test_a_vessel_filter_needs_a_cta_in_hu(tmp_path):
+    from clotseg.errors import ConfigError
+
+    assert tiny_settings(tmp_path, max_vessel_distance_mm=2.0).max_vessel_distance_mm == 2.0
+    with pytest.raises(ConfigError, match="MAX_VESSEL_DISTANCE_MM > 0 needs a modality named 'CTA'"):
+        tiny_settings(tmp_path, max_vessel_distance_mm=2.0, windows_hu={"CTA": None, "NCCT": (0.0, 200.0)})

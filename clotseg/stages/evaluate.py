@@ -161,21 +161,26 @@ def _export(case: Case, pred: np.ndarray, prob_fg: np.ndarray | None, pred_dir: 
     return written, problems
 
 
-def _prepare_case(case: Case, trained: Settings) -> tuple:
+def _prepare_case(case: Case, trained: Settings, vessels: bool = False, default_spacing=None) -> tuple:
     """Host side of one case's prediction: (case, (h, w, D), slice gaps,
-    inputs), the inputs uint8 (D, H, W, C') (`member_inputs`; the flipped
-    members are made on the device by `flip_ensemble`). The loaded HU
-    volumes are dropped here, so only model inputs wait in the queue."""
+    near, inputs), the inputs uint8 (D, H, W, C') (`member_inputs`; the
+    flipped members are made on the device by `flip_ensemble`); near: with
+    `vessels`, (the CTA's vessel mask (h, w, D) bool, spacing mm) for the
+    vessel filter (`clotseg.vessels`), else None. The loaded HU volumes are
+    dropped here, so only model inputs (and the bool mask) wait in the queue."""
+    from clotseg.vessels import vessel_mask
+
     windows = [trained.windows_hu[m] for m in trained.modalities]
     vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
     gaps = case.slice_gaps()
+    near = (vessel_mask(vols, trained.modalities), case.spacing_mm(default_spacing)) if vessels else None
     (inputs,) = member_inputs(vols, windows, trained.input_shape[:2], tta_flips=False,
                               context_slices=trained.context_slices, symmetry=trained.symmetry_channels,
                               slice_gaps=gaps)
-    return case, vols[0].shape, gaps, inputs
+    return case, vols[0].shape, gaps, near, inputs
 
 
-def _prepare(cases: list[Case], trained: Settings, workers: int = 1):
+def _prepare(cases: list[Case], trained: Settings, workers: int = 1, vessels: bool = False, default_spacing=None):
     """`_prepare_case` of every case, in case order, `workers` cases at a time.
 
     One thread windows a few hundred slices a second; a GPU predicts
@@ -185,13 +190,13 @@ def _prepare(cases: list[Case], trained: Settings, workers: int = 1):
     """
     if workers <= 1:
         for case in cases:
-            yield _prepare_case(case, trained)
+            yield _prepare_case(case, trained, vessels, default_spacing)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clotseg-prepare")
     pending: deque[Future] = deque()
     try:
         for case in cases:
-            pending.append(pool.submit(_prepare_case, case, trained))
+            pending.append(pool.submit(_prepare_case, case, trained, vessels, default_spacing))
             if len(pending) >= workers:
                 yield pending.popleft().result()   # a bad input raises here, at its case's position
         while pending:
@@ -201,11 +206,12 @@ def _prepare(cases: list[Case], trained: Settings, workers: int = 1):
 
 
 def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, trained: Settings, post, pred_dir: Path,
-                 save_probabilities: bool, target: str) -> tuple[list[str], list[str], list[str]]:
+                 save_probabilities: bool, target: str, near=None) -> tuple[list[str], list[str], list[str]]:
     """Everything after the forward passes of one case (runs in a worker thread).
 
     `probs`: float32 (D, H, W, K) members: the plain prediction and those of
-    the horizontally and vertically flipped inputs, flipped back. Writes <case>_pred.npy, _prob.npy, _unc.npy,
+    the horizontally and vertically flipped inputs, flipped back; `near`: (vessel
+    mask, spacing mm) when post.max_vessel_distance_mm > 0. Writes <case>_pred.npy, _prob.npy, _unc.npy,
     _unc.json and the exports; returns (written exports, problems, log lines).
     Log lines are returned rather than printed so the caller replays them in
     case order, from one thread, whatever order the workers finish in.
@@ -216,8 +222,10 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
     # elementwise, so it runs in the predictions' own memory order without transposed copies
     members = [center_crop(np.moveaxis(p, 0, 2), shape[:2]) for p in probs]
     prob = _mean_of(members) if post.tta_flips else members[0]
+    vessel, spacing = near if near is not None else (None, None)
     pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
-                       slice_gaps=gaps or None, prob=prob, min_peak=post.min_component_peak)
+                       slice_gaps=gaps or None, prob=prob, min_peak=post.min_component_peak,
+                       vessel=vessel, spacing_mm=spacing, max_vessel_mm=post.max_vessel_distance_mm)
     cid = case.case_id
     # the arrays are (h, w, D) views in the predictions' (D, h, w) memory order: one
     # transposing copy each before saving (np.save of a strided array is 5x slower)
@@ -251,14 +259,14 @@ def _mean_of(members: list[np.ndarray]) -> np.ndarray:
 
 def _predicted_cases(ensemble, prepared, batch_size: int):
     """The forward passes of the whole cohort as one `predict_stream` through
-    `flip_ensemble`: yields (case, (h, w, D), gaps, [plain, h-flip, v-flip]
-    float32 (D, H, W, K) views) in case order. Batches span case boundaries
-    (only the cohort's last batch is padded)."""
+    `flip_ensemble`: yields (case, (h, w, D), gaps, near, [plain, h-flip,
+    v-flip] float32 (D, H, W, K) views) in case order. Batches span case
+    boundaries (only the cohort's last batch is padded)."""
     meta: dict[int, tuple] = {}   # filled before the case's rows enter the stream, so it is there when they leave
 
     def items():
-        for i, (case, shape, gaps, inputs) in enumerate(prepared):
-            meta[i] = (case, shape, gaps)
+        for i, (case, shape, gaps, near, inputs) in enumerate(prepared):
+            meta[i] = (case, shape, gaps, near)
             yield i, inputs
 
     for i, probs in predict_stream(ensemble, items(), batch_size):
@@ -267,7 +275,7 @@ def _predicted_cases(ensemble, prepared, batch_size: int):
 
 def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: Path, *, batch_size: int = 32,
                   save_probabilities: bool = False, target: str = "clot", log=print, workers: int | None = None,
-                  ensemble=None) -> dict:
+                  ensemble=None, default_spacing=None) -> dict:
     """Step 1: predictions, uncertainty maps/scores and exports of every case into `pred_dir`.
 
     Three stages overlap, so host work runs while the accelerator predicts:
@@ -285,7 +293,9 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
 
     `ensemble`: the model that predicts the three members, (B, H, W, C) ->
     (B, H, W, 3K); default `flip_ensemble(model)` (bench/benchmark.py passes
-    a free stand-in to measure the host side alone).
+    a free stand-in to measure the host side alone). `default_spacing`: the
+    (row, col, slice) mm of a case whose sidecar gives none, for the vessel
+    filter (VOXEL_SPACING_MM; None = 1 mm).
 
     Returns {"n_slices", "seconds", "slices_per_second", "batch_size",
     "exports": {case: [files]}, "export_problems": [...]}.
@@ -297,7 +307,8 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
     prepare_workers = 1 if workers == 1 else min(4, max(2, cpus // 6))
     n_slices, exports, problems = 0, {}, []
     started = time.perf_counter()
-    prepared = prefetch(_prepare(cases, trained, prepare_workers), depth=2)
+    vessels = getattr(post, "max_vessel_distance_mm", 0.0) > 0
+    prepared = prefetch(_prepare(cases, trained, prepare_workers, vessels, default_spacing), depth=2)
     pending: deque[tuple[Case, int, Future]] = deque()   # (case, slices, its worker's future), case order
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clotseg-post")
     bar = tqdm(total=len(cases), desc="Predicting", unit="case")
@@ -316,9 +327,9 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
 
     try:
         ensemble = flip_ensemble(model) if ensemble is None else ensemble
-        for case, shape, gaps, probs in _predicted_cases(ensemble, prepared, batch_size):
+        for case, shape, gaps, near, probs in _predicted_cases(ensemble, prepared, batch_size):
             future = pool.submit(_finish_case, case, probs, shape, gaps, trained, post, pred_dir,
-                                 save_probabilities, target)
+                                 save_probabilities, target, near)
             pending.append((case, shape[2], future))
             while len(pending) > 2 * workers:  # back-pressure: predictions wait for the writers
                 collect_oldest()
@@ -375,7 +386,8 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
         pred_dir = out / PREDICTIONS_DIR
         predicted = predict_cases(model, cases, trained, post, pred_dir,
                                   batch_size=runtime.inference_batch_size(settings.batch_size),
-                                  save_probabilities=settings.save_probabilities, target=target, log=log)
+                                  save_probabilities=settings.save_probabilities, target=target, log=log,
+                                  default_spacing=settings.voxel_spacing_mm)
         log(f"[test] predict: {len(cases)} case(s), {predicted['n_slices']} slices in {predicted['seconds']:.1f} s "
             f"(plain + 2 flip members each; prediction from the {'flip average' if post.tta_flips else 'plain member'})")
         meta = {"run": run.name, **post.as_dict(),

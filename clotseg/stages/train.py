@@ -29,7 +29,7 @@ import numpy as np
 from clotseg.quiet import load_backend
 
 keras = load_backend()  # before any other Keras import: the backend starts without C++ log lines
-from clotseg import postprocessing, runtime  # noqa: E402
+from clotseg import postprocessing, runtime, vessels  # noqa: E402
 from clotseg.cohort import discover_cases, load_case
 from clotseg.errors import StageError
 from clotseg.evaluation.figures import plot_training_curves, prediction_panel
@@ -606,16 +606,20 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         return None
     model = keras.models.load_model(run / BEST_MODEL, safe_mode=True, compile=False)
     windows = [settings.windows_hu[m] for m in settings.modalities]
-    data, gaps = [], []
+    # the vessel filter is searched only where the volumes have a CTA in HU
+    with_vessels = vessels.available(settings.modalities, settings.windows_hu)
+    data, gaps, near = [], [], []
     for case in cases:
         vols, truth = load_case(case)
         gaps.append(case.slice_gaps() or None)
+        if with_vessels:
+            near.append((vessels.vessel_mask(vols, settings.modalities), case.spacing_mm(settings.voxel_spacing_mm)))
         members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
                                          batch_size=runtime.inference_batch_size(settings.batch_size), tta_flips=True,
                                          context_slices=settings.context_slices,
                                          symmetry=settings.symmetry_channels, slice_gaps=gaps[-1])
         data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
-    result = postprocessing.tune(data, slice_gaps=gaps, fixed=fixed)
+    result = postprocessing.tune(data, slice_gaps=gaps, fixed=fixed, vessels=near if with_vessels else None)
     atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
     chosen, val = result["chosen"], result["validation"]
     if result["reason"].startswith("only"):
@@ -626,12 +630,17 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
     log(f"[train] post-processing chosen on {len(cases)} Validation volumes: threshold {chosen['threshold']}, "
         f"TTA {'on' if chosen['tta_flips'] else 'off'}, min component {chosen['min_component_voxels']} voxels, "
         f"min peak {chosen['min_component_peak']:g}, "
+        f"vessel distance {_mm_or_off(chosen['max_vessel_distance_mm'])}, "
         f"keep largest {'yes' if chosen['keep_largest_component'] else 'no'} (mean Dice "
         f"{val['default']['mean_dice']:.3f} -> {val['chosen']['mean_dice']:.3f}, FP components per case "
         f"{val['default']['fp_components_per_case']:.2f} -> {val['chosen']['fp_components_per_case']:.2f}, "
         f"clots found {val['chosen']['clots_found']}) "
         f"-> {run / POSTPROCESSING_FILE}")
     return result
+
+
+def _mm_or_off(mm: float) -> str:
+    return f"at most {mm:g} mm" if mm > 0 else "off"
 
 
 def _averaged_copy(model: keras.Model, settings: Settings) -> keras.Model:

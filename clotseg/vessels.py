@@ -1,0 +1,75 @@
+"""How far each predicted component lies from contrast-filled arterial lumen on CTA.
+
+A thrombus sits inside an artery, and the artery upstream of it is filled
+with contrast on CTA, so a true clot lies next to (or inside, when it is
+pervious) lumen of at least VESSEL_MIN_HU. A component in the parenchyma,
+millimetres from any opacified vessel, is not a clot: such specks are the
+commonest false alarm of a model that has learned that a clot need not be
+hyperdense on NCCT (an iso-dense clot looks like brain on both modalities,
+and only its place in a vessel tells it apart). The post-processing choice
+MAX_VESSEL_DISTANCE_MM (chosen on the validation volumes like the others,
+see `clotseg.postprocessing`) drops the components farther than that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+# Opacified arterial lumen on CTA: 200-500 HU in the large arteries; partial
+# volume brings a thin M2/M3 branch down towards 100-150 HU. Brain and
+# unenhanced blood stay under 80 HU. Calcified plaque (>= 130 HU) also passes,
+# which is right: it sits in the arterial wall.
+VESSEL_MIN_HU = 100.0
+# The modality whose HU the vessel mask is read from.
+VESSEL_MODALITY = "CTA"
+
+
+def available(modalities, windows_hu: dict) -> bool:
+    """Whether the vessel distance can be measured: a modality named CTA
+    with an HU window (its volumes are in HU, not already normalised)."""
+    return VESSEL_MODALITY in list(modalities) and windows_hu.get(VESSEL_MODALITY) is not None
+
+
+def vessel_mask(volumes: list[np.ndarray], modalities) -> np.ndarray:
+    """(H, W, D) bool: the CTA voxels of at least VESSEL_MIN_HU.
+
+    volumes: one float HU array (H, W, D) per modality, in `modalities` order.
+    """
+    return np.asarray(volumes[list(modalities).index(VESSEL_MODALITY)]) >= VESSEL_MIN_HU
+
+
+def component_distances(labels: np.ndarray, n: int, vessel: np.ndarray, spacing_mm, max_mm: float,
+                        offset=(0, 0, 0)) -> np.ndarray:
+    """Per component 1..n of `labels` (int, the box of `vessel` (H, W, D)
+    bool that starts at `offset`; by default the whole of it), the distance
+    in mm from its nearest voxel to the nearest `vessel` voxel (0 when it
+    overlaps one); np.inf when none lies within `max_mm`.
+
+    Each component is measured in its own box widened by `max_mm`, so the
+    cost follows the components, not the volume. spacing_mm: (row, col,
+    slice) mm; None = 1 mm (distances in voxels).
+    """
+    if len(offset) != labels.ndim or vessel.ndim != labels.ndim:
+        raise ValueError(f"component_distances: labels {labels.shape}, vessel {vessel.shape} and offset "
+                         f"{tuple(offset)} must have the same number of axes")
+    out = np.full(n, np.inf)
+    if n == 0:
+        return out
+    spacing = np.asarray(spacing_mm if spacing_mm is not None else (1.0, 1.0, 1.0), dtype=np.float64)
+    margin = np.ceil(max_mm / spacing).astype(int) + 1
+    for i, box in enumerate(ndimage.find_objects(labels, max_label=n)):
+        if box is None:
+            continue
+        # the component's box in the volume, widened by max_mm (clipped at its edges)
+        wide = tuple(slice(max(0, s.start + o - m), min(size, s.stop + o + m))
+                     for s, o, m, size in zip(box, offset, margin, vessel.shape))
+        near = vessel[wide]
+        if not near.any():
+            continue
+        # distance of every voxel of the widened box to the nearest vessel voxel, in mm
+        dist = ndimage.distance_transform_edt(~near, sampling=spacing)
+        own = tuple(slice(s.start + o - w.start, s.stop + o - w.start) for s, o, w in zip(box, offset, wide))
+        d = float(dist[own][labels[box] == i + 1].min())
+        out[i] = d if d <= max_mm else np.inf
+    return out
