@@ -13,11 +13,18 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
 
   strict      the tuner without FOUND_SLACK (no choice may find fewer
               validation clots than the plain default)
-  tuner       clotseg.postprocessing.tune as shipped
+  tuner       clotseg.postprocessing.tune as shipped (with the vessel
+              filter in its grid: the development cases' CTA >= 100 HU)
   tuner, ties to the largest filter
               the same with TIE_FILTER = "largest"
+  tuner without the vessel filter
+              the tuner as it was before MAX_VESSEL_DISTANCE_MM
+  tuner holding 4 mm
+              the tuner with MAX_VESSEL_DISTANCE_MM = 4 held (config.py)
   plain       0.5, no TTA, no filter
   plain + KL  0.5, keep the largest component
+  plain + 4 mm
+              0.5, no TTA, only the vessel filter at 4 mm
 
 Prints JSON and a Markdown table: clot-case Dice, FP components per case,
 case sensitivity and the share of clot-free cases without an alarm, pooled
@@ -44,7 +51,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 DEV_SEED, DEV_CASES, N_TUNE = 5000, 40, 8
-RULES = ("strict", "tuner", "tuner, ties to the largest filter", "plain", "plain + KL")
+RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner without the vessel filter",
+         "tuner holding 4 mm", "plain", "plain + KL", "plain + 4 mm")
 
 
 def _dev_cohort(dev: Path, scale: str, domain: str = "standard") -> list[str]:
@@ -84,29 +92,59 @@ def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
     return [load_npy(cache / f"{c}.npy").astype(np.float32) for c in cases]
 
 
-def _choose(rule: str, tune_cases) -> dict:
+def _vessels(dev: Path, cases: list[str]) -> list | None:
+    """Per development case (CTA >= VESSEL_MIN_HU, spacing mm from its sidecar),
+    or None when the cohort has no CTA volumes."""
+    from clotseg.io import load_npy
+    from clotseg.settings import Settings
+    from clotseg.vessels import VESSEL_MIN_HU
+
+    pattern = Settings().modality_patterns["CTA"]
+    out = []
+    for c in cases:
+        path = dev / "volumes" / pattern.replace("<ID>", c[2:])
+        if not path.is_file():
+            return None
+        side = dev / "volumes" / f"{c}.json"
+        spacing = json.loads(side.read_text(encoding="utf-8")).get("spacing_mm") if side.is_file() else None
+        out.append((load_npy(path) >= VESSEL_MIN_HU, spacing))
+    return out
+
+
+def _choose(rule: str, tune_cases, near=None) -> dict:
+    """The choice of `rule` on `tune_cases`; `near`: their (vessel mask,
+    spacing) or None (no CTA: the vessel rules then fall back to no filter)."""
     from clotseg import postprocessing as pp
 
     if rule == "plain":
         return pp.DEFAULT.as_dict()
     if rule == "plain + KL":
         return pp.PostProcessing(keep_largest_component=True).as_dict()
+    if rule == "plain + 4 mm":
+        return pp.PostProcessing(max_vessel_distance_mm=4.0 if near is not None else 0.0).as_dict()
+    if rule == "tuner without the vessel filter":
+        return pp.tune(tune_cases)["chosen"]
+    if rule == "tuner holding 4 mm" and near is not None:
+        return pp.tune(tune_cases, vessels=near, fixed={"max_vessel_distance_mm": 4.0})["chosen"]
     if rule == "strict":
         with mock.patch.object(pp, "FOUND_SLACK", 0.0):
-            return pp.tune(tune_cases)["chosen"]
+            return pp.tune(tune_cases, vessels=near)["chosen"]
     if rule == "tuner, ties to the largest filter":
         with mock.patch.object(pp, "TIE_FILTER", "largest"):
-            return pp.tune(tune_cases)["chosen"]
-    return pp.tune(tune_cases)["chosen"]
+            return pp.tune(tune_cases, vessels=near)["chosen"]
+    return pp.tune(tune_cases, vessels=near)["chosen"]
 
 
-def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, seed: int = 0) -> dict:
-    """{rule: [(clot Dice, FP components per case, sensitivity, control specificity), ...]} per draw."""
+def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, seed: int = 0,
+             near: list | None = None) -> dict:
+    """{rule: [(clot Dice, FP components per case, sensitivity, control specificity), ...]} per draw.
+    `near`: per case (vessel mask, spacing mm), or None without a CTA."""
     from clotseg import postprocessing as pp
 
     n = len(truths)
-    comps = {(tta, t): [pp._case_components(np.mean(m, 0) if tta else m[0], truth, t)
-                        for m, truth in zip(members, truths)]
+    vessels = near if near is not None else [None] * n
+    comps = {(tta, t): [pp._case_components(np.mean(m, 0) if tta else m[0], truth, t, vessels=v)
+                        for m, truth, v in zip(members, truths, vessels)]
              for tta in (False, True) for t in pp.THRESHOLDS}
     rng = np.random.default_rng(seed)
     out = {rule: [] for rule in RULES}
@@ -116,10 +154,12 @@ def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, se
         if sum(truths[i].any() for i in tune_idx) < pp.MIN_CLOT_CASES:
             continue
         tune_cases = [(list(members[i]), truths[i]) for i in tune_idx]
+        tune_near = [near[i] for i in tune_idx] if near is not None else None
         for rule in RULES:
-            ch = _choose(rule, tune_cases)
+            ch = _choose(rule, tune_cases, tune_near)
             scores = [pp._score(comps[(ch["tta_flips"], ch["threshold"])][i], ch["min_component_voxels"],
-                                ch["keep_largest_component"], ch.get("min_component_peak", 0.0)) for i in score_idx]
+                                ch["keep_largest_component"], ch["min_component_peak"],
+                                ch["max_vessel_distance_mm"]) for i in score_idx]
             clot = [s for s, i in zip(scores, score_idx) if truths[i].any()]
             ctrl = [s for s, i in zip(scores, score_idx) if not truths[i].any()]
             out[rule].append((float(np.mean([s[0] for s in clot])), float(np.mean([s[1] for s in scores])),
@@ -146,13 +186,14 @@ def main(argv=None) -> int:
                        f"choose from {', '.join(TEST_DOMAINS)}\n")
     cases = _dev_cohort(args.dev, args.scale, args.dev_domain)
     truths = [load_npy(args.dev / "masks" / f"{c}_seg_corrected_binary.npy") > 0 for c in cases]
+    near = _vessels(args.dev, cases)
     pooled = {rule: [] for rule in RULES}
     for workdir in args.workdirs:
         try:  # a folder without a finished run is a user's mistake: one line, exit status 2
             members = _members(workdir, args.dev, cases)
         except FileNotFoundError as exc:
             parser.exit(2, f"bench.tuner_resampling: {exc}\n")
-        for rule, rows in resample(members, truths, args.draws).items():
+        for rule, rows in resample(members, truths, args.draws, near=near).items():
             pooled[rule] += rows
     keys = ("clot_dice", "fp_components_per_case", "case_sensitivity", "controls_without_alarm")
     report = {"models": [str(w) for w in args.workdirs], "draws_per_model": args.draws,

@@ -60,3 +60,23 @@ def test_a_folder_without_a_finished_run_is_one_line_and_exit_status_2(tmp_path,
     err = capsys.readouterr().err
     assert "no_run: no finished bench run" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_vessel_rules_drop_the_alarms_away_from_the_vessels():
+    """The clots of the cohort lie in rows/columns 0-8, here all vessel; the
+    alarms at rows/columns 10-12 are 2 voxels (6 mm at 3 mm spacing) away: the
+    vessel filter held at 4 mm clears the alarms and keeps the clots; without
+    vessels the rules fall back to no filter."""
+    members, truths = _cohort()
+    vessel = np.zeros(SHAPE, bool)
+    vessel[:9, :9, :] = True
+    near = [(vessel, (3.0, 3.0, 3.0))] * len(truths)
+    out = resample(members, truths, draws=12, near=near)
+    plain, vessel_only = np.array(out["plain"]), np.array(out["plain + 4 mm"])
+    assert np.allclose(vessel_only[:, 1], 0.0) and np.allclose(vessel_only[:, 3], 1.0)   # no alarm left
+    assert np.allclose(vessel_only[:, 2], 1.0)                                            # every clot found
+    assert (vessel_only[:, 0] > plain[:, 0]).all()
+    held = np.array(out["tuner holding 4 mm"])
+    assert np.allclose(held[:, 1], 0.0)
+    without = resample(members, truths, draws=12)
+    assert np.allclose(np.array(without["plain + 4 mm"]), np.array(without["plain"]))
