@@ -109,11 +109,12 @@ DEFAULT = PostProcessing()
 
 
 def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slice_gaps=None,
-                     vessels: tuple | None = None) -> dict:
+                     vessels: tuple | None = None, reach_mm: float = max(VESSEL_DISTANCES_MM)) -> dict:
     """Component sizes, peak probabilities, truth overlaps and (with
-    `vessels` = (vessel mask, spacing mm)) distances to the vessels of one
-    case's thresholded mask, labelled within each run of adjacent slices
-    (`slice_gaps`, as testing.py's post-processing and scoring do)."""
+    `vessels` = (vessel mask, spacing mm)) distances to the vessels (inf
+    beyond `reach_mm`, the widest filter scored) of one case's thresholded
+    mask, labelled within each run of adjacent slices (`slice_gaps`, as
+    testing.py's post-processing and scoring do)."""
     runs = slice_runs(prob.shape[-1], slice_gaps) if slice_gaps else None
     labels, n = label_components(prob > threshold, runs)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
@@ -123,7 +124,7 @@ def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slic
     if vessels is not None:
         from clotseg.vessels import component_distances
 
-        distances = component_distances(labels, n, vessels[0], vessels[1], max(VESSEL_DISTANCES_MM))
+        distances = component_distances(labels, n, vessels[0], vessels[1], reach_mm)
     return {"sizes": sizes, "overlap": overlap, "peaks": peaks, "distances": distances, "n_true": int(truth.sum())}
 
 
@@ -201,12 +202,14 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
              "max_vessel_distance_mm": vessel_distances if vessels[0] is not None else (0.0,)}
     grids.update({k: (v,) for k, v in fixed.items()})
     plain = PostProcessing(**{**DEFAULT.as_dict(), **fixed})
+    reach = max(grids["max_vessel_distance_mm"])
     table = []
     for tta, threshold in product(grids["tta_flips"], grids["threshold"]):
         comps = []
         for (members, truth), case_gaps, case_vessels in zip(cases, gaps, vessels):
             prob = np.mean(members, axis=0) if tta else members[0]
-            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps, case_vessels))
+            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps, case_vessels,
+                                          reach))
         for keep_largest, min_size, peak, distance in product(
                 grids["keep_largest_component"], grids["min_component_voxels"], grids["min_component_peak"],
                 grids["max_vessel_distance_mm"]):
