@@ -484,10 +484,10 @@ class Settings:
         looks = self.clot_appearance_hu
         check(isinstance(looks, dict), "CLOT_APPEARANCE_HU must be a dict {modality: (low, high)} of HU offsets")
         for name, shift in (looks.items() if isinstance(looks, dict) else ()):
-            # the default names CTA and NCCT; only an augmentation that is on must match the modalities
-            check(not (_is_num(self.clot_appearance_aug) and self.clot_appearance_aug > 0) or name in mods,
-                  f"CLOT_APPEARANCE_HU[{_short(name)}] names no modality of MODALITY_PATTERNS "
-                  "(CLOT_APPEARANCE_AUG is on)")
+            # the default names NCCT and CTA and leaves other modality sets alone (a single-channel
+            # CT, say); ranges a user wrote must name modalities, so a misspelt name is not a silent no-op
+            check(looks == _default_clot_appearance_hu() or name in mods,
+                  f"CLOT_APPEARANCE_HU[{_short(name)}] names no modality of MODALITY_PATTERNS")
             check(isinstance(shift, (tuple, list)) and len(shift) == 2 and all(_is_num(v) for v in shift)
                   and -MAX_HU <= shift[0] <= shift[1] <= MAX_HU,
                   f"CLOT_APPEARANCE_HU[{_short(name)}] must be (low, high) HU offsets with low <= high "

@@ -177,11 +177,15 @@ def test_offsets_are_a_validated_setting_and_one_modality_can_be_left_alone(tmp_
         with pytest.raises(ConfigError, match="CLOT_APPEARANCE_HU"):
             Settings.from_dict({"CLOT_APPEARANCE_HU": bad}, root=tmp_path).validate()
     with pytest.raises(ConfigError, match="CLOT_APPEARANCE_HU.*names no modality"):
-        Settings.from_dict({"CLOT_APPEARANCE_AUG": 0.5, "CLOT_APPEARANCE_HU": {"MRI": (0, 1)}},
+        Settings.from_dict({"CLOT_APPEARANCE_AUG": 0.5, "CLOT_APPEARANCE_HU": {"ncct": (-30.0, 10.0)}},
                            root=tmp_path).validate()
-    # off, the default's names need not match a user's modalities
-    Settings.from_dict({"MODALITY_PATTERNS": {"CT": "CS<ID>_CT.npy"}, "WINDOWS_HU": {"CT": (0.0, 80.0)},
-                        "INPUT_SHAPE": (256, 256, 1)}, root=tmp_path).validate()
+    # the default's names need not match a user's modalities, on or off: they are left alone
+    single = {"MODALITY_PATTERNS": {"CT": "CS<ID>_CT.npy"}, "WINDOWS_HU": {"CT": (0.0, 80.0)},
+              "INPUT_SHAPE": (256, 256, 1)}
+    for aug in (0.0, 0.5):
+        s = Settings.from_dict({**single, "CLOT_APPEARANCE_AUG": aug}, root=tmp_path)
+        s.validate()
+        assert clot_appearance_codes(s.modalities, s.windows_hu, s.clot_appearance_hu) == [None]
 
     s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32)
     write_cohort(s, n=6, shape=(40, 36, 12))
