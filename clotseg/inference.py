@@ -357,7 +357,8 @@ def _vessel_distances(comps: np.ndarray, n: int, vessel: np.ndarray, box: tuple,
     outside the predictions' box still counts)."""
     from clotseg.vessels import component_distances
 
-    return component_distances(comps, n, vessel, spacing_mm, max_mm, offset=[s.start for s in box] + [0] * (comps.ndim - len(box)))
+    offset = [s.start for s in box] + [0] * (comps.ndim - len(box))   # the box is in-plane: slices from 0
+    return component_distances(comps, n, vessel, spacing_mm, max_mm, offset=offset)
 
 
 def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, slice_gaps,

@@ -57,7 +57,7 @@ def _default_windows():
 
 
 def _default_clot_appearance_hu():
-    return {"NCCT": (-30.0, 10.0), "CTA": (-20.0, 60.0)}    # see config.py
+    return {"NCCT": (-30.0, 10.0)}                           # see config.py
 
 
 def _default_display_windows():
@@ -111,7 +111,7 @@ class Settings:
     positive_fraction: float = 0.5
     hard_negative_fraction: float = 0.25
     positive_sampling: str = "slice"
-    clot_appearance_aug: float = 0.0
+    clot_appearance_aug: float = 0.5
     clot_appearance_hu: dict = field(default_factory=_default_clot_appearance_hu)
     modality_dropout: float = 0.0
     num_workers: int = 0

@@ -31,8 +31,8 @@ def test_codes_are_the_hu_ranges_in_each_modalitys_window():
     # a modality without a range, or without an HU window (normalised input), is left alone
     assert clot_appearance_codes(["CTA", "MRI", "NCCT"], {"CTA": None, "MRI": (0, 1), "NCCT": (0, 200)},
                                  OFFSETS_HU)[:2] == [None, None]
-    # the settings' default is the range above
-    assert Settings().clot_appearance_hu == OFFSETS_HU
+    # the settings' default moves the NCCT alone, by the range above
+    assert Settings().clot_appearance_hu == {"NCCT": OFFSETS_HU["NCCT"]}
 
 
 def test_only_the_clot_and_its_soft_edge_change_within_the_range():
@@ -117,7 +117,8 @@ def test_augment_one_applies_it_with_its_probability_and_keeps_the_mask():
 def test_setting_is_validated_and_rebuilds_the_augmented_samples(tmp_path):
     with pytest.raises(ConfigError, match="CLOT_APPEARANCE_AUG"):
         Settings.from_dict({"CLOT_APPEARANCE_AUG": 1.5}, root=tmp_path).validate()
-    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32)
+    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32,
+                      clot_appearance_aug=0.0)
     write_cohort(s, n=6, shape=(40, 36, 12))
     prepare_data(s, log=quiet, demo_if_empty=False)
     plain = np.load(augmented_dir(s, "Training") / "images.npy")
@@ -146,7 +147,7 @@ def test_the_stage_moves_each_context_plane_through_that_slices_mask(tmp_path):
     from clotseg.stages.common import store_runs
 
     s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32,
-                      context_slices=1)
+                      clot_appearance_aug=0.0, context_slices=1)
     write_cohort(s, n=6, shape=(40, 36, 12))
     prepare_data(s, log=quiet, demo_if_empty=False)
     plain = np.load(augmented_dir(s, "Training") / "images.npy")
@@ -187,11 +188,12 @@ def test_offsets_are_a_validated_setting_and_one_modality_can_be_left_alone(tmp_
         s.validate()
         assert clot_appearance_codes(s.modalities, s.windows_hu, s.clot_appearance_hu) == [None]
 
-    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32)
+    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=1.0, target_sample_size_aug_train=32,
+                      clot_appearance_aug=0.0)
     write_cohort(s, n=6, shape=(40, 36, 12))
     prepare_data(s, log=quiet, demo_if_empty=False)
     plain = np.load(augmented_dir(s, "Training") / "images.npy")
-    both = s.replace(clot_appearance_aug=1.0)
+    both = s.replace(clot_appearance_aug=1.0, clot_appearance_hu=OFFSETS_HU)
     ncct = both.replace(clot_appearance_hu={"NCCT": (-30.0, 10.0)})
     sliced = read_json(sliced_dir(s, "Training") / "manifest.json")
     assert augment_key(ncct, "Training", sliced) != augment_key(both, "Training", sliced)
