@@ -230,9 +230,11 @@ def test_inference_context_with_flip_tta_agrees_with_plain():
 
 # ------------------------------------------------------- augmentation stage
 def test_stage_gathers_neighbours_of_the_same_case(tmp_path):
-    """With AUG_P = 0 each augmented sample must equal the 2.5D input that
-    test-time inference builds from the source volume for that slice."""
-    s = tiny_settings(tmp_path, context_slices=1, aug_p=0.0, target_sample_size_aug_train=60)
+    """With AUG_P = 0 (and no clot-appearance change) each augmented sample must
+    equal the 2.5D input that test-time inference builds from the source volume
+    for that slice."""
+    s = tiny_settings(tmp_path, context_slices=1, aug_p=0.0, clot_appearance_aug=0.0,
+                      target_sample_size_aug_train=60)
     write_cohort(s, n=6, shape=(40, 36, 5))
     prepare_data(s, log=quiet, demo_if_empty=False)
     store = augmented_dir(s, "Training")
@@ -406,7 +408,8 @@ def test_gapped_case_stage_equals_inference_and_bad_gaps_are_refused(tmp_path):
     from clotseg.cohort import discover_cases
     from clotseg.errors import InputDataError
 
-    s = tiny_settings(tmp_path, context_slices=1, aug_p=0.0, target_sample_size_aug_train=80)
+    s = tiny_settings(tmp_path, context_slices=1, aug_p=0.0, clot_appearance_aug=0.0,
+                      target_sample_size_aug_train=80)
     write_cohort(s, n=6, shape=(40, 36, 6))
     for cid in range(1, 7):
         (s.volume_path / f"CS{cid}.json").write_text(json.dumps({"spacing_mm": None, "slice_gaps": [2]}))

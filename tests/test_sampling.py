@@ -208,7 +208,7 @@ def test_choose_sources_per_case_gives_every_clot_case_the_same_share():
 # --------------------------------------------------------- the stage itself
 def test_stage_draws_positive_and_hard_shares_from_the_sliced_store(tmp_path):
     s = tiny_settings(tmp_path, positive_fraction=0.25, hard_negative_fraction=1.0, aug_p=0.0,
-                      target_sample_size_aug_train=64)
+                      clot_appearance_aug=0.0, target_sample_size_aug_train=64)
     write_cohort(s, n=6, shape=(40, 36, 12))
     prepare_data(s, log=quiet, demo_if_empty=False)
     src_rows = read_samples_csv(sliced_dir(s, "Training") / "samples.csv")

@@ -100,9 +100,10 @@ def test_augment_one_mirrors_before_the_geometry():
 
 
 def test_stage_and_inference_build_the_same_mirrored_inputs(tmp_path):
-    """With AUG_P = 0 each augmented sample equals the input that test-time
-    inference builds for that slice, mirrored planes included."""
-    s = tiny_settings(tmp_path, context_slices=1, symmetry_channels=True, aug_p=0.0,
+    """With AUG_P = 0 (and no clot-appearance change) each augmented sample
+    equals the input that test-time inference builds for that slice, mirrored
+    planes included."""
+    s = tiny_settings(tmp_path, context_slices=1, symmetry_channels=True, aug_p=0.0, clot_appearance_aug=0.0,
                       target_sample_size_aug_train=40)
     assert s.model_channels == 12 and s.model_input_shape == (64, 64, 12)
     write_cohort(s, n=6, shape=(40, 36, 5))
