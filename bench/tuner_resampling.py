@@ -17,6 +17,8 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
               filter in its grid: the development cases' CTA >= 100 HU)
   tuner, ties to the largest filter
               the same with TIE_FILTER = "largest"
+  tuner, ties to the vessel filter
+              the same with TIE_VESSEL = "widest"
   tuner without the vessel filter
               the tuner as it was before MAX_VESSEL_DISTANCE_MM
   tuner holding 4 mm
@@ -51,7 +53,8 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 
 DEV_SEED, DEV_CASES, N_TUNE = 5000, 40, 8
-RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner without the vessel filter",
+RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to the vessel filter",
+         "tuner without the vessel filter",
          "tuner holding 4 mm", "plain", "plain + KL", "plain + 4 mm")
 
 
@@ -131,6 +134,9 @@ def _choose(rule: str, tune_cases, near=None) -> dict:
             return pp.tune(tune_cases, vessels=near)["chosen"]
     if rule == "tuner, ties to the largest filter":
         with mock.patch.object(pp, "TIE_FILTER", "largest"):
+            return pp.tune(tune_cases, vessels=near)["chosen"]
+    if rule == "tuner, ties to the vessel filter":
+        with mock.patch.object(pp, "TIE_VESSEL", "widest"):
             return pp.tune(tune_cases, vessels=near)["chosen"]
     return pp.tune(tune_cases, vessels=near)["chosen"]
 

@@ -88,6 +88,9 @@ FOUND_SLACK = 0.2
 # first-build generator (2 models trained on it) controls 0.80 -> 0.83, FP
 # 0.22 -> 0.19, sensitivity 0.870 -> 0.860, Dice 0.667 -> 0.665.
 TIE_FILTER = "largest"
+# Among choices that tie on the validation cases, "off" applies no vessel
+# filter (MAX_VESSEL_DISTANCE_MM), "widest" the widest of VESSEL_DISTANCES_MM.
+TIE_VESSEL = "off"
 
 
 @dataclass(frozen=True)
@@ -235,8 +238,9 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
     def simplicity(r):  # ties: no TTA, no keep-largest, no (or the lowest) peak filter, no (or the widest)
         # vessel filter, largest (or smallest) size filter, threshold nearest 0.5
         distance = r["max_vessel_distance_mm"]
+        vessel = -distance if TIE_VESSEL == "widest" else (distance > 0, -distance)
         return (r["tta_flips"], r["keep_largest_component"], r["min_component_peak"],
-                distance > 0, -distance, sign * r["min_component_voxels"], abs(r["threshold"] - 0.5))
+                vessel, sign * r["min_component_voxels"], abs(r["threshold"] - 0.5))
 
     if n_clot < min_clot_cases:
         best = base

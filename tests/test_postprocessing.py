@@ -479,8 +479,14 @@ def test_the_vessel_filter_removes_specks_away_from_the_vessels_and_keeps_the_cl
     row = next(r for r in held["table"] if _chosen({"chosen": {k: r[k] for k in DEFAULT.as_dict()}}) ==
                PostProcessing(max_vessel_distance_mm=6.0))
     assert row["fp_components_per_case"] == pytest.approx(2 / 8)
-    # ties (no speck to remove) go to no vessel filter
+    # ties (no speck to remove) go to no vessel filter, or with TIE_VESSEL = "widest" to the widest
     assert _chosen(tune(cases[:6], vessels=near[:6])).max_vessel_distance_mm == 0
+    from unittest import mock
+
+    from clotseg import postprocessing as pp
+
+    with mock.patch.object(pp, "TIE_VESSEL", "widest"):
+        assert _chosen(tune(cases[:6], vessels=near[:6])).max_vessel_distance_mm == max(VESSEL_DISTANCES_MM)
 
 
 def test_vessel_distances_are_in_mm_per_axis():
