@@ -150,7 +150,7 @@ class Settings:
     tta_flips: bool | None = None
     min_component_voxels: int | None = None
     min_component_peak: float | None = None
-    max_vessel_distance_mm: float | None = None
+    max_vessel_distance_mm: float | None = 0.0
     keep_largest_component: bool | None = None
     save_probabilities: bool = False
     bootstrap_resamples: int = 5000

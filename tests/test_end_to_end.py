@@ -191,8 +191,9 @@ def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
     record = read_json(run / "postprocessing.json")
     assert set(record["cases"]) == set(read_json(run / "Relevant_Files" / "split.json")["cohorts"]["Validation"])
     assert record["validation"]["chosen"]["mean_dice"] >= record["validation"]["default"]["mean_dice"]
-    # the volumes have a CTA in HU: the vessel filter was searched
-    assert {r["max_vessel_distance_mm"] for r in record["table"]} == set(VESSEL_DISTANCES_MM)
+    # config.py holds the vessel filter off by default
+    assert record["fixed"] == {"max_vessel_distance_mm": 0.0}
+    assert {r["max_vessel_distance_mm"] for r in record["table"]} == {0.0}
     meta = read_json(run / "Testing" / "summary.json")["meta"]
     assert meta["postprocessing_source"] == "validation-tuned"
     for key, value in record["chosen"].items():
@@ -266,5 +267,10 @@ def test_retuning_holds_what_config_fixes(trained):
             {(0.4, False, 2.0)}
         assert again["chosen"]["threshold"] == 0.4 and again["chosen"]["tta_flips"] is False
         assert read_json(run / "postprocessing.json")["fixed"] == again["fixed"]
+        # None: the volumes have a CTA in HU, so the tuner searches the vessel filter
+        searched = train_stage.tune_run_postprocessing(s.replace(max_vessel_distance_mm=None), run,
+                                                       log=lambda *_: None)
+        assert searched["fixed"] == {}
+        assert {r["max_vessel_distance_mm"] for r in searched["table"]} == set(VESSEL_DISTANCES_MM)
     finally:
         (run / "postprocessing.json").write_text(json.dumps(before), encoding="utf-8")
