@@ -13,14 +13,15 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
 
   strict      the tuner without FOUND_SLACK (no choice may find fewer
               validation clots than the plain default)
-  tuner       clotseg.postprocessing.tune as shipped (with the vessel
-              filter in its grid: the development cases' CTA >= 100 HU)
+  tuner       clotseg.postprocessing.tune with the vessel filter in its
+              grid (MAX_VESSEL_DISTANCE_MM = None; the development cases'
+              CTA >= 100 HU)
   tuner, ties to the largest filter
               the same with TIE_FILTER = "largest"
   tuner, ties to the vessel filter
               the same with TIE_VESSEL = "widest"
   tuner without the vessel filter
-              the tuner as it was before MAX_VESSEL_DISTANCE_MM
+              as shipped (MAX_VESSEL_DISTANCE_MM = 0 held)
   tuner holding 4 mm
               the tuner with MAX_VESSEL_DISTANCE_MM = 4 held (config.py)
   plain       0.5, no TTA, no filter
