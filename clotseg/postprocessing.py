@@ -211,8 +211,8 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         comps = []
         for (members, truth), case_gaps, case_vessels in zip(cases, gaps, vessels):
             prob = np.mean(members, axis=0) if tta else members[0]
-            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps, case_vessels,
-                                          reach))
+            comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps,
+                                          case_vessels if reach > 0 else None, reach))
         for keep_largest, min_size, peak, distance in product(
                 grids["keep_largest_component"], grids["min_component_voxels"], grids["min_component_peak"],
                 grids["max_vessel_distance_mm"]):

@@ -3,12 +3,13 @@
 A thrombus sits inside an artery, and the artery upstream of it is filled
 with contrast on CTA, so a true clot lies next to (or inside, when it is
 pervious) lumen of at least VESSEL_MIN_HU. A component in the parenchyma,
-millimetres from any opacified vessel, is not a clot: such specks are the
-commonest false alarm of a model that has learned that a clot need not be
+millimetres from any opacified vessel, is not a clot: such specks were most
+of the false alarms of a model that had learned that a clot need not be
 hyperdense on NCCT (an iso-dense clot looks like brain on both modalities,
 and only its place in a vessel tells it apart). The post-processing choice
-MAX_VESSEL_DISTANCE_MM (chosen on the validation volumes like the others,
-see `clotseg.postprocessing`) drops the components farther than that.
+MAX_VESSEL_DISTANCE_MM (off by default; held at a distance, or with None
+chosen on the validation volumes like the others, see
+`clotseg.postprocessing`) drops the components farther than that.
 """
 
 from __future__ import annotations

@@ -606,8 +606,10 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         return None
     model = keras.models.load_model(run / BEST_MODEL, safe_mode=True, compile=False)
     windows = [settings.windows_hu[m] for m in settings.modalities]
-    # the vessel filter is searched only where the volumes have a CTA in HU
-    with_vessels = vessels.available(settings.modalities, settings.windows_hu)
+    # the vessel filter is searched (or held on) only where the volumes have a CTA in HU; held off
+    # (MAX_VESSEL_DISTANCE_MM = 0, the default) the vessels need not be read
+    with_vessels = (vessels.available(settings.modalities, settings.windows_hu)
+                    and fixed.get("max_vessel_distance_mm") != 0)
     data, gaps, near = [], [], []
     for case in cases:
         vols, truth = load_case(case)
