@@ -16,6 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections import deque
+from functools import partial
 
 import numpy as np
 from scipy import ndimage
@@ -336,35 +337,30 @@ def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = Fals
     if max_vessel_mm > 0 and vessel is None:
         raise ValueError("postprocess: max_vessel_mm needs the vessel mask (vessel)")
     # label only the in-plane box around the predicted voxels (usually a few
-    # hundred of a volume's millions): components and their order are the same;
-    # the vessels are measured in a box of their own around each component
+    # hundred of a volume's millions): components and their order are the same
     rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
     out = np.zeros_like(mask)
     if rows.size == 0:
         return out
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    near = None
+    distances = None
     if max_vessel_mm > 0:
-        near = (vessel, box, spacing_mm, float(max_vessel_mm))
+        from clotseg.vessels import component_distances
+
+        # against the whole volume's vessels (one just outside the box still counts): the
+        # components are labelled in the box, which starts at (rows[0], cols[0], slice 0)
+        distances = partial(component_distances, vessel=vessel, spacing_mm=spacing_mm, max_mm=max_vessel_mm,
+                            offset=(int(rows[0]), int(cols[0]), 0))
     out[box] = _filter_components(mask[box], min_voxels, keep_largest, slice_gaps,
-                                  prob[box] if min_peak > 0 else None, min_peak, near)
+                                  prob[box] if min_peak > 0 else None, min_peak, distances)
     return out
 
 
-def _vessel_distances(comps: np.ndarray, n: int, vessel: np.ndarray, box: tuple, spacing_mm, max_mm: float):
-    """`clotseg.vessels.component_distances` of components labelled in `box`
-    of the volume, against the vessels of the whole volume (a vessel just
-    outside the predictions' box still counts)."""
-    from clotseg.vessels import component_distances
-
-    offset = [s.start for s in box] + [0] * (comps.ndim - len(box))   # the box is in-plane: slices from 0
-    return component_distances(comps, n, vessel, spacing_mm, max_mm, offset=offset)
-
-
 def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, slice_gaps,
-                       prob: np.ndarray | None = None, min_peak: float = 0.0, near=None) -> np.ndarray:
-    """`postprocess` on a (h, w, D) mask, over the whole of it. `near`:
-    (the whole volume's vessel mask, `mask`'s box in it, spacing, mm) or None."""
+                       prob: np.ndarray | None = None, min_peak: float = 0.0, distances=None) -> np.ndarray:
+    """`postprocess` on a (h, w, D) mask, over the whole of it. `distances`:
+    (labels, n) -> each component's distance to the vessels (inf beyond the
+    filter's reach; `clotseg.vessels.component_distances`), or None."""
     runs = slice_runs(mask.shape[-1], slice_gaps)
     out = np.zeros_like(mask)
     for label in np.unique(mask):
@@ -378,8 +374,8 @@ def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, sl
         if min_peak > 0:
             p = prob if prob.ndim == mask.ndim else prob[..., label if prob.shape[-1] > 1 else 0]
             keep &= np.asarray(ndimage.maximum(p, comps, np.arange(1, n + 1))) >= min_peak
-        if near is not None:
-            keep &= _vessel_distances(comps, n, *near) <= near[3]
+        if distances is not None:
+            keep &= np.isfinite(distances(comps, n))
         if keep_largest and keep.any():
             largest = np.argmax(np.where(keep, sizes, -1))
             keep = np.zeros_like(keep)
