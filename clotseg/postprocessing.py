@@ -260,9 +260,8 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
 
 
 def _choice(row: dict) -> PostProcessing:
-    return PostProcessing(float(row["threshold"]), bool(row["tta_flips"]), int(row["min_component_voxels"]),
-                          bool(row["keep_largest_component"]), float(row.get("min_component_peak", 0.0)),
-                          float(row.get("max_vessel_distance_mm", 0.0)))
+    """A table row's choices, each as its field's type."""
+    return PostProcessing(**{name: type(value)(row[name]) for name, value in DEFAULT.as_dict().items()})
 
 
 def fixed_by(settings) -> dict:
