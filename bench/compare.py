@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from clotseg.errors import InputDataError  # noqa: E402
 from clotseg.evaluation.report import read_metrics_csv  # noqa: E402
 from clotseg.evaluation.stats import summarize  # noqa: E402
 
@@ -52,7 +53,10 @@ def read_metrics(folder: Path) -> dict[str, dict]:
 def where(rows: dict[str, dict], volumes: Path, key: str, value) -> dict[str, dict]:
     """The rows whose case's sidecar `volumes/<case>.json` has `key` == `value`
     (a case without a sidecar is left out). FileNotFoundError for a missing
-    folder, ValueError for a sidecar that is not a JSON object."""
+    folder; a sidecar that is not a JSON object raises InputDataError
+    (`clotseg.cohort.read_sidecar`, one line naming the file)."""
+    from clotseg.cohort import read_sidecar
+
     volumes = Path(volumes)
     if not volumes.is_dir():
         raise FileNotFoundError(f"{volumes}: no such folder (the cohort's volumes with <case>.json sidecars)")
@@ -61,12 +65,7 @@ def where(rows: dict[str, dict], volumes: Path, key: str, value) -> dict[str, di
         path = volumes / f"{cid}.json"
         if not path.is_file():
             continue
-        try:
-            side = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ValueError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(side, dict):
-            raise ValueError(f"{path}: not a JSON object")
+        side = read_sidecar(path, cid)
         if key in side and side[key] == value and type(side[key]) is type(value):
             out[cid] = row
     return out
@@ -147,20 +146,22 @@ def main(argv=None) -> int:
                            f"got {len(args.volumes)}\n")
     elif args.volumes:
         parser.exit(2, "bench.compare: --volumes is only used with --where\n")
+    if args.where is not None:
+        key, text = args.where.split("=", 1)
+        value = _where_value(text)
     try:  # a wrong folder is a user's mistake: one line, exit status 2
         pairs = [(args.a, args.b), *args.also]
         a, b = {}, {}
         for k, (folder_a, folder_b) in enumerate(pairs, start=1):
             rows_a, rows_b = read_metrics(folder_a), read_metrics(folder_b)
             if args.where is not None:
-                key, value = args.where.split("=", 1)
-                rows_a = where(rows_a, args.volumes[k - 1], key, _where_value(value))
-                rows_b = where(rows_b, args.volumes[k - 1], key, _where_value(value))
+                rows_a = where(rows_a, args.volumes[k - 1], key, value)
+                rows_b = where(rows_b, args.volumes[k - 1], key, value)
             prefix = "" if k == 1 else f"{k}:"
             a.update({f"{prefix}{c}": row for c, row in rows_a.items()})
             b.update({f"{prefix}{c}": row for c, row in rows_b.items()})
         result = compare(a, b)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, InputDataError) as exc:
         parser.exit(2, f"bench.compare: {exc}\n")
     if not result["n_common"]:
         what = f" with {args.where}" if args.where is not None else ""

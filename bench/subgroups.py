@@ -27,6 +27,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.compare import read_metrics  # noqa: E402
+from clotseg.cohort import read_sidecar  # noqa: E402
+from clotseg.errors import InputDataError  # noqa: E402
 
 
 def _site(vessel) -> str:
@@ -80,11 +82,9 @@ def main(argv=None) -> int:
         for cid in rows:
             path = args.volumes / f"{cid}.json"
             if path.is_file():
-                sidecars[cid] = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
+                sidecars[cid] = read_sidecar(path, cid)
+    except (FileNotFoundError, InputDataError) as exc:   # InputDataError names the sidecar and its problem
         parser.exit(2, f"bench.subgroups: {exc}\n")
-    except ValueError as exc:
-        parser.exit(2, f"bench.subgroups: {args.volumes}: a sidecar is not valid JSON ({exc})\n")
     result = subgroups(rows, sidecars)
     text = json.dumps(result, indent=2)
     if args.out:

@@ -99,6 +99,7 @@ def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
 def _vessels(dev: Path, cases: list[str]) -> list | None:
     """Per development case (CTA >= VESSEL_MIN_HU, spacing mm from its sidecar),
     or None when the cohort has no CTA volumes."""
+    from clotseg.cohort import read_sidecar
     from clotseg.io import load_npy
     from clotseg.settings import Settings
     from clotseg.vessels import VESSEL_MIN_HU
@@ -110,7 +111,7 @@ def _vessels(dev: Path, cases: list[str]) -> list | None:
         if not path.is_file():
             return None
         side = dev / "volumes" / f"{c}.json"
-        spacing = json.loads(side.read_text(encoding="utf-8")).get("spacing_mm") if side.is_file() else None
+        spacing = read_sidecar(side, c).get("spacing_mm") if side.is_file() else None
         out.append((load_npy(path) >= VESSEL_MIN_HU, spacing))
     return out
 

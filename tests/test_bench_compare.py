@@ -109,8 +109,11 @@ def test_where_compares_the_subgroup_of_each_pairs_own_cohort(tmp_path, capsys):
     result = json.loads((tmp_path / "c.json").read_text())
     assert result["dice_difference"]["mean"] == pytest.approx((-0.2 + 0.8) / 2)
     # one volumes folder for two pairs, a missing folder, a bad KEY=VALUE: one line each, exit 2
+    (tmp_path / "v3").mkdir()
+    (tmp_path / "v3" / "CS1.json").write_text("[1, 2]")           # a sidecar that is not a JSON object
     for bad in (argv[:9], [*argv[:9], "--volumes", str(tmp_path / "none")],
-                [*argv[:5], "--where", "hyperdense", *argv[7:]]):
+                [*argv[:5], "--where", "hyperdense", *argv[7:]],
+                [*argv[:9], "--volumes", str(tmp_path / "v3")]):
         capsys.readouterr()
         with pytest.raises(SystemExit) as exc:
             compare.main(bad)
