@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from clotseg import vessels
 from clotseg.errors import ConfigError, StageError
 from clotseg.helpers import jsonable
 
@@ -458,8 +459,7 @@ class Settings:
               f"MAX_VESSEL_DISTANCE_MM must be None (the run's validation-tuned value), 0 (off) or a distance "
               f"in mm up to {MAX_VESSEL_MM:g}")
         vessel_on = _is_num(self.max_vessel_distance_mm) and self.max_vessel_distance_mm > 0
-        check(not vessel_on or (isinstance(mods, dict) and "CTA" in mods and isinstance(self.windows_hu, dict)
-                                and self.windows_hu.get("CTA") is not None),
+        check(not vessel_on or (isinstance(self.windows_hu, dict) and vessels.available(mods, self.windows_hu)),
               "MAX_VESSEL_DISTANCE_MM > 0 needs a modality named 'CTA' in MODALITY_PATTERNS with an HU window "
               "in WINDOWS_HU (the vessels are its voxels of at least 100 HU)")
         check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")

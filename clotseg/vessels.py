@@ -15,7 +15,6 @@ chosen on the validation volumes like the others, see
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 # Opacified arterial lumen on CTA: 200-500 HU in the large arteries; partial
 # volume brings a thin M2/M3 branch down towards 100-150 HU. Brain and
@@ -51,6 +50,8 @@ def component_distances(labels: np.ndarray, n: int, vessel: np.ndarray, spacing_
     cost follows the components, not the volume. spacing_mm: (row, col,
     slice) mm; None = 1 mm (distances in voxels).
     """
+    from scipy import ndimage  # here, not at import: settings imports this module for `available`
+
     if len(offset) != labels.ndim or vessel.ndim != labels.ndim:
         raise ValueError(f"component_distances: labels {labels.shape}, vessel {vessel.shape} and offset "
                          f"{tuple(offset)} must have the same number of axes")

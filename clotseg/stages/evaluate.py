@@ -307,7 +307,7 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
     prepare_workers = 1 if workers == 1 else min(4, max(2, cpus // 6))
     n_slices, exports, problems = 0, {}, []
     started = time.perf_counter()
-    vessels = getattr(post, "max_vessel_distance_mm", 0.0) > 0
+    vessels = post.max_vessel_distance_mm > 0
     prepared = prefetch(_prepare(cases, trained, prepare_workers, vessels, default_spacing), depth=2)
     pending: deque[tuple[Case, int, Future]] = deque()   # (case, slices, its worker's future), case order
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clotseg-post")
