@@ -39,6 +39,14 @@ def vessel_mask(volumes: list[np.ndarray], modalities) -> np.ndarray:
     return np.asarray(volumes[list(modalities).index(VESSEL_MODALITY)]) >= VESSEL_MIN_HU
 
 
+def case_vessels(case, volumes: list[np.ndarray], modalities, default_spacing=None) -> tuple:
+    """(vessel mask (H, W, D) bool, spacing mm or None) of one case, as the
+    tuner and testing both measure it: the spacing is the case sidecar's,
+    else `default_spacing` (VOXEL_SPACING_MM), else None (1 mm per voxel).
+    case: a `clotseg.cohort.Case`; volumes: its HU arrays in `modalities` order."""
+    return vessel_mask(volumes, modalities), case.spacing_mm(default_spacing)
+
+
 def component_distances(labels: np.ndarray, n: int, vessel: np.ndarray, spacing_mm, max_mm: float,
                         offset=(0, 0, 0)) -> np.ndarray:
     """Per component 1..n of `labels` (int, the box of `vessel` (H, W, D)

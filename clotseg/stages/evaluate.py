@@ -168,12 +168,12 @@ def _prepare_case(case: Case, trained: Settings, vessels: bool = False, default_
     `vessels`, (the CTA's vessel mask (h, w, D) bool, spacing mm) for the
     vessel filter (`clotseg.vessels`), else None. The loaded HU volumes are
     dropped here, so only model inputs (and the bool mask) wait in the queue."""
-    from clotseg.vessels import vessel_mask
+    from clotseg.vessels import case_vessels
 
     windows = [trained.windows_hu[m] for m in trained.modalities]
     vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
     gaps = case.slice_gaps()
-    near = (vessel_mask(vols, trained.modalities), case.spacing_mm(default_spacing)) if vessels else None
+    near = case_vessels(case, vols, trained.modalities, default_spacing) if vessels else None
     (inputs,) = member_inputs(vols, windows, trained.input_shape[:2], tta_flips=False,
                               context_slices=trained.context_slices, symmetry=trained.symmetry_channels,
                               slice_gaps=gaps)

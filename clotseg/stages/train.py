@@ -615,7 +615,7 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         vols, truth = load_case(case)
         gaps.append(case.slice_gaps() or None)
         if with_vessels:
-            near.append((vessels.vessel_mask(vols, settings.modalities), case.spacing_mm(settings.voxel_spacing_mm)))
+            near.append(vessels.case_vessels(case, vols, settings.modalities, settings.voxel_spacing_mm))
         members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
                                          batch_size=runtime.inference_batch_size(settings.batch_size), tta_flips=True,
                                          context_slices=settings.context_slices,
