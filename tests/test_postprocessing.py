@@ -476,8 +476,8 @@ def test_the_vessel_filter_removes_specks_away_from_the_vessels_and_keeps_the_cl
     # a fixed distance beyond the grid's widest is scored as testing applies it: 6 mm keeps the specks
     held = tune(cases, vessels=near, fixed={"max_vessel_distance_mm": 6.0})
     assert {r["max_vessel_distance_mm"] for r in held["table"]} == {6.0}
-    row = next(r for r in held["table"] if _chosen({"chosen": {k: r[k] for k in DEFAULT.as_dict()}}) ==
-               PostProcessing(max_vessel_distance_mm=6.0))
+    row = next(r for r in held["table"]
+               if PostProcessing(**{k: r[k] for k in DEFAULT.as_dict()}) == PostProcessing(max_vessel_distance_mm=6.0))
     assert row["fp_components_per_case"] == pytest.approx(2 / 8)
     # ties (no speck to remove) go to no vessel filter, or with TIE_VESSEL = "widest" to the widest
     assert _chosen(tune(cases[:6], vessels=near[:6])).max_vessel_distance_mm == 0
