@@ -7,11 +7,13 @@ descriptor 2 from C++, before absl reads TF_CPP_MIN_LOG_LEVEL; setting that
 variable alone does not silence them. `load_backend()` therefore
 
 1. sets the backends' log levels in the environment (a value the user set
-   is kept), so everything logged after start-up is filtered, and
+   is kept), so everything logged after start-up is filtered,
 2. points the process' fd 2 at a temporary file around `import keras`, the
    backend's import and its first device listing, then restores it. If the
    import fails, what was captured is written to stderr before the error
-   propagates, so a real failure stays visible.
+   propagates, so a real failure stays visible, and
+3. under TensorFlow, keeps glibc's malloc from returning the training
+   step's buffers to the kernel (`clotseg.allocator`: twice the CPU steps).
 
 training.py, testing.py and `clotseg.runtime` go through it; it runs once per
 process and returns the `keras` module.
@@ -24,6 +26,8 @@ import logging
 import os
 import sys
 import tempfile
+
+from clotseg.allocator import tune_malloc
 
 LOG_ENV = {
     "TF_CPP_MIN_LOG_LEVEL": "3",      # TensorFlow / XLA C++ logging: errors that are fatal only
@@ -107,12 +111,12 @@ def load_backend():
     set_log_levels()
     if "keras" in sys.modules:  # imported before us: the start-up lines are already out
         import keras
+    else:
+        with captured_fd2():
+            import keras
 
-        _loaded = keras
-        return keras
-    with captured_fd2():
-        import keras
-
-        _first_device_listing(keras.backend.backend())
+            _first_device_listing(keras.backend.backend())
+    # before the first training step or prediction allocates (clotseg.allocator says why)
+    tune_malloc(keras.backend.backend())
     _loaded = keras
     return keras

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 
+from clotseg import allocator
 from clotseg.quiet import load_backend
 
 keras = load_backend()
@@ -139,4 +140,5 @@ def describe() -> dict:
         "python": platform.python_version(),
         "device": gpus[0] if gpus else f"CPU ({platform.processor() or platform.machine()})",
         "n_gpus": len(gpus),
+        "malloc": allocator.state(),
     }
