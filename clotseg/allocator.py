@@ -5,13 +5,14 @@ Why: on a CPU, Keras 3's TensorFlow trainer feeds a `PyDataset` (our
 default malloc, the activation and gradient buffers of every step (a few MB
 each) are given back to the kernel when freed (trimmed heap tops, mmapped
 chunks) and faulted in again, zero-filled, on the next step. Measured on a
-2-core AMD EPYC VM (README "Seventeenth round", `bench/malloc_fit.py`): the
-demo network's `model.fit` took 1,085 ms per step of which about 40% was
-kernel time (25 million minor page faults in 90 steps), against 480-690 ms
-for the same steps from in-memory arrays. Keeping freed memory inside the
-process (no mmapped chunks, heap tops trimmed only beyond 256 MiB) brings the
-generator-fed step to 460-520 ms with 0.3 million faults, the memory peak up
-by about 10%. JAX allocates its buffers itself and is left alone.
+2-core AMD EPYC VM (README "Seventeenth round"; `CLOTSEG_MALLOC_TUNING=0|1
+python -m bench.benchmark --size cpu --context-slices 1 --only
+training,inference`): the `cpu` preset's network took 1,003 ms per
+generator-fed step, 95 of the run's 150 s in the kernel (36 million minor
+page faults); keeping freed memory inside the process (no mmapped chunks,
+heap tops trimmed only beyond 256 MiB) makes it 622 ms (10 s in the kernel,
+2.5 million faults) and testing's loop 60 -> 82 slices/s, the memory peak up
+by about 18%. JAX allocates its buffers itself and is left alone.
 
 `tune_malloc(backend)` sets two process-wide mallopt(3) parameters; it is
 called once by `clotseg.quiet.load_backend`, before any training or
