@@ -141,14 +141,13 @@ def main(argv=None) -> int:
     if args.where is not None:
         if "=" not in args.where or not args.where.split("=", 1)[0]:
             parser.exit(2, f"bench.compare: --where expects KEY=VALUE, got {args.where!r}\n")
+        key, text = args.where.split("=", 1)
+        value = _where_value(text)
         if len(args.volumes) != 1 + len(args.also):
             parser.exit(2, f"bench.compare: --where needs one --volumes folder per pair ({1 + len(args.also)}), "
                            f"got {len(args.volumes)}\n")
     elif args.volumes:
         parser.exit(2, "bench.compare: --volumes is only used with --where\n")
-    if args.where is not None:
-        key, text = args.where.split("=", 1)
-        value = _where_value(text)
     try:  # a wrong folder is a user's mistake: one line, exit status 2
         pairs = [(args.a, args.b), *args.also]
         a, b = {}, {}
