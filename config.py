@@ -201,10 +201,10 @@ DISTRIBUTION = None              # None = one device; "data_parallel" = all loca
 # Testing (testing.py)
 # --------------------------------------------------------------------------
 TEST_RUN = None                  # run folder name under TRAININGS_DIR; None = latest
-TUNE_POSTPROCESSING = True       # after training, choose the six settings below on the Validation
+TUNE_POSTPROCESSING = True       # after training, choose the seven settings below on the Validation
                                  # volumes (saved as <run>/postprocessing.json)
-# None = the run's validation-tuned choice (0.5 / False / 0 / 0 / 0 / False when the run has none;
-# MAX_VESSEL_DISTANCE_MM is set to 0, so the tuner holds it off unless it is None);
+# None = the run's validation-tuned choice (0.5 / False / 0 / 0 / 0 / 0 / False when the run has none;
+# MAX_VESSEL_DISTANCE_MM and MAX_COMPONENT_CTA_HU are set to 0, so the tuner holds them off unless None);
 # a value here overrides it, and at training time the tuner holds it and chooses the others given it
 # (e.g. THRESHOLD = 0.5, nnU-Net's fixed argmax, with the component filters chosen for 0.5).
 THRESHOLD = None                 # probability above which a voxel is clot
@@ -219,6 +219,10 @@ MAX_VESSEL_DISTANCE_MM = 0.0     # drop predicted 3D components farther than thi
                                  # Off: on a development cohort the tuner did slightly better without it,
                                  # and 4 mm after the tuned filters cut FP components per case 0.14 -> 0.12
                                  # (without the tuned filters 2.20 -> 1.26, no clot lost; README sixteenth round)
+MAX_COMPONENT_CTA_HU = 0.0       # drop predicted 3D components whose median CTA value is above this (HU): a
+                                 # thrombus is a filling defect (its NCCT HU plus 0-30 HU on CTA), lumen is
+                                 # above 150 HU, so a brighter component is patent artery or calcified wall
+                                 # (needs a CTA modality in HU). 0 = off; None = tuned from 0 and 130 HU.
 KEEP_LARGEST_COMPONENT = None    # keep only the largest predicted 3D component
 SAVE_PROBABILITIES = False
 BOOTSTRAP_RESAMPLES = 5000

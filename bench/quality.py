@@ -222,7 +222,7 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
         if untuned:  # the same model without the validation-tuned post-processing (0.5, no TTA, no filter)
             plain = settings.replace(threshold=0.5, tta_flips=False, min_component_voxels=0,
                                      min_component_peak=0.0, max_vessel_distance_mm=0.0,
-                                     keep_largest_component=False)
+                                     max_component_cta_hu=0.0, keep_largest_component=False)
             summary = run_evaluation(plain, run_name=run.name, input_dir=folder / "volumes",
                                      mask_dir=folder / "masks", output=project / f"Testing_{domain}_untuned", log=log)
             result["cohorts"][f"{domain} (untuned post-processing)"] = headline(summary)

@@ -28,6 +28,13 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
   plain + KL  0.5, keep the largest component
   plain + 4 mm
               0.5, no TTA, only the vessel filter at 4 mm
+  tuner with the lumen filter
+              the tuner as shipped plus the lumen filter in its grid
+              (MAX_COMPONENT_CTA_HU = None: off or 130 HU)
+  tuner holding 130 HU
+              the tuner as shipped with MAX_COMPONENT_CTA_HU = 130 held
+  plain + 130 HU
+              0.5, no TTA, only the lumen filter at 130 HU
 
 Prints JSON and a Markdown table: clot-case Dice, FP components per case,
 case sensitivity and the share of clot-free cases without an alarm, pooled
@@ -56,7 +63,9 @@ import numpy as np  # noqa: E402
 DEV_SEED, DEV_CASES, N_TUNE = 5000, 40, 8
 RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to the vessel filter",
          "tuner without the vessel filter",
-         "tuner holding 4 mm", "plain", "plain + KL", "plain + 4 mm")
+         "tuner holding 4 mm", "plain", "plain + KL", "plain + 4 mm",
+         "tuner with the lumen filter", "tuner holding 130 HU", "plain + 130 HU")
+LUMEN_HU = 130.0
 
 
 def _dev_cohort(dev: Path, scale: str, domain: str = "standard") -> list[str]:
@@ -116,10 +125,30 @@ def _vessels(dev: Path, cases: list[str]) -> list | None:
     return out
 
 
-def _choose(rule: str, tune_cases, near=None) -> dict:
+def _ctas(dev: Path, cases: list[str]) -> list | None:
+    """Per development case its CTA in HU (float32), or None when the cohort has no CTA volumes."""
+    from clotseg.io import load_npy
+    from clotseg.settings import Settings
+
+    pattern = Settings().modality_patterns["CTA"]
+    paths = [dev / "volumes" / pattern.replace("<ID>", c[2:]) for c in cases]
+    if not all(p.is_file() for p in paths):
+        return None
+    return [np.asarray(load_npy(p), dtype=np.float32) for p in paths]
+
+
+def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
     """The choice of `rule` on `tune_cases`; `near`: their (vessel mask,
-    spacing) or None (no CTA: the vessel rules then fall back to no filter)."""
+    spacing) or None (no CTA: the vessel rules then fall back to no filter);
+    `ctas`: their CTA in HU or None (the lumen rules likewise)."""
     from clotseg import postprocessing as pp
+
+    if rule == "tuner with the lumen filter":
+        return pp.tune(tune_cases, ctas=ctas)["chosen"]
+    if rule == "tuner holding 130 HU" and ctas is not None:
+        return pp.tune(tune_cases, ctas=ctas, fixed={"max_component_cta_hu": LUMEN_HU})["chosen"]
+    if rule == "plain + 130 HU":
+        return pp.PostProcessing(max_component_cta_hu=LUMEN_HU if ctas is not None else 0.0).as_dict()
 
     if rule == "plain":
         return pp.DEFAULT.as_dict()
@@ -127,7 +156,7 @@ def _choose(rule: str, tune_cases, near=None) -> dict:
         return pp.PostProcessing(keep_largest_component=True).as_dict()
     if rule == "plain + 4 mm":
         return pp.PostProcessing(max_vessel_distance_mm=4.0 if near is not None else 0.0).as_dict()
-    if rule == "tuner without the vessel filter":
+    if rule in ("tuner without the vessel filter", "tuner holding 130 HU"):
         return pp.tune(tune_cases)["chosen"]
     if rule == "tuner holding 4 mm" and near is not None:
         return pp.tune(tune_cases, vessels=near, fixed={"max_vessel_distance_mm": 4.0})["chosen"]
@@ -144,15 +173,17 @@ def _choose(rule: str, tune_cases, near=None) -> dict:
 
 
 def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, seed: int = 0,
-             near: list | None = None) -> dict:
+             near: list | None = None, ctas: list | None = None) -> dict:
     """{rule: [(clot Dice, FP components per case, sensitivity, control specificity), ...]} per draw.
-    `near`: per case (vessel mask, spacing mm), or None without a CTA."""
+    `near`: per case (vessel mask, spacing mm), or None without a CTA; `ctas`:
+    per case the CTA in HU, or None."""
     from clotseg import postprocessing as pp
 
     n = len(truths)
     vessels = near if near is not None else [None] * n
-    comps = {(tta, t): [pp._case_components(np.mean(m, 0) if tta else m[0], truth, t, vessels=v)
-                        for m, truth, v in zip(members, truths, vessels)]
+    cta_list = ctas if ctas is not None else [None] * n
+    comps = {(tta, t): [pp._case_components(np.mean(m, 0) if tta else m[0], truth, t, vessels=v, cta=c)
+                        for m, truth, v, c in zip(members, truths, vessels, cta_list)]
              for tta in (False, True) for t in pp.THRESHOLDS}
     rng = np.random.default_rng(seed)
     out = {rule: [] for rule in RULES}
@@ -163,11 +194,12 @@ def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, se
             continue
         tune_cases = [(list(members[i]), truths[i]) for i in tune_idx]
         tune_near = [near[i] for i in tune_idx] if near is not None else None
+        tune_ctas = [ctas[i] for i in tune_idx] if ctas is not None else None
         for rule in RULES:
-            ch = _choose(rule, tune_cases, tune_near)
+            ch = _choose(rule, tune_cases, tune_near, tune_ctas)
             scores = [pp._score(comps[(ch["tta_flips"], ch["threshold"])][i], ch["min_component_voxels"],
                                 ch["keep_largest_component"], ch["min_component_peak"],
-                                ch["max_vessel_distance_mm"]) for i in score_idx]
+                                ch["max_vessel_distance_mm"], ch["max_component_cta_hu"]) for i in score_idx]
             clot = [s for s, i in zip(scores, score_idx) if truths[i].any()]
             ctrl = [s for s, i in zip(scores, score_idx) if not truths[i].any()]
             out[rule].append((float(np.mean([s[0] for s in clot])), float(np.mean([s[1] for s in scores])),
@@ -195,13 +227,14 @@ def main(argv=None) -> int:
     cases = _dev_cohort(args.dev, args.scale, args.dev_domain)
     truths = [load_npy(args.dev / "masks" / f"{c}_seg_corrected_binary.npy") > 0 for c in cases]
     near = _vessels(args.dev, cases)
+    ctas = _ctas(args.dev, cases)
     pooled = {rule: [] for rule in RULES}
     for workdir in args.workdirs:
         try:  # a folder without a finished run is a user's mistake: one line, exit status 2
             members = _members(workdir, args.dev, cases)
         except FileNotFoundError as exc:
             parser.exit(2, f"bench.tuner_resampling: {exc}\n")
-        for rule, rows in resample(members, truths, args.draws, near=near).items():
+        for rule, rows in resample(members, truths, args.draws, near=near, ctas=ctas).items():
             pooled[rule] += rows
     keys = ("clot_dice", "fp_components_per_case", "case_sensitivity", "controls_without_alarm")
     report = {"models": [str(w) for w in args.workdirs], "draws_per_model": args.draws,

@@ -315,27 +315,32 @@ def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = False,
                 slice_gaps=None, prob: np.ndarray | None = None, min_peak: float = 0.0,
-                vessel: np.ndarray | None = None, spacing_mm=None, max_vessel_mm: float = 0.0) -> np.ndarray:
+                vessel: np.ndarray | None = None, spacing_mm=None, max_vessel_mm: float = 0.0,
+                cta: np.ndarray | None = None, max_cta_hu: float = 0.0) -> np.ndarray:
     """Drop 3D components (26-connected) below `min_voxels`, those whose
     highest probability in `prob` stays under `min_peak` (hysteresis: the
     threshold that made `mask` draws the outline, `min_peak` decides which
-    components are findings) and those farther than `max_vessel_mm` from
-    every `vessel` voxel (`clotseg.vessels`: a clot sits in an artery);
-    optionally keep only the largest of the rest.
+    components are findings), those farther than `max_vessel_mm` from
+    every `vessel` voxel (`clotseg.vessels`: a clot sits in an artery) and
+    those whose median `cta` HU is above `max_cta_hu` (lumen, not a filling
+    defect); optionally keep only the largest of the rest.
     Works per label for multi-class masks; returns uint8.
     mask: (h, w, D) labels; prob: (h, w, D) foreground probability, or
     (h, w, D, K) per class (label l reads channel l, or channel 0 when
     K = 1), needed when `min_peak` > 0; vessel: (h, w, D) bool
     (`clotseg.vessels.vessel_mask`), needed when `max_vessel_mm` > 0, with
-    spacing_mm (row, col, slice; None = 1 mm).
+    spacing_mm (row, col, slice; None = 1 mm); cta: (h, w, D) CTA in HU
+    (`clotseg.vessels.cta_volume`), needed when `max_cta_hu` > 0.
     `slice_gaps` (sidecar): no component joins slices across a gap.
     """
-    if min_voxels <= 0 and not keep_largest and min_peak <= 0 and max_vessel_mm <= 0:
+    if min_voxels <= 0 and not keep_largest and min_peak <= 0 and max_vessel_mm <= 0 and max_cta_hu <= 0:
         return mask
     if min_peak > 0 and prob is None:
         raise ValueError("postprocess: min_peak needs the probabilities (prob)")
     if max_vessel_mm > 0 and vessel is None:
         raise ValueError("postprocess: max_vessel_mm needs the vessel mask (vessel)")
+    if max_cta_hu > 0 and cta is None:
+        raise ValueError("postprocess: max_cta_hu needs the CTA (cta)")
     # label only the in-plane box around the predicted voxels (usually a few
     # hundred of a volume's millions): components and their order are the same
     rows, cols = np.flatnonzero(mask.any(axis=(1, 2))), np.flatnonzero(mask.any(axis=(0, 2)))
@@ -351,16 +356,24 @@ def postprocess(mask: np.ndarray, min_voxels: int = 0, keep_largest: bool = Fals
         # components are labelled in the box, which starts at (rows[0], cols[0], slice 0)
         distances = partial(component_distances, vessel=vessel, spacing_mm=spacing_mm, max_mm=max_vessel_mm,
                             offset=(int(rows[0]), int(cols[0]), 0))
+    medians = None
+    if max_cta_hu > 0:
+        from clotseg.vessels import component_medians
+
+        medians = partial(component_medians, values=cta, offset=(int(rows[0]), int(cols[0]), 0))
     out[box] = _filter_components(mask[box], min_voxels, keep_largest, slice_gaps,
-                                  prob[box] if min_peak > 0 else None, min_peak, distances)
+                                  prob[box] if min_peak > 0 else None, min_peak, distances, medians, max_cta_hu)
     return out
 
 
 def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, slice_gaps,
-                       prob: np.ndarray | None = None, min_peak: float = 0.0, distances=None) -> np.ndarray:
+                       prob: np.ndarray | None = None, min_peak: float = 0.0, distances=None, medians=None,
+                       max_cta_hu: float = 0.0) -> np.ndarray:
     """`postprocess` on a (h, w, D) mask, over the whole of it. `distances`:
     (labels, n) -> each component's distance to the vessels (inf beyond the
-    filter's reach; `clotseg.vessels.component_distances`), or None."""
+    filter's reach; `clotseg.vessels.component_distances`), or None;
+    `medians`: (labels, n) -> each component's median CTA HU
+    (`clotseg.vessels.component_medians`), compared with `max_cta_hu`."""
     runs = slice_runs(mask.shape[-1], slice_gaps)
     out = np.zeros_like(mask)
     for label in np.unique(mask):
@@ -376,6 +389,8 @@ def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, sl
             keep &= np.asarray(ndimage.maximum(p, comps, np.arange(1, n + 1))) >= min_peak
         if distances is not None:
             keep &= np.isfinite(distances(comps, n))
+        if medians is not None:
+            keep &= medians(comps, n) <= max_cta_hu
         if keep_largest and keep.any():
             largest = np.argmax(np.where(keep, sizes, -1))
             keep = np.zeros_like(keep)

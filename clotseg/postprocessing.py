@@ -2,13 +2,14 @@
 
 nnU-Net decides after training, on cases the weights never saw, whether
 removing small or all-but-the-largest connected components helps. ClotSeg
-does the same for the six test-time choices of a sigmoid model: the
+does the same for the seven test-time choices of a sigmoid model: the
 probability threshold, flip test-time augmentation, the minimum 3D
 component size, the minimum peak probability of a component (hysteresis:
 the threshold draws the outline, the peak decides what is a finding), the
 largest distance of a component from contrast-filled lumen on CTA
-(`clotseg.vessels`: a clot sits in an artery; searched only where the
-volumes have a CTA in HU) and keep-largest-component. Each combination is scored by
+(`clotseg.vessels`: a clot sits in an artery), the largest median CTA HU of
+a component (a clot is a filling defect, not lumen; both searched only where
+the volumes have a CTA in HU) and keep-largest-component. Each combination is scored by
 the mean per-case Dice over every validation case, with the conventions of
 `clotseg.evaluation.metrics` (a clot-free case scores 1 when nothing is
 predicted and 0 for a false alarm, so false alarms on controls count); among
@@ -17,7 +18,7 @@ the plain choice (0.5, no TTA, no filtering) nor find more than FOUND_SLACK
 of the validation clot cases fewer than it (a clot is found when a kept
 component touches it), and whose size filter stays under half the smallest
 validation clot (SIZE_MARGIN), the best mean Dice wins, ties going to the
-plainer threshold, TTA, keep-largest, peak and vessel choice and to the largest size filter
+plainer threshold, TTA, keep-largest, peak, lumen and vessel choice and to the largest size filter
 under that cap (TIE_FILTER). A choice that config.py fixes (THRESHOLD = 0.5,
 say) is not searched: the others are chosen given it, so testing never
 combines a fixed threshold with a size filter chosen for another one. The
@@ -28,9 +29,9 @@ beside a larger false alarm when that raises the mean Dice. The result is `<run>
 which testing.py uses unless config.py sets a value.
 
 Scoring a combination costs no relabelling: each (threshold, TTA) mask is
-labelled once (26-connected), and every size, peak and vessel filter is
-evaluated from the components' sizes, peak probabilities, distances to the
-vessels and overlap with the truth.
+labelled once (26-connected), and every size, peak, lumen and vessel filter
+is evaluated from the components' sizes, peak probabilities, median CTA HU,
+distances to the vessels and overlap with the truth.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ MIN_PEAKS = (0.0, 0.6, 0.7, 0.8, 0.9)
 # clotseg.vessels.VESSEL_MIN_HU (0 = off): a clot touches or fills its artery,
 # so its distance is about a voxel; a speck in the parenchyma lies farther.
 VESSEL_DISTANCES_MM = (0.0, 2.0, 4.0)
+# Largest median CTA HU of a kept component (0 = off). A thrombus on CTA keeps
+# about its NCCT value, 45-75 HU, plus 0-30 HU where it is pervious (at most
+# about 105 HU); opacified lumen is above 150 HU (../shared/reference/
+# clinical.md). 130 HU lies between the two: a component brighter than that
+# is a piece of patent artery or calcified wall (clotseg.vessels).
+CTA_LUMEN_HU = (0.0, 130.0)
 # A size filter may only remove components smaller than SIZE_MARGIN x the
 # smallest validation clot (voxels). A filter just under the validation
 # clots' sizes removes every false alarm there and still "finds" every clot,
@@ -103,6 +110,7 @@ class PostProcessing:
     keep_largest_component: bool = False
     min_component_peak: float = 0.0
     max_vessel_distance_mm: float = 0.0
+    max_component_cta_hu: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -112,12 +120,14 @@ DEFAULT = PostProcessing()
 
 
 def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slice_gaps=None,
-                     vessels: tuple | None = None, reach_mm: float = max(VESSEL_DISTANCES_MM)) -> dict:
-    """Component sizes, peak probabilities, truth overlaps and (with
-    `vessels` = (vessel mask, spacing mm)) distances to the vessels (inf
-    beyond `reach_mm`, the widest filter scored) of one case's thresholded
-    mask, labelled within each run of adjacent slices (`slice_gaps`, as
-    testing.py's post-processing and scoring do)."""
+                     vessels: tuple | None = None, reach_mm: float = max(VESSEL_DISTANCES_MM),
+                     cta: np.ndarray | None = None) -> dict:
+    """Component sizes, peak probabilities, truth overlaps, (with `vessels`
+    = (vessel mask, spacing mm)) distances to the vessels (inf beyond
+    `reach_mm`, the widest filter scored) and (with `cta`, the (h, w, D) CTA
+    in HU) median CTA HU of one case's thresholded mask, labelled within each
+    run of adjacent slices (`slice_gaps`, as testing.py's post-processing and
+    scoring do)."""
     runs = slice_runs(prob.shape[-1], slice_gaps) if slice_gaps else None
     labels, n = label_components(prob > threshold, runs)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
@@ -128,18 +138,26 @@ def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slic
         from clotseg.vessels import component_distances
 
         distances = component_distances(labels, n, vessels[0], vessels[1], reach_mm)
-    return {"sizes": sizes, "overlap": overlap, "peaks": peaks, "distances": distances, "n_true": int(truth.sum())}
+    medians = None
+    if cta is not None:
+        from clotseg.vessels import component_medians
+
+        medians = component_medians(labels, n, cta)
+    return {"sizes": sizes, "overlap": overlap, "peaks": peaks, "distances": distances, "cta_medians": medians,
+            "n_true": int(truth.sum())}
 
 
 def _score(comp: dict, min_size: int, keep_largest: bool, min_peak: float = 0.0,
-           max_vessel_mm: float = 0.0) -> tuple[float, int, int]:
-    """(Dice, false-positive components, clot found 0/1) of one case after a size, peak and vessel filter."""
+           max_vessel_mm: float = 0.0, max_cta_hu: float = 0.0) -> tuple[float, int, int]:
+    """(Dice, false-positive components, clot found 0/1) of one case after a size, peak, vessel and lumen filter."""
     sizes, overlap = comp["sizes"], comp["overlap"]
     keep = sizes >= max(min_size, 1)
     if min_peak > 0:
         keep &= comp["peaks"] >= min_peak
     if max_vessel_mm > 0:
         keep &= comp["distances"] <= max_vessel_mm
+    if max_cta_hu > 0:
+        keep &= comp["cta_medians"] <= max_cta_hu
     if keep_largest and keep.any():
         largest = int(np.argmax(np.where(keep, sizes, -1)))
         keep = np.zeros_like(keep)
@@ -156,7 +174,8 @@ def _score(comp: dict, min_size: int, keep_largest: bool, min_peak: float = 0.0,
 
 def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS, min_sizes=MIN_SIZES,
          min_clot_cases: int = MIN_CLOT_CASES, slice_gaps: list | None = None, min_peaks=MIN_PEAKS,
-         fixed: dict | None = None, vessels: list | None = None, vessel_distances=VESSEL_DISTANCES_MM) -> dict:
+         fixed: dict | None = None, vessels: list | None = None, vessel_distances=VESSEL_DISTANCES_MM,
+         ctas: list | None = None, cta_limits=CTA_LUMEN_HU) -> dict:
     """Choose the post-processing on labelled validation cases.
 
     Args:
@@ -176,6 +195,8 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         vessels: per case (vessel mask (h, w, D) bool, spacing mm or
             None), see `clotseg.vessels`; None = the volumes have no CTA
             in HU, and the vessel filter is not searched.
+        ctas: per case the (h, w, D) CTA in HU (`clotseg.vessels.cta_volume`);
+            None = no CTA in HU, and the lumen filter is not searched.
     Returns:
         {"chosen": PostProcessing dict, "reason", "validation": {mean_dice,
         fp_components_per_case, clots_found} of the chosen and of the
@@ -198,29 +219,36 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
         raise ValueError(f"vessels has {len(vessels)} entries for {len(cases)} cases")
     if fixed.get("max_vessel_distance_mm") and vessels is None:
         raise ValueError("fixed: max_vessel_distance_mm needs the vessel mask of every case")
+    if ctas is not None and len(ctas) != len(cases):
+        raise ValueError(f"ctas has {len(ctas)} entries for {len(cases)} cases")
+    if fixed.get("max_component_cta_hu") and ctas is None:
+        raise ValueError("fixed: max_component_cta_hu needs the CTA of every case")
     vessels = list(vessels) if vessels is not None else [None] * len(cases)
+    ctas = list(ctas) if ctas is not None else [None] * len(cases)
     tta_options = (False, True) if with_tta else (False,)
     grids = {"threshold": thresholds, "tta_flips": tta_options, "min_component_voxels": min_sizes,
              "keep_largest_component": (False, True), "min_component_peak": min_peaks,
-             "max_vessel_distance_mm": vessel_distances if vessels[0] is not None else (0.0,)}
+             "max_vessel_distance_mm": vessel_distances if vessels[0] is not None else (0.0,),
+             "max_component_cta_hu": cta_limits if ctas[0] is not None else (0.0,)}
     grids.update({k: (v,) for k, v in fixed.items()})
     plain = PostProcessing(**{**DEFAULT.as_dict(), **fixed})
     reach = max(grids["max_vessel_distance_mm"])
+    lumen = max(grids["max_component_cta_hu"]) > 0
     table = []
     for tta, threshold in product(grids["tta_flips"], grids["threshold"]):
         comps = []
-        for (members, truth), case_gaps, case_vessels in zip(cases, gaps, vessels):
+        for (members, truth), case_gaps, case_vessels, cta in zip(cases, gaps, vessels, ctas):
             prob = np.mean(members, axis=0) if tta else members[0]
             comps.append(_case_components(prob, np.asarray(truth, dtype=bool), threshold, case_gaps,
-                                          case_vessels if reach > 0 else None, reach))
-        for keep_largest, min_size, peak, distance in product(
+                                          case_vessels if reach > 0 else None, reach, cta if lumen else None))
+        for keep_largest, min_size, peak, distance, cta_hu in product(
                 grids["keep_largest_component"], grids["min_component_voxels"], grids["min_component_peak"],
-                grids["max_vessel_distance_mm"]):
+                grids["max_vessel_distance_mm"], grids["max_component_cta_hu"]):
             if peak and peak <= threshold and "min_component_peak" not in fixed:
                 continue                       # every component already peaks above the threshold
-            scores = [_score(c, min_size, keep_largest, peak, distance) for c in comps]
+            scores = [_score(c, min_size, keep_largest, peak, distance, cta_hu) for c in comps]
             table.append({**PostProcessing(threshold, tta, min_size, keep_largest, float(peak),
-                                           float(distance)).as_dict(),
+                                           float(distance), float(cta_hu)).as_dict(),
                           "mean_dice": float(np.mean([s[0] for s in scores])),
                           "fp_components_per_case": float(np.mean([s[1] for s in scores])),
                           "clots_found": int(sum(s[2] for s in scores))})
@@ -235,12 +263,13 @@ def tune(cases: list[tuple[list[np.ndarray], np.ndarray]], thresholds=THRESHOLDS
 
     sign = -1 if TIE_FILTER == "largest" else 1
 
-    def simplicity(r):  # ties: no TTA, no keep-largest, no (or the lowest) peak filter, no (or the widest)
-        # vessel filter, largest (or smallest) size filter, threshold nearest 0.5
+    def simplicity(r):  # ties: no TTA, no keep-largest, no (or the lowest) peak filter, no lumen filter,
+        # no (or the widest) vessel filter, largest (or smallest) size filter, threshold nearest 0.5
         distance = r["max_vessel_distance_mm"]
         vessel = -distance if TIE_VESSEL == "widest" else (distance > 0, -distance)
         return (r["tta_flips"], r["keep_largest_component"], r["min_component_peak"],
-                vessel, sign * r["min_component_voxels"], abs(r["threshold"] - 0.5))
+                r["max_component_cta_hu"] > 0, vessel, sign * r["min_component_voxels"],
+                abs(r["threshold"] - 0.5))
 
     if n_clot < min_clot_cases:
         best = base

@@ -44,6 +44,7 @@ MAX_WORKERS = 256
 MAX_RESAMPLES = 1_000_000   # bootstrap: resamples x cases indices are drawn at once
 MAX_ROI_MM = 2000.0         # ROI_SIZE_MM: larger than any head
 MAX_VESSEL_MM = 50.0        # MAX_VESSEL_DISTANCE_MM: beyond this it filters nothing in a head
+MAX_CTA_HU = 3000.0         # MAX_COMPONENT_CTA_HU: above the densest bone and metal, it filters nothing
 MIN_TARGET_SPACING_MM = 0.05
 IMAGE_INTERPOLATIONS = ("linear", "bspline")
 MASK_INTERPOLATIONS = ("volume", "nearest")
@@ -152,6 +153,7 @@ class Settings:
     min_component_voxels: int | None = None
     min_component_peak: float | None = None
     max_vessel_distance_mm: float | None = 0.0
+    max_component_cta_hu: float | None = 0.0
     keep_largest_component: bool | None = None
     save_probabilities: bool = False
     bootstrap_resamples: int = 5000
@@ -462,6 +464,14 @@ class Settings:
         check(not vessel_on or (isinstance(self.windows_hu, dict) and vessels.available(mods, self.windows_hu)),
               "MAX_VESSEL_DISTANCE_MM > 0 needs a modality named 'CTA' in MODALITY_PATTERNS with an HU window "
               "in WINDOWS_HU (the vessels are its voxels of at least 100 HU)")
+        check(self.max_component_cta_hu is None
+              or (_is_num(self.max_component_cta_hu) and 0 <= self.max_component_cta_hu <= MAX_CTA_HU),
+              f"MAX_COMPONENT_CTA_HU must be None (the run's validation-tuned value), 0 (off) or a CTA value "
+              f"in HU up to {MAX_CTA_HU:g}")
+        lumen_on = _is_num(self.max_component_cta_hu) and self.max_component_cta_hu > 0
+        check(not lumen_on or (isinstance(self.windows_hu, dict) and vessels.available(mods, self.windows_hu)),
+              "MAX_COMPONENT_CTA_HU > 0 needs a modality named 'CTA' in MODALITY_PATTERNS with an HU window "
+              "in WINDOWS_HU (it reads the CTA's HU inside each predicted component)")
         check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")
         check(_one_of(self.normalization, NORMALIZATIONS),
               f"NORMALIZATION must be one of {NORMALIZATIONS}, got {_short(self.normalization)}")

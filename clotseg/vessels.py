@@ -10,6 +10,13 @@ and only its place in a vessel tells it apart). The post-processing choice
 MAX_VESSEL_DISTANCE_MM (off by default; held at a distance, or with None
 chosen on the validation volumes like the others, see
 `clotseg.postprocessing`) drops the components farther than that.
+
+The converse holds too: a thrombus is a filling defect, so its CTA
+attenuation stays near its NCCT value (45-75 HU, plus 0-30 HU where it is
+pervious; ../shared/reference/clinical.md), while opacified lumen is above
+150 HU. A component whose median CTA HU is lumen-bright is a piece of patent
+artery (or calcified wall), not a clot: MAX_COMPONENT_CTA_HU drops those
+(`component_medians`).
 """
 
 from __future__ import annotations
@@ -83,3 +90,32 @@ def component_distances(labels: np.ndarray, n: int, vessel: np.ndarray, spacing_
         d = float(dist[own][labels[box] == i + 1].min())
         out[i] = d if d <= max_mm else np.inf
     return out
+
+
+def cta_volume(volumes: list[np.ndarray], modalities) -> np.ndarray:
+    """(H, W, D) float32: the CTA in HU, for the lumen filter (MAX_COMPONENT_CTA_HU).
+
+    volumes: one HU array (H, W, D) per modality, in `modalities` order.
+    """
+    return np.asarray(volumes[list(modalities).index(VESSEL_MODALITY)], dtype=np.float32)
+
+
+def component_medians(labels: np.ndarray, n: int, values: np.ndarray, offset=(0, 0, 0)) -> np.ndarray:
+    """Per component 1..n of `labels` (int, the box of `values` that starts
+    at `offset`; by default the whole of it), the median of `values` (e.g.
+    the CTA in HU) over its voxels; float64 (n,), nan for a label with no
+    voxel."""
+    if len(offset) != labels.ndim or values.ndim != labels.ndim:
+        raise ValueError(f"component_medians: labels {labels.shape}, values {values.shape} and offset "
+                         f"{tuple(offset)} must have the same number of axes")
+    if n == 0:
+        return np.zeros(0)
+    from scipy import ndimage  # here, not at import (see component_distances)
+
+    box = tuple(slice(o, o + size) for o, size in zip(offset, labels.shape))
+    present = np.bincount(labels.ravel(), minlength=n + 1)[1:] > 0
+    medians = np.full(n, np.nan)
+    index = np.flatnonzero(present) + 1
+    if index.size:
+        medians[present] = ndimage.median(values[box], labels, index)
+    return medians

@@ -9,7 +9,7 @@ import pytest
 from clotseg.errors import StageError
 from clotseg.io import read_json
 from clotseg.pipeline import prepare_data
-from clotseg.postprocessing import VESSEL_DISTANCES_MM
+from clotseg.postprocessing import CTA_LUMEN_HU, VESSEL_DISTANCES_MM
 from clotseg.stages.evaluate import load_model, run_evaluation
 from clotseg.stages.train import run_training
 from tests.conftest import quiet, tiny_settings, write_cohort
@@ -191,9 +191,9 @@ def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
     record = read_json(run / "postprocessing.json")
     assert set(record["cases"]) == set(read_json(run / "Relevant_Files" / "split.json")["cohorts"]["Validation"])
     assert record["validation"]["chosen"]["mean_dice"] >= record["validation"]["default"]["mean_dice"]
-    # config.py holds the vessel filter off by default
-    assert record["fixed"] == {"max_vessel_distance_mm": 0.0}
-    assert {r["max_vessel_distance_mm"] for r in record["table"]} == {0.0}
+    # config.py holds the vessel and lumen filters off by default
+    assert record["fixed"] == {"max_vessel_distance_mm": 0.0, "max_component_cta_hu": 0.0}
+    assert {(r["max_vessel_distance_mm"], r["max_component_cta_hu"]) for r in record["table"]} == {(0.0, 0.0)}
     meta = read_json(run / "Testing" / "summary.json")["meta"]
     assert meta["postprocessing_source"] == "validation-tuned"
     for key, value in record["chosen"].items():
@@ -261,16 +261,20 @@ def test_retuning_holds_what_config_fixes(trained):
     before = read_json(run / "postprocessing.json")
     try:
         again = train_stage.tune_run_postprocessing(s.replace(threshold=0.4, tta_flips=False,
-                                                               max_vessel_distance_mm=2.0), run, log=lambda *_: None)
-        assert again["fixed"] == {"threshold": 0.4, "tta_flips": False, "max_vessel_distance_mm": 2.0}
-        assert {(r["threshold"], r["tta_flips"], r["max_vessel_distance_mm"]) for r in again["table"]} == \
-            {(0.4, False, 2.0)}
+                                                               max_vessel_distance_mm=2.0, max_component_cta_hu=130.0),
+                                                    run, log=lambda *_: None)
+        assert again["fixed"] == {"threshold": 0.4, "tta_flips": False, "max_vessel_distance_mm": 2.0,
+                                  "max_component_cta_hu": 130.0}
+        assert {(r["threshold"], r["tta_flips"], r["max_vessel_distance_mm"], r["max_component_cta_hu"])
+                for r in again["table"]} == {(0.4, False, 2.0, 130.0)}
         assert again["chosen"]["threshold"] == 0.4 and again["chosen"]["tta_flips"] is False
         assert read_json(run / "postprocessing.json")["fixed"] == again["fixed"]
-        # None: the volumes have a CTA in HU, so the tuner searches the vessel filter
-        searched = train_stage.tune_run_postprocessing(s.replace(max_vessel_distance_mm=None), run,
+        # None: the volumes have a CTA in HU, so the tuner searches the vessel and lumen filters
+        searched = train_stage.tune_run_postprocessing(s.replace(max_vessel_distance_mm=None,
+                                                                 max_component_cta_hu=None), run,
                                                        log=lambda *_: None)
         assert searched["fixed"] == {}
         assert {r["max_vessel_distance_mm"] for r in searched["table"]} == set(VESSEL_DISTANCES_MM)
+        assert {r["max_component_cta_hu"] for r in searched["table"]} == set(CTA_LUMEN_HU)
     finally:
         (run / "postprocessing.json").write_text(json.dumps(before), encoding="utf-8")

@@ -185,7 +185,7 @@ def _old_predict_cases(model, cases, trained, post, pred_dir, batch_size, save_p
     """The sequential loop predict_cases replaced (one case at a time, one thread)."""
     from clotseg.evaluation.uncertainty import case_uncertainty, uncertainty_map
     from clotseg.intensity import center_crop
-    from clotseg.vessels import vessel_mask
+    from clotseg.vessels import cta_volume, vessel_mask
 
     pred_dir.mkdir(parents=True, exist_ok=True)
     windows = [trained.windows_hu[m] for m in trained.modalities]
@@ -201,9 +201,11 @@ def _old_predict_cases(model, cases, trained, post, pred_dir, batch_size, save_p
         members = [np.ascontiguousarray(center_crop(np.moveaxis(p, 0, 2), vols[0].shape[:2])) for p in probs]
         prob = np.mean(members, axis=0, dtype=np.float32) if post.tta_flips else members[0]
         vessel = vessel_mask(vols, trained.modalities) if post.max_vessel_distance_mm > 0 else None
+        cta = cta_volume(vols, trained.modalities) if post.max_component_cta_hu > 0 else None
         pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
                            slice_gaps=gaps or None, prob=prob, min_peak=post.min_component_peak,
-                           vessel=vessel, spacing_mm=case.spacing_mm(None), max_vessel_mm=post.max_vessel_distance_mm)
+                           vessel=vessel, spacing_mm=case.spacing_mm(None), max_vessel_mm=post.max_vessel_distance_mm,
+                           cta=cta, max_cta_hu=post.max_component_cta_hu)
         cid = case.case_id
         atomic_save_npy(pred_dir / f"{cid}_pred.npy", pred)
         prob_fg = None
@@ -247,12 +249,14 @@ def _cohort(tmp_path, classes=1, context=0):
     return settings, cases, model
 
 
-@pytest.mark.parametrize("classes, context, tta, save", [(1, 1, True, True), (3, 0, False, False)])
-def test_predict_cases_writes_what_the_sequential_loop_wrote(tmp_path, monkeypatch, classes, context, tta, save):
+@pytest.mark.parametrize("classes, context, tta, save, lumen", [(1, 1, True, True, 130.0), (1, 0, False, False, 0.0),
+                                                                 (3, 0, False, False, 0.0)])
+def test_predict_cases_writes_what_the_sequential_loop_wrote(tmp_path, monkeypatch, classes, context, tta, save,
+                                                             lumen):
     monkeypatch.setattr(evaluate, "_export", _fake_export)
     settings, cases, model = _cohort(tmp_path, classes, context)
     post = PostProcessing(threshold=0.5, tta_flips=tta, min_component_voxels=2, min_component_peak=0.6,
-                          max_vessel_distance_mm=2.0)
+                          max_vessel_distance_mm=2.0, max_component_cta_hu=lumen)
     old_log, new_log = [], []
     old = _old_predict_cases(model, cases, settings, post, tmp_path / "old", 4, save, old_log.append)
     ensembles = []   # the flip ensemble predict_cases builds, wrapped to count its batches

@@ -518,3 +518,92 @@ def test_a_vessel_filter_needs_a_cta_in_hu(tmp_path):
     assert tiny_settings(tmp_path, max_vessel_distance_mm=2.0).max_vessel_distance_mm == 2.0
     with pytest.raises(ConfigError, match="MAX_VESSEL_DISTANCE_MM > 0 needs a modality named 'CTA'"):
         tiny_settings(tmp_path, max_vessel_distance_mm=2.0, windows_hu={"CTA": None, "NCCT": (0.0, 200.0)})
+
+
+def _lumen_cohort():
+    """Six clot cases, each a filling defect (CTA 60 HU) beside a confident
+    8-voxel component on opacified lumen (CTA 300 HU) of the same size and
+    peak, and two controls with such a lumen component alone: only the
+    median CTA value tells them apart."""
+    cases, ctas = [], []
+    for i in range(8):
+        prob, truth = _empty()
+        cta = np.full(SHAPE, 30.0, np.float32)
+        if i < 6:
+            _box(truth, 4 + i, 4, 3, (2, 2, 2))
+            _box(prob, 4 + i, 4, 3, (2, 2, 2), 0.9)
+            _box(cta, 4 + i, 4, 3, (2, 2, 2), 60.0)
+        _box(prob, 10, 14, 3, (2, 2, 2), 0.9)
+        _box(cta, 10, 14, 3, (2, 2, 2), 300.0)
+        cases.append(([prob], truth))
+        ctas.append(cta)
+    return cases, ctas
+
+
+def test_the_lumen_filter_drops_lumen_bright_components_and_keeps_the_filling_defects():
+    from clotseg.postprocessing import CTA_LUMEN_HU
+
+    cases, ctas = _lumen_cohort()
+    result = tune(cases, ctas=ctas)
+    assert {r["max_component_cta_hu"] for r in result["table"]} == set(CTA_LUMEN_HU)
+    chosen = _chosen(result)
+    assert chosen.max_component_cta_hu == max(CTA_LUMEN_HU)
+    assert not chosen.keep_largest_component and chosen.min_component_voxels < 8
+    assert result["validation"]["chosen"]["fp_components_per_case"] == 0
+    for (members, truth), cta in zip(cases, ctas):
+        prob = members[0][..., None]
+        pred = postprocess(to_mask(prob, chosen.threshold), chosen.min_component_voxels,
+                           chosen.keep_largest_component, prob=prob, min_peak=chosen.min_component_peak,
+                           cta=cta, max_cta_hu=chosen.max_component_cta_hu)
+        assert np.array_equal(pred > 0, truth)
+        # without the filter the lumen component stays
+        kept = postprocess(to_mask(prob, 0.5), chosen.min_component_voxels, False)
+        assert (kept > 0).sum() == truth.sum() + 8
+    # without a CTA the filter is not searched, and a held one needs it
+    plain = tune(cases)
+    assert {r["max_component_cta_hu"] for r in plain["table"]} == {0.0}
+    with pytest.raises(ValueError, match="CTA"):
+        tune(cases, fixed={"max_component_cta_hu": 130.0})
+    with pytest.raises(ValueError, match="ctas has 1"):
+        tune(cases, ctas=ctas[:1])
+    # a held value is scored as testing applies it: 400 HU keeps the 300 HU components
+    held = tune(cases, ctas=ctas, fixed={"max_component_cta_hu": 400.0})
+    assert {r["max_component_cta_hu"] for r in held["table"]} == {400.0}
+    row = next(r for r in held["table"]
+               if PostProcessing(**{k: r[k] for k in DEFAULT.as_dict()}) == PostProcessing(max_component_cta_hu=400.0))
+    assert row["fp_components_per_case"] == pytest.approx(1.0)
+    # ties (no lumen component to remove) go to no lumen filter
+    clean = [([np.where(c > 100, 0.0, m[0]).astype(m[0].dtype)], t) for (m, t), c in zip(cases, ctas)]
+    assert _chosen(tune(clean, ctas=ctas)).max_component_cta_hu == 0
+    with pytest.raises(ValueError, match="max_cta_hu needs the CTA"):
+        postprocess(to_mask(cases[0][0][0][..., None], 0.5), max_cta_hu=130.0)
+
+
+def test_component_medians_read_each_component_in_its_box():
+    from clotseg.vessels import component_medians, cta_volume
+
+    values = np.arange(4 * 4 * 2, dtype=np.float32).reshape(4, 4, 2)
+    labels = np.zeros((4, 4, 2), np.int32)
+    labels[0, 0, 0] = labels[0, 1, 0] = labels[0, 2, 0] = 1      # values 0, 2, 4: median 2
+    labels[3, 3, 1] = 3                                            # label 2 has no voxel
+    assert component_medians(labels, 3, values)[[0, 2]].tolist() == [2.0, 31.0]
+    assert np.isnan(component_medians(labels, 3, values)[1])
+    assert component_medians(labels[2:, 2:], 3, values, offset=(2, 2, 0))[2] == 31.0
+    assert component_medians(labels, 0, values).shape == (0,)
+    with pytest.raises(ValueError, match="same number of axes"):
+        component_medians(labels, 3, values[..., 0])
+    # the CTA is found by name, whatever the modality order
+    cta = np.array([[[99.0, 300.0]]])
+    assert cta_volume([np.zeros_like(cta), cta], ["NCCT", "CTA"]).tolist() == [[[99.0, 300.0]]]
+
+
+def test_a_lumen_filter_needs_a_cta_in_hu(tmp_path):
+    from clotseg.errors import ConfigError
+
+    assert tiny_settings(tmp_path, max_component_cta_hu=130.0).max_component_cta_hu == 130.0
+    assert tiny_settings(tmp_path, max_component_cta_hu=None).max_component_cta_hu is None
+    with pytest.raises(ConfigError, match="MAX_COMPONENT_CTA_HU > 0 needs a modality named 'CTA'"):
+        tiny_settings(tmp_path, max_component_cta_hu=130.0, windows_hu={"CTA": None, "NCCT": (0.0, 200.0)})
+    for bad in (-1.0, 5000.0, "bright"):
+        with pytest.raises(ConfigError, match="MAX_COMPONENT_CTA_HU must be"):
+            tiny_settings(tmp_path, max_component_cta_hu=bad)

@@ -88,7 +88,7 @@ def test_tiny_benchmark_runs_end_to_end(tmp_path):
     rep = report["repeats"][0]
     assert rep["epochs_done"] == 1 and rep["training_seconds"] > 0
     assert set(rep["postprocessing"]) == {"threshold", "tta_flips", "min_component_voxels", "keep_largest_component",
-                                         "min_component_peak", "max_vessel_distance_mm"}
+                                         "min_component_peak", "max_vessel_distance_mm", "max_component_cta_hu"}
     assert list(rep["cohorts"]) == ["standard", "first-build"]    # as --test-domains asked, no shifted
     fig = rep["cohorts"]["standard"]
     assert set(quality.HEADLINE) <= set(fig)

@@ -45,6 +45,27 @@ def test_resampling_scores_every_rule_on_the_held_out_cases():
         assert (rows[:, :3] >= 0).all() and (rows[:, 0] <= 1).all() and (rows[:, 2] <= 1).all(), rule
 
 
+def test_the_lumen_rules_read_each_case_s_cta():
+    """The alarms sit on lumen-bright CTA (300 HU), the clots on a filling
+    defect (60 HU): the lumen filter at 130 HU clears every alarm and keeps
+    every clot; without the CTA the lumen rules fall back to no filter."""
+    members, truths = _cohort()
+    ctas = []
+    for prob, truth in zip(members, truths):
+        cta = np.full(SHAPE, 40.0, np.float32)
+        cta[(prob[0] > 0.5) & ~truth] = 300.0
+        cta[truth] = 60.0
+        ctas.append(cta)
+    out = resample(members, truths, draws=12, ctas=ctas)
+    lumen = np.array(out["plain + 130 HU"])
+    assert np.allclose(lumen[:, 1], 0.0) and np.allclose(lumen[:, 3], 1.0) and np.allclose(lumen[:, 2], 1.0)
+    assert np.allclose(np.array(out["plain"])[:, 1], 1.0)
+    tuned = np.array(out["tuner with the lumen filter"])
+    assert np.allclose(tuned[:, 1], 0.0) and tuned[:, 0].mean() > np.array(out["plain"])[:, 0].mean()
+    without = resample(members, truths, draws=12)
+    assert np.allclose(np.array(without["plain + 130 HU"])[:, 1], 1.0)
+
+
 def test_a_folder_without_a_finished_run_is_one_line_and_exit_status_2(tmp_path, capsys):
     import pytest
 

@@ -161,26 +161,33 @@ def _export(case: Case, pred: np.ndarray, prob_fg: np.ndarray | None, pred_dir: 
     return written, problems
 
 
-def _prepare_case(case: Case, trained: Settings, vessels: bool = False, default_spacing=None) -> tuple:
+def _prepare_case(case: Case, trained: Settings, vessels: bool = False, default_spacing=None,
+                  lumen: bool = False) -> tuple:
     """Host side of one case's prediction: (case, (h, w, D), slice gaps,
     near, inputs), the inputs uint8 (D, H, W, C') (`member_inputs`; the
-    flipped members are made on the device by `flip_ensemble`); near: with
-    `vessels`, (the CTA's vessel mask (h, w, D) bool, spacing mm) for the
-    vessel filter (`clotseg.vessels`), else None. The loaded HU volumes are
-    dropped here, so only model inputs (and the bool mask) wait in the queue."""
-    from clotseg.vessels import case_vessels
+    flipped members are made on the device by `flip_ensemble`); near:
+    (vessel mask (h, w, D) bool or None, spacing mm, CTA (h, w, D) float32 HU
+    or None), the first with `vessels` for the vessel filter, the last with
+    `lumen` for the lumen filter (`clotseg.vessels`), or None when neither is
+    on. The other loaded HU volumes are dropped here, so only model inputs
+    (and what the filters read) wait in the queue."""
+    from clotseg.vessels import case_vessels, cta_volume
 
     windows = [trained.windows_hu[m] for m in trained.modalities]
     vols = [load_npy(p, what=f"case {case.case_id} {m}") for m, p in case.volumes.items()]
     gaps = case.slice_gaps()
-    near = case_vessels(case, vols, trained.modalities, default_spacing) if vessels else None
+    near = None
+    if vessels or lumen:
+        vessel, spacing = case_vessels(case, vols, trained.modalities, default_spacing) if vessels else (None, None)
+        near = (vessel, spacing, cta_volume(vols, trained.modalities) if lumen else None)
     (inputs,) = member_inputs(vols, windows, trained.input_shape[:2], tta_flips=False,
                               context_slices=trained.context_slices, symmetry=trained.symmetry_channels,
                               slice_gaps=gaps)
     return case, vols[0].shape, gaps, near, inputs
 
 
-def _prepare(cases: list[Case], trained: Settings, workers: int = 1, vessels: bool = False, default_spacing=None):
+def _prepare(cases: list[Case], trained: Settings, workers: int = 1, vessels: bool = False, default_spacing=None,
+             lumen: bool = False):
     """`_prepare_case` of every case, in case order, `workers` cases at a time.
 
     One thread windows a few hundred slices a second; a GPU predicts
@@ -190,13 +197,13 @@ def _prepare(cases: list[Case], trained: Settings, workers: int = 1, vessels: bo
     """
     if workers <= 1:
         for case in cases:
-            yield _prepare_case(case, trained, vessels, default_spacing)
+            yield _prepare_case(case, trained, vessels, default_spacing, lumen)
         return
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clotseg-prepare")
     pending: deque[Future] = deque()
     try:
         for case in cases:
-            pending.append(pool.submit(_prepare_case, case, trained, vessels, default_spacing))
+            pending.append(pool.submit(_prepare_case, case, trained, vessels, default_spacing, lumen))
             if len(pending) >= workers:
                 yield pending.popleft().result()   # a bad input raises here, at its case's position
         while pending:
@@ -211,7 +218,7 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
 
     `probs`: float32 (D, H, W, K) members: the plain prediction and those of
     the horizontally and vertically flipped inputs, flipped back; `near`: (vessel
-    mask, spacing mm) when post.max_vessel_distance_mm > 0. Writes <case>_pred.npy, _prob.npy, _unc.npy,
+    mask, spacing mm, CTA HU) when the vessel or lumen filter is on (`_prepare_case`). Writes <case>_pred.npy, _prob.npy, _unc.npy,
     _unc.json and the exports; returns (written exports, problems, log lines).
     Log lines are returned rather than printed so the caller replays them in
     case order, from one thread, whatever order the workers finish in.
@@ -222,10 +229,11 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
     # elementwise, so it runs in the predictions' own memory order without transposed copies
     members = [center_crop(np.moveaxis(p, 0, 2), shape[:2]) for p in probs]
     prob = _mean_of(members) if post.tta_flips else members[0]
-    vessel, spacing = near if near is not None else (None, None)
+    vessel, spacing, cta = near if near is not None else (None, None, None)
     pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
                        slice_gaps=gaps or None, prob=prob, min_peak=post.min_component_peak,
-                       vessel=vessel, spacing_mm=spacing, max_vessel_mm=post.max_vessel_distance_mm)
+                       vessel=vessel, spacing_mm=spacing, max_vessel_mm=post.max_vessel_distance_mm,
+                       cta=cta, max_cta_hu=post.max_component_cta_hu)
     cid = case.case_id
     # the arrays are (h, w, D) views in the predictions' (D, h, w) memory order: one
     # transposing copy each before saving (np.save of a strided array is 5x slower)
@@ -307,8 +315,8 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
     prepare_workers = 1 if workers == 1 else min(4, max(2, cpus // 6))
     n_slices, exports, problems = 0, {}, []
     started = time.perf_counter()
-    vessels = post.max_vessel_distance_mm > 0
-    prepared = prefetch(_prepare(cases, trained, prepare_workers, vessels, default_spacing), depth=2)
+    vessels, lumen = post.max_vessel_distance_mm > 0, post.max_component_cta_hu > 0
+    prepared = prefetch(_prepare(cases, trained, prepare_workers, vessels, default_spacing, lumen), depth=2)
     pending: deque[tuple[Case, int, Future]] = deque()   # (case, slices, its worker's future), case order
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clotseg-post")
     bar = tqdm(total=len(cases), desc="Predicting", unit="case")

@@ -608,20 +608,24 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
     windows = [settings.windows_hu[m] for m in settings.modalities]
     # the vessel filter is searched (or held on) only where the volumes have a CTA in HU; held off
     # (MAX_VESSEL_DISTANCE_MM = 0, the default) the vessels need not be read
-    with_vessels = (vessels.available(settings.modalities, settings.windows_hu)
-                    and fixed.get("max_vessel_distance_mm") != 0)
-    data, gaps, near = [], [], []
+    has_cta = vessels.available(settings.modalities, settings.windows_hu)
+    with_vessels = has_cta and fixed.get("max_vessel_distance_mm") != 0
+    with_lumen = has_cta and fixed.get("max_component_cta_hu") != 0      # the lumen filter likewise
+    data, gaps, near, ctas = [], [], [], []
     for case in cases:
         vols, truth = load_case(case)
         gaps.append(case.slice_gaps() or None)
         if with_vessels:
             near.append(vessels.case_vessels(case, vols, settings.modalities, settings.voxel_spacing_mm))
+        if with_lumen:
+            ctas.append(vessels.cta_volume(vols, settings.modalities))
         members = predict_volume_members(model, vols, windows, settings.input_shape[:2],
                                          batch_size=runtime.inference_batch_size(settings.batch_size), tta_flips=True,
                                          context_slices=settings.context_slices,
                                          symmetry=settings.symmetry_channels, slice_gaps=gaps[-1])
         data.append(([m[..., 0] for m in members], normalise_mask(truth) > 0))
-    result = postprocessing.tune(data, slice_gaps=gaps, fixed=fixed, vessels=near if with_vessels else None)
+    result = postprocessing.tune(data, slice_gaps=gaps, fixed=fixed, vessels=near if with_vessels else None,
+                                 ctas=ctas if with_lumen else None)
     atomic_write_json(run / POSTPROCESSING_FILE, {**result, "cases": sorted(wanted)})
     chosen, val = result["chosen"], result["validation"]
     if result["reason"].startswith("only"):
@@ -633,6 +637,7 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
         f"TTA {'on' if chosen['tta_flips'] else 'off'}, min component {chosen['min_component_voxels']} voxels, "
         f"min peak {chosen['min_component_peak']:g}, "
         f"vessel distance {_mm_or_off(chosen['max_vessel_distance_mm'])}, "
+        f"median CTA {_hu_or_off(chosen['max_component_cta_hu'])}, "
         f"keep largest {'yes' if chosen['keep_largest_component'] else 'no'} (mean Dice "
         f"{val['default']['mean_dice']:.3f} -> {val['chosen']['mean_dice']:.3f}, FP components per case "
         f"{val['default']['fp_components_per_case']:.2f} -> {val['chosen']['fp_components_per_case']:.2f}, "
@@ -643,6 +648,10 @@ def tune_run_postprocessing(settings: Settings, run: Path, log=print) -> dict | 
 
 def _mm_or_off(mm: float) -> str:
     return f"at most {mm:g} mm" if mm > 0 else "off"
+
+
+def _hu_or_off(hu: float) -> str:
+    return f"at most {hu:g} HU" if hu > 0 else "off"
 
 
 def _averaged_copy(model: keras.Model, settings: Settings) -> keras.Model:
