@@ -204,7 +204,7 @@ TEST_RUN = None                  # run folder name under TRAININGS_DIR; None = l
 TUNE_POSTPROCESSING = True       # after training, choose the seven settings below on the Validation
                                  # volumes (saved as <run>/postprocessing.json)
 # None = the run's validation-tuned choice (0.5 / False / 0 / 0 / 0 / 0 / False when the run has none;
-# MAX_VESSEL_DISTANCE_MM and MAX_COMPONENT_CTA_HU are set to 0, so the tuner holds them off unless None);
+# MAX_VESSEL_DISTANCE_MM and MAX_COMPONENT_CTA_HU are set, so the tuner holds them unless they are None);
 # a value here overrides it, and at training time the tuner holds it and chooses the others given it
 # (e.g. THRESHOLD = 0.5, nnU-Net's fixed argmax, with the component filters chosen for 0.5).
 THRESHOLD = None                 # probability above which a voxel is clot
@@ -219,10 +219,12 @@ MAX_VESSEL_DISTANCE_MM = 0.0     # drop predicted 3D components farther than thi
                                  # Off: on a development cohort the tuner did slightly better without it,
                                  # and 4 mm after the tuned filters cut FP components per case 0.14 -> 0.12
                                  # (without the tuned filters 2.20 -> 1.26, no clot lost; README sixteenth round)
-MAX_COMPONENT_CTA_HU = 0.0       # drop predicted 3D components whose median CTA value is above this (HU): a
+MAX_COMPONENT_CTA_HU = 130.0     # drop predicted 3D components whose median CTA value is above this (HU): a
                                  # thrombus is a filling defect (its NCCT HU plus 0-30 HU on CTA), lumen is
-                                 # above 150 HU, so a brighter component is patent artery or calcified wall
-                                 # (needs a CTA modality in HU). 0 = off; None = tuned from 0 and 130 HU.
+                                 # above 150 HU, so a brighter component is patent artery or calcified wall.
+                                 # Does nothing without a CTA modality in HU. 0 = off; None = tuned from 0
+                                 # and 130 HU. Held: over 8 models FP components per case 0.14 -> 0.10, no
+                                 # clot lost (README eighteenth round); raise it for very pervious clots.
 KEEP_LARGEST_COMPONENT = None    # keep only the largest predicted 3D component
 SAVE_PROBABILITIES = False
 BOOTSTRAP_RESAMPLES = 5000
@@ -246,7 +248,8 @@ PRESETS = {
         "PATCH_SIZE": (64, 64),                 # 4x cheaper steps, every clot slice's patch holds its clot
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1920,
         "TARGET_SAMPLE_SIZE_AUG_VAL": 320,
-        "EPOCHS": 30,                           # an upper bound: the 5-minute budget ends it (~13 here)
+        "EPOCHS": 30,                           # an upper bound: the 5-minute budget ends it (~13 on the
+                                                # first machine, 7-8 on one half as fast)
         "BATCH_SIZE": 32,
         "LEARNING_RATE": 2e-3,
         "EARLY_STOPPING_PATIENCE": 12,
@@ -260,7 +263,8 @@ PRESETS = {
         "PATCH_SIZE": (64, 64),
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": 3200,
         "TARGET_SAMPLE_SIZE_AUG_VAL": 320,
-        "EPOCHS": 24,                           # ~13 min here; 40 epochs (20 min) scored the same (README)
+        "EPOCHS": 24,                           # ~13 min on the first machine (15-17 fit in 20 min on one
+                                                # half as fast); 40 epochs scored the same (README)
         "BATCH_SIZE": 32,
         "LEARNING_RATE": 2e-3,
         "EARLY_STOPPING_PATIENCE": 24,

@@ -153,7 +153,7 @@ class Settings:
     min_component_voxels: int | None = None
     min_component_peak: float | None = None
     max_vessel_distance_mm: float | None = 0.0
-    max_component_cta_hu: float | None = 0.0
+    max_component_cta_hu: float | None = 130.0
     keep_largest_component: bool | None = None
     save_probabilities: bool = False
     bootstrap_resamples: int = 5000
@@ -468,10 +468,8 @@ class Settings:
               or (_is_num(self.max_component_cta_hu) and 0 <= self.max_component_cta_hu <= MAX_CTA_HU),
               f"MAX_COMPONENT_CTA_HU must be None (the run's validation-tuned value), 0 (off) or a CTA value "
               f"in HU up to {MAX_CTA_HU:g}")
-        lumen_on = _is_num(self.max_component_cta_hu) and self.max_component_cta_hu > 0
-        check(not lumen_on or (isinstance(self.windows_hu, dict) and vessels.available(mods, self.windows_hu)),
-              "MAX_COMPONENT_CTA_HU > 0 needs a modality named 'CTA' in MODALITY_PATTERNS with an HU window "
-              "in WINDOWS_HU (it reads the CTA's HU inside each predicted component)")
+        # no check that a CTA exists: without one the lumen filter is held off
+        # (postprocessing.fixed_by), so its default suits a cohort without CTA
         check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")
         check(_one_of(self.normalization, NORMALIZATIONS),
               f"NORMALIZATION must be one of {NORMALIZATIONS}, got {_short(self.normalization)}")

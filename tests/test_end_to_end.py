@@ -191,9 +191,9 @@ def test_postprocessing_is_tuned_on_validation_and_used_by_testing(trained):
     record = read_json(run / "postprocessing.json")
     assert set(record["cases"]) == set(read_json(run / "Relevant_Files" / "split.json")["cohorts"]["Validation"])
     assert record["validation"]["chosen"]["mean_dice"] >= record["validation"]["default"]["mean_dice"]
-    # config.py holds the vessel and lumen filters off by default
-    assert record["fixed"] == {"max_vessel_distance_mm": 0.0, "max_component_cta_hu": 0.0}
-    assert {(r["max_vessel_distance_mm"], r["max_component_cta_hu"]) for r in record["table"]} == {(0.0, 0.0)}
+    # config.py holds the vessel filter off and the lumen filter at 130 HU by default
+    assert record["fixed"] == {"max_vessel_distance_mm": 0.0, "max_component_cta_hu": 130.0}
+    assert {(r["max_vessel_distance_mm"], r["max_component_cta_hu"]) for r in record["table"]} == {(0.0, 130.0)}
     meta = read_json(run / "Testing" / "summary.json")["meta"]
     assert meta["postprocessing_source"] == "validation-tuned"
     for key, value in record["chosen"].items():

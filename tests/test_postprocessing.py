@@ -275,28 +275,33 @@ TUNED = {"chosen": {"threshold": 0.6, "tta_flips": True, "min_component_voxels":
                     "keep_largest_component": False}}
 
 
+HELD = {"max_component_cta_hu": 130.0}   # config.py holds the lumen filter (the tiny cohorts have a CTA in HU)
+
+
 def test_resolve_uses_the_tuned_choice_when_config_leaves_it_open(tmp_path):
     s = tiny_settings(tmp_path)          # THRESHOLD etc. default to None
-    assert resolve(s, TUNED) == PostProcessing(0.6, True, 10, False)
+    assert resolve(s, TUNED) == PostProcessing(0.6, True, 10, False, **HELD)
 
 
 def test_resolve_lets_config_override_each_tuned_value(tmp_path):
     s = tiny_settings(tmp_path, threshold=0.45, keep_largest_component=True)
-    assert resolve(s, TUNED) == PostProcessing(0.45, True, 10, True)
+    assert resolve(s, TUNED) == PostProcessing(0.45, True, 10, True, **HELD)
     s = tiny_settings(tmp_path, tta_flips=False, min_component_voxels=0)
     # falsy overrides (False, 0) still override
-    assert resolve(s, TUNED) == PostProcessing(0.6, False, 0, False)
+    assert resolve(s, TUNED) == PostProcessing(0.6, False, 0, False, **HELD)
     # a run tuned before the peak filter existed has no such key: no peak filter, unless config.py sets one
     assert resolve(tiny_settings(tmp_path), TUNED).min_component_peak == 0.0
     tuned_peak = {"chosen": {**TUNED["chosen"], "min_component_peak": 0.8}}
-    assert resolve(tiny_settings(tmp_path), tuned_peak) == PostProcessing(0.6, True, 10, False, 0.8)
+    assert resolve(tiny_settings(tmp_path), tuned_peak) == PostProcessing(0.6, True, 10, False, 0.8, **HELD)
     assert resolve(tiny_settings(tmp_path, min_component_peak=0), tuned_peak).min_component_peak == 0
 
 
 def test_resolve_falls_back_to_the_defaults_without_a_tuned_choice(tmp_path):
-    assert resolve(tiny_settings(tmp_path), None) == DEFAULT == PostProcessing(0.5, False, 0, False)
+    assert DEFAULT == PostProcessing(0.5, False, 0, False)
+    assert resolve(tiny_settings(tmp_path, max_component_cta_hu=0.0), None) == DEFAULT
+    assert resolve(tiny_settings(tmp_path), None) == PostProcessing(0.5, False, 0, False, **HELD)
     s = tiny_settings(tmp_path, min_component_voxels=20)
-    assert resolve(s, None) == PostProcessing(0.5, False, 20, False)
+    assert resolve(s, None) == PostProcessing(0.5, False, 20, False, **HELD)
 
 
 @pytest.mark.parametrize("name,value", [("threshold", 1.0), ("threshold", 0), ("min_component_voxels", -1),
@@ -318,7 +323,7 @@ def test_tuned_choice_round_trips_through_json(tmp_path):
     result = tune([([prob], truth)], min_clot_cases=1)
     text = json.dumps(result)                     # what postprocessing.json holds
     again = json.loads(text)
-    assert resolve(tiny_settings(tmp_path), again) == _chosen(result)
+    assert resolve(tiny_settings(tmp_path, max_component_cta_hu=None), again) == _chosen(result)
     assert set(again["chosen"]) == set(DEFAULT.as_dict())
     assert all(set(r) >= set(DEFAULT.as_dict()) | {"mean_dice", "fp_components_per_case"} for r in again["table"])
 
@@ -597,13 +602,26 @@ def test_component_medians_read_each_component_in_its_box():
     assert cta_volume([np.zeros_like(cta), cta], ["NCCT", "CTA"]).tolist() == [[[99.0, 300.0]]]
 
 
-def test_a_lumen_filter_needs_a_cta_in_hu(tmp_path):
+def test_the_lumen_filter_is_held_off_without_a_cta_in_hu(tmp_path):
     from clotseg.errors import ConfigError
+    from clotseg.postprocessing import fixed_by, resolve
+    from clotseg.settings import Settings
 
-    assert tiny_settings(tmp_path, max_component_cta_hu=130.0).max_component_cta_hu == 130.0
+    assert Settings().max_component_cta_hu == 130.0                     # the default holds it
+    with_cta = tiny_settings(tmp_path, max_component_cta_hu=130.0)
+    assert fixed_by(with_cta)["max_component_cta_hu"] == 130.0
     assert tiny_settings(tmp_path, max_component_cta_hu=None).max_component_cta_hu is None
-    with pytest.raises(ConfigError, match="MAX_COMPONENT_CTA_HU > 0 needs a modality named 'CTA'"):
-        tiny_settings(tmp_path, max_component_cta_hu=130.0, windows_hu={"CTA": None, "NCCT": (0.0, 200.0)})
+    assert "max_component_cta_hu" not in fixed_by(tiny_settings(tmp_path, max_component_cta_hu=None))
+    # a CTA already normalised (no HU window) or no CTA at all: no error, the filter is held off,
+    # also over a run's tuned value
+    tuned = {"chosen": {**DEFAULT.as_dict(), "max_component_cta_hu": 130.0}}
+    for other in (dict(windows_hu={"CTA": None, "NCCT": (0.0, 200.0)}),
+                  dict(modality_patterns={"NCCT": "CS<ID>_NCCT_Reg_Binary.npy"}, input_shape=(16, 16, 1),
+                       windows_hu={"NCCT": (0.0, 200.0)})):
+        s = tiny_settings(tmp_path, max_component_cta_hu=130.0, **other)
+        assert fixed_by(s)["max_component_cta_hu"] == 0.0
+        assert resolve(s, tuned).max_component_cta_hu == 0.0
+    assert resolve(with_cta, tuned).max_component_cta_hu == 130.0
     for bad in (-1.0, 5000.0, "bright"):
         with pytest.raises(ConfigError, match="MAX_COMPONENT_CTA_HU must be"):
             tiny_settings(tmp_path, max_component_cta_hu=bad)
