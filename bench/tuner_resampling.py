@@ -126,15 +126,17 @@ def _vessels(dev: Path, cases: list[str]) -> list | None:
 
 
 def _ctas(dev: Path, cases: list[str]) -> list | None:
-    """Per development case its CTA in HU (float32), or None when the cohort has no CTA volumes."""
+    """Per development case its CTA in whole HU (`clotseg.vessels.cta_volume`, as the tuner and
+    testing read it), or None when the cohort has no CTA volumes."""
     from clotseg.io import load_npy
     from clotseg.settings import Settings
+    from clotseg.vessels import cta_volume
 
     pattern = Settings().modality_patterns["CTA"]
     paths = [dev / "volumes" / pattern.replace("<ID>", c[2:]) for c in cases]
     if not all(p.is_file() for p in paths):
         return None
-    return [np.asarray(load_npy(p), dtype=np.float32) for p in paths]
+    return [cta_volume([load_npy(p)], ["CTA"]) for p in paths]
 
 
 def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:

@@ -598,8 +598,9 @@ def test_component_medians_read_each_component_in_its_box():
     with pytest.raises(ValueError, match="same number of axes"):
         component_medians(labels, 3, values[..., 0])
     # the CTA is found by name, whatever the modality order
-    cta = np.array([[[99.0, 300.0]]])
-    assert cta_volume([np.zeros_like(cta), cta], ["NCCT", "CTA"]).tolist() == [[[99.0, 300.0]]]
+    cta = np.array([[[99.4, 300.6, -40000.0]]])
+    out = cta_volume([np.zeros_like(cta), cta], ["NCCT", "CTA"])
+    assert out.dtype == np.int16 and out.tolist() == [[[99, 301, -32768]]]     # whole HU, clipped to int16
 
 
 def test_the_lumen_filter_is_held_off_without_a_cta_in_hu(tmp_path):

@@ -166,7 +166,7 @@ def _prepare_case(case: Case, trained: Settings, vessels: bool = False, default_
     """Host side of one case's prediction: (case, (h, w, D), slice gaps,
     near, inputs), the inputs uint8 (D, H, W, C') (`member_inputs`; the
     flipped members are made on the device by `flip_ensemble`); near:
-    (vessel mask (h, w, D) bool or None, spacing mm, CTA (h, w, D) float32 HU
+    (vessel mask (h, w, D) bool or None, spacing mm, CTA (h, w, D) int16 HU
     or None), the first with `vessels` for the vessel filter, the last with
     `lumen` for the lumen filter (`clotseg.vessels`), or None when neither is
     on. The other loaded HU volumes are dropped here, so only model inputs
