@@ -223,8 +223,9 @@ MAX_COMPONENT_CTA_HU = 130.0     # drop predicted 3D components whose median CTA
                                  # thrombus is a filling defect (its NCCT HU plus 0-30 HU on CTA), lumen is
                                  # above 150 HU, so a brighter component is patent artery or calcified wall.
                                  # Does nothing without a CTA modality in HU. 0 = off; None = tuned from 0
-                                 # and 130 HU. Held: over 8 models FP components per case 0.14 -> 0.10, no
-                                 # clot lost (README eighteenth round); raise it for very pervious clots.
+                                 # and 130 HU. Held: over 11 models FP components per case 0.39 -> 0.20,
+                                 # 262 vs 263 of 352 clots found (README eighteenth round); raise it for
+                                 # very pervious clots.
 KEEP_LARGEST_COMPONENT = None    # keep only the largest predicted 3D component
 SAVE_PROBABILITIES = False
 BOOTSTRAP_RESAMPLES = 5000
