@@ -105,38 +105,27 @@ def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
     return [load_npy(cache / f"{c}.npy").astype(np.float32) for c in cases]
 
 
-def _vessels(dev: Path, cases: list[str]) -> list | None:
-    """Per development case (CTA >= VESSEL_MIN_HU, spacing mm from its sidecar),
-    or None when the cohort has no CTA volumes."""
+def _cta_inputs(dev: Path, cases: list[str]) -> tuple[list | None, list | None]:
+    """What the vessel and lumen rules read from the development cases' CTA,
+    each CTA file read once: per case (vessel mask (`clotseg.vessels.vessel_mask`),
+    spacing mm from its sidecar) and the CTA in whole HU (`cta_volume`, as the
+    tuner and testing read it); (None, None) when the cohort has no CTA volumes."""
     from clotseg.cohort import read_sidecar
     from clotseg.io import load_npy
     from clotseg.settings import Settings
-    from clotseg.vessels import VESSEL_MIN_HU
-
-    pattern = Settings().modality_patterns["CTA"]
-    out = []
-    for c in cases:
-        path = dev / "volumes" / pattern.replace("<ID>", c[2:])
-        if not path.is_file():
-            return None
-        side = dev / "volumes" / f"{c}.json"
-        spacing = read_sidecar(side, c).get("spacing_mm") if side.is_file() else None
-        out.append((load_npy(path) >= VESSEL_MIN_HU, spacing))
-    return out
-
-
-def _ctas(dev: Path, cases: list[str]) -> list | None:
-    """Per development case its CTA in whole HU (`clotseg.vessels.cta_volume`, as the tuner and
-    testing read it), or None when the cohort has no CTA volumes."""
-    from clotseg.io import load_npy
-    from clotseg.settings import Settings
-    from clotseg.vessels import cta_volume
+    from clotseg.vessels import cta_volume, vessel_mask
 
     pattern = Settings().modality_patterns["CTA"]
     paths = [dev / "volumes" / pattern.replace("<ID>", c[2:]) for c in cases]
     if not all(p.is_file() for p in paths):
-        return None
-    return [cta_volume([load_npy(p)], ["CTA"]) for p in paths]
+        return None, None
+    near, ctas = [], []
+    for c, path in zip(cases, paths):
+        cta = load_npy(path)
+        side = dev / "volumes" / f"{c}.json"
+        near.append((vessel_mask([cta], ["CTA"]), read_sidecar(side, c).get("spacing_mm") if side.is_file() else None))
+        ctas.append(cta_volume([cta], ["CTA"]))
+    return near, ctas
 
 
 def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
@@ -228,8 +217,7 @@ def main(argv=None) -> int:
                        f"choose from {', '.join(TEST_DOMAINS)}\n")
     cases = _dev_cohort(args.dev, args.scale, args.dev_domain)
     truths = [load_npy(args.dev / "masks" / f"{c}_seg_corrected_binary.npy") > 0 for c in cases]
-    near = _vessels(args.dev, cases)
-    ctas = _ctas(args.dev, cases)
+    near, ctas = _cta_inputs(args.dev, cases)
     pooled = {rule: [] for rule in RULES}
     for workdir in args.workdirs:
         try:  # a folder without a finished run is a user's mistake: one line, exit status 2
