@@ -38,6 +38,13 @@ def _chosen(result) -> PostProcessing:
     return PostProcessing(**result["chosen"])
 
 
+def _row(result, post: PostProcessing) -> dict:
+    """The tuner's table row of the choices `post` (found as the tuner finds its plain row)."""
+    from clotseg.postprocessing import _choice
+
+    return next(r for r in result["table"] if _choice(r) == post)
+
+
 def _n_rows(thresholds, min_sizes) -> int:
     """Table rows per TTA choice: keep-largest x size filters x, per threshold,
     no peak filter and each MIN_PEAKS value above that threshold."""
@@ -481,8 +488,7 @@ def test_the_vessel_filter_removes_specks_away_from_the_vessels_and_keeps_the_cl
     # a fixed distance beyond the grid's widest is scored as testing applies it: 6 mm keeps the specks
     held = tune(cases, vessels=near, fixed={"max_vessel_distance_mm": 6.0})
     assert {r["max_vessel_distance_mm"] for r in held["table"]} == {6.0}
-    row = next(r for r in held["table"]
-               if PostProcessing(**{k: r[k] for k in DEFAULT.as_dict()}) == PostProcessing(max_vessel_distance_mm=6.0))
+    row = _row(held, PostProcessing(max_vessel_distance_mm=6.0))
     assert row["fp_components_per_case"] == pytest.approx(2 / 8)
     # ties (no speck to remove) go to no vessel filter, or with TIE_VESSEL = "widest" to the widest
     assert _chosen(tune(cases[:6], vessels=near[:6])).max_vessel_distance_mm == 0
@@ -574,8 +580,7 @@ def test_the_lumen_filter_drops_lumen_bright_components_and_keeps_the_filling_de
     # a held value is scored as testing applies it: 400 HU keeps the 300 HU components
     held = tune(cases, ctas=ctas, fixed={"max_component_cta_hu": 400.0})
     assert {r["max_component_cta_hu"] for r in held["table"]} == {400.0}
-    row = next(r for r in held["table"]
-               if PostProcessing(**{k: r[k] for k in DEFAULT.as_dict()}) == PostProcessing(max_component_cta_hu=400.0))
+    row = _row(held, PostProcessing(max_component_cta_hu=400.0))
     assert row["fp_components_per_case"] == pytest.approx(1.0)
     # ties (no lumen component to remove) go to no lumen filter
     clean = [([np.where(c > 100, 0.0, m[0]).astype(m[0].dtype)], t) for (m, t), c in zip(cases, ctas)]
