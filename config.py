@@ -8,6 +8,10 @@ and turns it into a validated settings object (`clotseg.settings.Settings`).
 
 Presets: `python training.py --preset demo` overlays the small, CPU-friendly
 values of PRESETS["demo"] on the constants below without changing them.
+
+The measured effects quoted in the comments (paired Dice differences with
+their 95% CIs, "... round") are recorded round by round in
+docs/quality-rounds.md; the README's "At a glance" table sums them up.
 """
 
 # --------------------------------------------------------------------------
@@ -107,17 +111,17 @@ CLOT_APPEARANCE_AUG = 0.5        # share of clot samples whose clot intensity is
                                  # unchanged (not every clot is hyperdense). 0 = off. 0.5 on NCCT alone: the
                                  # clots that are not hyperdense +0.060 [+0.015, +0.112], all clot cases
                                  # +0.011 [-0.006, +0.030], 2 vs 1 of 24 controls with an alarm (demo scale,
-                                 # 3 seeds; README sixteenth round)
+                                 # 3 seeds; sixteenth round)
 CLOT_APPEARANCE_HU = {           # per modality, the range of HU offsets a clot's intensity moves by; a
     "NCCT": (-30.0, 10.0),       # modality left out (or with no HU window) stays. NCCT: a hyperdense clot
 }                                # (45-75 HU) becomes iso- or hypodense, as 30-50% of clots are. Adding
                                  # "CTA": (-20.0, 60.0) (a more or less pervious clot) gave 5 instead of 1
-                                 # of 16 controls a false alarm (README fifteenth round)
+                                 # of 16 controls a false alarm (fifteenth round)
 MODALITY_DROPOUT = 0.0           # share of training samples in which one modality (all its context slices) is
                                  # blanked, so the network learns to find a clot from CTA alone and from NCCT
                                  # alone (ModDrop); validation and testing always see every modality. 0 = off:
-                                 # 0.25 gave -0.014 [-0.028, +0.000], -0.025 before post-processing (README
-                                 # fourteenth round)
+                                 # 0.25 gave -0.014 [-0.028, +0.000], -0.025 before post-processing
+                                 # (fourteenth round)
 NUM_WORKERS = 0                  # CPU processes for augmentation; 0 = all cores (1 for small jobs)
 CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below of every modality as
                                  # channels (0 = plain 2D); edge slices repeat the first/last slice.
@@ -128,7 +132,7 @@ CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below 
                                  # alarm; k = 2 scored the same as 1. Trained on another generator (small,
                                  # short clots) 0 and 1 report the same after the tuned post-processing
                                  # (demo, 3 seeds: -0.004 [-0.029, +0.023]; CPU scale, 2 seeds: +0.022
-                                 # [-0.004, +0.056]), 1 with fewer false alarms (README, sixth round).
+                                 # [-0.004, +0.056]), 1 with fewer false alarms (sixth round).
                                  # A gap in a 2D slice import (sidecar slice_gaps) counts as a volume edge
 SYMMETRY_CHANNELS = False        # also feed every input plane mirrored left-right about the head's midline
                                  # (each pixel beside its contralateral counterpart, as a reader compares
@@ -144,16 +148,16 @@ PATCH_SIZE = None                # (rows, cols): train on random patches of the 
 MODEL = "unet"                   # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (residual encoder, nnU-Net ResEnc style)
 BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
-DROPOUT = 0.1                    # 0: -0.006 [-0.037, +0.021] on another generator (README thirteenth round)
+DROPOUT = 0.1                    # 0: -0.006 [-0.037, +0.021] on another generator (thirteenth round)
 DEEP_SUPERVISION = False         # also train the decoder's coarser levels (1/2, 1/4 size) against the
                                  # pooled mask, weights 1/2**k (nnU-Net); the saved model keeps only
                                  # the full-size output, so testing is unchanged. Off: at the demo scale
                                  # (2 seeds) Dice -0.012 [-0.041, +0.015], fewer FP, ~25% slower CPU steps;
-                                 # at the CPU scale (2 seeds, README seventh round) -0.003 [-0.029, +0.019]
+                                 # at the CPU scale (2 seeds, seventh round) -0.003 [-0.029, +0.019]
 NORMALIZATION = "batch"          # "batch" (CT-ClotSeg's BatchNormalization) or "instance" (nnU-Net's:
                                  # each feature map normalised over its own image, at training and testing).
                                  # Not recommended yet: trained on patches and tested on whole slices it
-                                 # scored -0.052 [-0.081, -0.024] at the CPU scale (README seventh round)
+                                 # scored -0.052 [-0.081, -0.024] at the CPU scale (seventh round)
 INITIAL_MODEL = None             # start training from a trained model's weights instead of random ones
                                  # (transfer learning): a .keras file or a run folder (its
                                  # Best_Model/model.keras), e.g. your model of an earlier cohort (README
@@ -161,7 +165,7 @@ INITIAL_MODEL = None             # start training from a trained model's weights
                                  # channels (modalities x (2 CONTEXT_SLICES + 1)) and NUM_CLASSES must be
                                  # yours; its rows and cols need not be. None = random initialisation.
                                  # From a 5-minute phantom model: -0.024 [-0.063, +0.011] on another
-                                 # generator's cohort (README thirteenth round), so not a default
+                                 # generator's cohort (thirteenth round), so not a default
 NUM_CLASSES = 1                  # 1 = sigmoid clot mask; >1 = softmax over classes
 TARGET_NAME = "clot"             # what the masks mark, used in logs and reports ("hemorrhage" for an ICH cohort)
 
@@ -172,10 +176,10 @@ LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half th
                                  # weigh as much as large ones; -0.009 [-0.040, +0.023] at the CPU scale over
                                  # 2 seeds, 3x the network's false positives), "tversky", "focal_tversky";
                                  # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, -0.014
-                                 # [-0.039, +0.006] at the CPU scale, more false alarms (README thirteenth round);
+                                 # [-0.039, +0.006] at the CPU scale, more false alarms (thirteenth round);
                                  # "topk_bce_dice" (nnU-Net's crossentropy of the 10% hardest pixels): -0.005
                                  # [-0.017, +0.005] at the demo scale, +0.003 [-0.017, +0.021] at the CPU scale,
-                                 # more false alarms at both (README fourteenth round)
+                                 # more false alarms at both (fourteenth round)
 LEARNING_RATE = 1e-3
 LR_SCHEDULE = "cosine"           # "cosine": warm-up then cosine decay over EPOCHS; "poly": nnU-Net's
                                  # polynomial decay (power 0.9); "plateau": halve on a val-Dice plateau.
@@ -218,13 +222,13 @@ MAX_VESSEL_DISTANCE_MM = 0.0     # drop predicted 3D components farther than thi
                                  # not (needs a CTA modality in HU). 0 = off; None = tuned from 0, 2 and 4 mm.
                                  # Off: on a development cohort the tuner did slightly better without it,
                                  # and 4 mm after the tuned filters cut FP components per case 0.14 -> 0.12
-                                 # (without the tuned filters 2.20 -> 1.26, no clot lost; README sixteenth round)
+                                 # (without the tuned filters 2.20 -> 1.26, no clot lost; sixteenth round)
 MAX_COMPONENT_CTA_HU = 130.0     # drop predicted 3D components whose median CTA value is above this (HU): a
                                  # thrombus is a filling defect (its NCCT HU plus 0-30 HU on CTA), lumen is
                                  # above 150 HU, so a brighter component is patent artery or calcified wall.
                                  # Does nothing without a CTA modality in HU. 0 = off; None = tuned from 0
                                  # and 130 HU. Held: over 11 models FP components per case 0.39 -> 0.20,
-                                 # 262 vs 263 of 352 clots found (README eighteenth round); raise it for
+                                 # 262 vs 263 of 352 clots found (eighteenth round); raise it for
                                  # very pervious clots.
 KEEP_LARGEST_COMPONENT = None    # keep only the largest predicted 3D component
 SAVE_PROBABILITIES = False
@@ -244,7 +248,7 @@ PRESETS = {
         "INPUT_SHAPE": (128, 128, 2),
         "TARGET_SPACING_MM": (1.0, 1.0, 1.0),   # PREPROCESS: the 120 mm crop in 128 pixels
         "BASE_FILTERS": 16,                     # half the epochs of 8 filters in the 5 minutes, and better on
-                                                # another generator's cohort (README "Eleventh round"); on a
+                                                # another generator's cohort ("Eleventh round"); on a
                                                 # machine half as fast, 8 filters raise fewer false alarms
         "PATCH_SIZE": (64, 64),                 # 4x cheaper steps, every clot slice's patch holds its clot
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": 1920,
@@ -265,7 +269,7 @@ PRESETS = {
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": 3200,
         "TARGET_SAMPLE_SIZE_AUG_VAL": 320,
         "EPOCHS": 24,                           # ~13 min on the first machine (15-17 fit in 20 min on one
-                                                # half as fast); 40 epochs scored the same (README)
+                                                # half as fast); 40 epochs scored the same (CPU lever table)
         "BATCH_SIZE": 32,
         "LEARNING_RATE": 2e-3,
         "EARLY_STOPPING_PATIENCE": 24,

@@ -5,7 +5,7 @@ Why: on a CPU, Keras 3's TensorFlow trainer feeds a `PyDataset` (our
 default malloc, the activation and gradient buffers of every step (a few MB
 each) are given back to the kernel when freed (trimmed heap tops, mmapped
 chunks) and faulted in again, zero-filled, on the next step. Measured on a
-2-core AMD EPYC VM (README "Seventeenth round"; `CLOTSEG_MALLOC_TUNING=0|1
+2-core AMD EPYC VM (docs/quality-rounds.md "Seventeenth round"; `CLOTSEG_MALLOC_TUNING=0|1
 python -m bench.benchmark --size cpu --context-slices 1 --only
 training,inference`): the `cpu` preset's network took 1,003 ms per
 generator-fed step, 95 of the run's 150 s in the kernel (36 million minor

@@ -66,7 +66,7 @@ VESSEL_DISTANCES_MM = (0.0, 2.0, 4.0)
 CTA_LUMEN_HU = (0.0, 130.0)
 # (config.py holds it at 130 HU: on a development cohort of the first build's
 # generator it cut FP components per case 0.14 -> 0.11 with no clot lost,
-# where searching it changed nothing; README eighteenth round.)
+# where searching it changed nothing; docs/quality-rounds.md, eighteenth round.)
 # A size filter may only remove components smaller than SIZE_MARGIN x the
 # smallest validation clot (voxels). A filter just under the validation
 # clots' sizes removes every false alarm there and still "finds" every clot,
