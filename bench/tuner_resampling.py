@@ -35,6 +35,11 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
               the tuner as shipped with MAX_COMPONENT_CTA_HU = 130 held
   plain + 130 HU
               0.5, no TTA, only the lumen filter at 130 HU
+  tuner holding 130 HU, ties within D
+              the same as shipped, choices within D of the best mean
+              validation Dice counted as tied (DICE_TOLERANCE = D)
+
+--rules RULE [RULE ...] compares only those (each rule costs one tuning per draw).
 
 Prints JSON and a Markdown table: clot-case Dice, FP components per case,
 case sensitivity and the share of clot-free cases without an alarm, pooled
@@ -64,7 +69,9 @@ DEV_SEED, DEV_CASES, N_TUNE = 5000, 40, 8
 RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to the vessel filter",
          "tuner without the vessel filter",
          "tuner holding 4 mm", "plain", "plain + KL", "plain + 4 mm",
-         "tuner with the lumen filter", "tuner holding 130 HU", "plain + 130 HU")
+         "tuner with the lumen filter", "tuner holding 130 HU", "plain + 130 HU",
+         "tuner holding 130 HU, ties within 0.005", "tuner holding 130 HU, ties within 0.01",
+         "tuner holding 130 HU, ties within 0.02")
 LUMEN_HU = 130.0
 
 
@@ -138,6 +145,9 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
         return pp.tune(tune_cases, ctas=ctas)["chosen"]
     if rule == "tuner holding 130 HU" and ctas is not None:
         return pp.tune(tune_cases, ctas=ctas, fixed={"max_component_cta_hu": LUMEN_HU})["chosen"]
+    if rule.startswith("tuner holding 130 HU, ties within ") and ctas is not None:
+        with mock.patch.object(pp, "DICE_TOLERANCE", float(rule.rsplit(" ", 1)[1])):
+            return pp.tune(tune_cases, ctas=ctas, fixed={"max_component_cta_hu": LUMEN_HU})["chosen"]
     if rule == "plain + 130 HU":
         return pp.PostProcessing(max_component_cta_hu=LUMEN_HU if ctas is not None else 0.0).as_dict()
 
@@ -164,7 +174,7 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
 
 
 def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, seed: int = 0,
-             near: list | None = None, ctas: list | None = None) -> dict:
+             near: list | None = None, ctas: list | None = None, rules=RULES) -> dict:
     """{rule: [(clot Dice, FP components per case, sensitivity, control specificity), ...]} per draw.
     `near`: per case (vessel mask, spacing mm), or None without a CTA; `ctas`:
     per case the CTA in HU, or None."""
@@ -177,7 +187,7 @@ def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, se
                         for m, truth, v, c in zip(members, truths, vessels, cta_list)]
              for tta in (False, True) for t in pp.THRESHOLDS}
     rng = np.random.default_rng(seed)
-    out = {rule: [] for rule in RULES}
+    out = {rule: [] for rule in rules}
     for _ in range(draws):
         order = rng.permutation(n)
         tune_idx, score_idx = order[:N_TUNE], order[N_TUNE:]
@@ -186,7 +196,7 @@ def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, se
         tune_cases = [(list(members[i]), truths[i]) for i in tune_idx]
         tune_near = [near[i] for i in tune_idx] if near is not None else None
         tune_ctas = [ctas[i] for i in tune_idx] if ctas is not None else None
-        for rule in RULES:
+        for rule in rules:
             ch = _choose(rule, tune_cases, tune_near, tune_ctas)
             scores = [pp._score(comps[(ch["tta_flips"], ch["threshold"])][i], ch["min_component_voxels"],
                                 ch["keep_largest_component"], ch["min_component_peak"],
@@ -207,7 +217,12 @@ def main(argv=None) -> int:
     parser.add_argument("--scale", default="demo", help="bench/quality.py scale whose case sizes to use")
     parser.add_argument("--dev-domain", default="standard",
                         help="generator of the development cohort (bench/quality.py TEST_DOMAINS; use its own --dev)")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), metavar="RULE",
+                        help="compare only these rules (default: all)")
     args = parser.parse_args(argv)
+    unknown = [r for r in args.rules if r not in RULES]
+    if unknown:
+        parser.exit(2, f"bench.tuner_resampling: --rules: unknown {unknown[0]!r}; choose from {', '.join(RULES)}\n")
     from clotseg.io import load_npy
 
     from bench.quality import TEST_DOMAINS
@@ -218,13 +233,14 @@ def main(argv=None) -> int:
     cases = _dev_cohort(args.dev, args.scale, args.dev_domain)
     truths = [load_npy(args.dev / "masks" / f"{c}_seg_corrected_binary.npy") > 0 for c in cases]
     near, ctas = _cta_inputs(args.dev, cases)
-    pooled = {rule: [] for rule in RULES}
+    pooled = {rule: [] for rule in args.rules}
     for workdir in args.workdirs:
         try:  # a folder without a finished run is a user's mistake: one line, exit status 2
             members = _members(workdir, args.dev, cases)
         except FileNotFoundError as exc:
             parser.exit(2, f"bench.tuner_resampling: {exc}\n")
-        for rule, rows in resample(members, truths, args.draws, near=near, ctas=ctas).items():
+        for rule, rows in resample(members, truths, args.draws, near=near, ctas=ctas,
+                                      rules=args.rules).items():
             pooled[rule] += rows
     keys = ("clot_dice", "fp_components_per_case", "case_sensitivity", "controls_without_alarm")
     report = {"models": [str(w) for w in args.workdirs], "draws_per_model": args.draws,

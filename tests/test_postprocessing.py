@@ -448,6 +448,30 @@ def test_ties_go_to_the_largest_filter_under_the_cap_when_asked(monkeypatch):
     assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
 
 
+def test_choices_within_the_dice_tolerance_count_as_tied(monkeypatch):
+    """A faint voxel of each clot (0.45) is caught by 0.4 but not 0.5: a
+    Dice gain of 0.019. Without a tolerance 0.4 wins; with DICE_TOLERANCE
+    0.02 the two tie and the plainer 0.5 is kept; a gain beyond it still wins."""
+    from clotseg import postprocessing
+
+    def case(faint):
+        prob, truth = _clot_case()
+        prob[4, 4, 2] = faint
+        return [prob], truth
+
+    cases = [case(0.45) for _ in range(3)]
+    assert postprocessing.DICE_TOLERANCE == 0.0
+    result = tune(cases, min_clot_cases=1)
+    assert _chosen(result).threshold == 0.4
+    assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(1.0)
+    monkeypatch.setattr(postprocessing, "DICE_TOLERANCE", 0.02)
+    result = tune(cases, min_clot_cases=1)
+    assert _chosen(result).threshold == 0.5
+    assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(2 * 26 / 53)
+    monkeypatch.setattr(postprocessing, "DICE_TOLERANCE", 0.01)
+    assert _chosen(tune(cases, min_clot_cases=1)).threshold == 0.4
+
+
 def _vessel_cohort():
     """Six clot cases whose clot sits against a vessel, and two controls with a
     confident 8-voxel speck 5 mm from any vessel; the clots are the same size

@@ -101,3 +101,19 @@ def test_the_vessel_rules_drop_the_alarms_away_from_the_vessels():
     assert np.allclose(held[:, 1], 0.0)
     without = resample(members, truths, draws=12)
     assert np.allclose(np.array(without["plain + 4 mm"]), np.array(without["plain"]))
+
+
+def test_rules_picks_the_rules_compared_and_refuses_an_unknown_one(tmp_path, capsys):
+    import pytest
+
+    from bench.tuner_resampling import main
+
+    members, truths = _cohort()
+    chosen = ("plain", "tuner holding 130 HU, ties within 0.01")
+    out = resample(members, truths, draws=6, rules=chosen)
+    assert set(out) == set(chosen) and all(out[r] for r in chosen)
+    with pytest.raises(SystemExit) as exc:
+        main([str(tmp_path), "--rules", "plain", "no such rule"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--rules: unknown 'no such rule'" in err and len(err.strip().splitlines()) == 1
