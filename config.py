@@ -132,7 +132,9 @@ CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below 
                                  # alarm; k = 2 scored the same as 1. Trained on another generator (small,
                                  # short clots) 0 and 1 report the same after the tuned post-processing
                                  # (demo, 3 seeds: -0.004 [-0.029, +0.023]; CPU scale, 2 seeds: +0.022
-                                 # [-0.004, +0.056]), 1 with fewer false alarms (sixth round).
+                                 # [-0.004, +0.056]), 1 with fewer false alarms (sixth round). 2 vs 1 with
+                                 # today's defaults (demo, 3 seeds): -0.008 [-0.029, +0.010], on the clots
+                                 # that are not hyperdense -0.073 [-0.135, -0.026] (nineteenth round).
                                  # A gap in a 2D slice import (sidecar slice_gaps) counts as a volume edge
 SYMMETRY_CHANNELS = False        # also feed every input plane mirrored left-right about the head's midline
                                  # (each pixel beside its contralateral counterpart, as a reader compares
