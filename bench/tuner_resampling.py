@@ -143,11 +143,11 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
 
     if rule == "tuner with the lumen filter":
         return pp.tune(tune_cases, ctas=ctas)["chosen"]
-    if rule == "tuner holding 130 HU" and ctas is not None:
-        return pp.tune(tune_cases, ctas=ctas, fixed={"max_component_cta_hu": LUMEN_HU})["chosen"]
-    if rule.startswith("tuner holding 130 HU, ties within ") and ctas is not None:
-        with mock.patch.object(pp, "DICE_TOLERANCE", float(rule.rsplit(" ", 1)[1])):
-            return pp.tune(tune_cases, ctas=ctas, fixed={"max_component_cta_hu": LUMEN_HU})["chosen"]
+    if rule.startswith("tuner holding 130 HU"):  # as shipped, or ", ties within D" (DICE_TOLERANCE = D)
+        tolerance = float(rule.rsplit(" ", 1)[1]) if ", ties within " in rule else pp.DICE_TOLERANCE
+        held = {"max_component_cta_hu": LUMEN_HU} if ctas is not None else None
+        with mock.patch.object(pp, "DICE_TOLERANCE", tolerance):
+            return pp.tune(tune_cases, ctas=ctas, fixed=held)["chosen"]
     if rule == "plain + 130 HU":
         return pp.PostProcessing(max_component_cta_hu=LUMEN_HU if ctas is not None else 0.0).as_dict()
 
@@ -157,7 +157,7 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
         return pp.PostProcessing(keep_largest_component=True).as_dict()
     if rule == "plain + 4 mm":
         return pp.PostProcessing(max_vessel_distance_mm=4.0 if near is not None else 0.0).as_dict()
-    if rule in ("tuner without the vessel filter", "tuner holding 130 HU"):
+    if rule == "tuner without the vessel filter":
         return pp.tune(tune_cases)["chosen"]
     if rule == "tuner holding 4 mm" and near is not None:
         return pp.tune(tune_cases, vessels=near, fixed={"max_vessel_distance_mm": 4.0})["chosen"]
