@@ -74,6 +74,18 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             is unchanged. Needs `modality_channels`.
         modality_channels: one list of channel indices per modality (see
             `clotseg.intensity.modality_channels`); at least two modalities.
+        endless: serve one endless stream instead of one epoch at a time
+            (for training): Keras sees no length (`num_batches` None) and
+            fit() needs `steps_per_epoch=len(generator)`; stream batch i is
+            batch i % len of epoch e = (the `set_epoch` value) + i // len,
+            exactly the batch the epoch-by-epoch generator serves for e.
+            Why: under TensorFlow, Keras wraps a PyDataset in
+            `tf.data.Dataset.from_generator(...).prefetch(AUTOTUNE)` and, for a
+            dataset with a length, builds a new iterator every epoch; tearing
+            the old one down waits for its prefetch thread, which stalled the
+            first step of some epochs by 5-25 s on a 2-core CPU (a
+            5-minute demo lost about 20 s). With no length Keras keeps one
+            iterator for the whole fit(). `on_epoch_end` then does nothing.
         **kwargs: workers, use_multiprocessing, max_queue_size (PyDataset).
 
     Batches: x (B, H, W, C) of `image_dtype`; y float32 (B, H, W, 1) in {0, 1}
@@ -102,6 +114,7 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         num_outputs=1,
         modality_dropout=0.0,
         modality_channels=None,
+        endless=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -129,8 +142,8 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         self.indices = self._validate_indices(indices)
         self.patch_size = self._validate_patch(patch_size)
         self.modality_dropout, self.modality_channels = self._validate_dropout(modality_dropout, modality_channels)
-        self.epoch = 0
-        self.order = self._epoch_order()
+        self.endless = bool(endless)
+        self.set_epoch(0)
 
     # ------------------------------------------------------------ validation
     def _describe(self) -> str:
@@ -201,17 +214,21 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         return probability, groups
 
     # ------------------------------------------------------------ ordering
-    def _epoch_order(self) -> np.ndarray:
+    def _epoch_order(self, epoch=None) -> np.ndarray:
+        epoch = self.epoch if epoch is None else epoch
         if not self.shuffle:
             return self.indices
-        return self.indices[np.random.default_rng(self.seed + self.epoch).permutation(len(self.indices))]
+        return self.indices[np.random.default_rng(self.seed + epoch).permutation(len(self.indices))]
 
     def set_epoch(self, epoch: int):
         """Jump to the sample order of `epoch` (0-based), e.g. when resuming training."""
         self.epoch = int(epoch)
         self.order = self._epoch_order()
+        self._stream_order = (self.epoch, self.order)
 
     def on_epoch_end(self):
+        if self.endless:
+            return  # the stream's batch index says the epoch
         # Reshuffle here, not in on_epoch_begin: Keras stops its worker queue
         # before on_epoch_end but starts it before on_epoch_begin, so only
         # here can the order change without racing the workers.
@@ -221,11 +238,31 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
     def __len__(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
 
+    @property
+    def num_batches(self):
+        """Batches Keras should expect: None (endless) or one epoch's."""
+        return None if self.endless else len(self)
+
     def __getitem__(self, idx):
         """Batch `idx`: (x, y) as described in the class docstring."""
-        if not 0 <= idx < len(self):
-            raise IndexError(f"batch {idx} out of range [0, {len(self)})")
-        wanted = self.order[idx * self.batch_size : (idx + 1) * self.batch_size]
+        if self.endless:
+            if idx < 0:
+                raise IndexError(f"batch {idx} out of range [0, infinity)")
+            offset, idx = divmod(int(idx), len(self))
+            epoch = self.epoch + offset
+            cached_epoch, order = self._stream_order
+            if cached_epoch != epoch:  # one epoch's order at a time: the stream only moves forward
+                order = self._epoch_order(epoch)
+                self._stream_order = (epoch, order)
+        else:
+            if not 0 <= idx < len(self):
+                raise IndexError(f"batch {idx} out of range [0, {len(self)})")
+            epoch, order = self.epoch, self.order
+        return self._batch(epoch, int(idx), order)
+
+    def _batch(self, epoch: int, idx: int, order: np.ndarray):
+        """Batch `idx` of `epoch`, whose sample order is `order`."""
+        wanted = order[idx * self.batch_size : (idx + 1) * self.batch_size]
         # Memmap rows are read fastest in ascending file order; the stable sort
         # lets `inverse` put them back into the shuffled order afterwards.
         ascending = np.argsort(wanted, kind="stable")
@@ -235,9 +272,9 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         x = np.asarray(self.images[rows])[inverse]
         masks = np.asarray(self.masks[rows])[inverse]
         if self.patch_size is not None:
-            x, masks = self._crop(x, masks, np.random.default_rng([self.seed, self.epoch, int(idx)]))
+            x, masks = self._crop(x, masks, np.random.default_rng([self.seed, epoch, idx]))
         if self.modality_dropout > 0.0:
-            x = self._drop_modalities(x, np.random.default_rng([self.seed, self.epoch, int(idx), 1]))
+            x = self._drop_modalities(x, np.random.default_rng([self.seed, epoch, idx, 1]))
         y = self._targets(masks)
         # deep supervision: every output gets the same full-size target (its loss pools it)
         return x.astype(self.image_dtype, copy=False), (y if self.num_outputs == 1 else (y,) * self.num_outputs)

@@ -212,3 +212,57 @@ def test_uint8_batches_train_the_model_exactly_as_float32_batches():
         runs[dtype] = (history, model.get_weights())
     assert runs["uint8"][0] == runs["float32"][0] and runs["uint8"][0][1] != runs["uint8"][0][0]
     assert all(np.array_equal(a, b) for a, b in zip(runs["uint8"][1], runs["float32"][1]))
+
+
+def test_endless_stream_serves_the_epoch_by_epoch_batches(cohort):
+    """Training's endless stream (one data iterator for the whole fit):
+    stream batch i is batch i % len of epoch start + i // len, patches and
+    all, and Keras' on_epoch_end calls do not move it."""
+    img_path, msk_path, _, _ = cohort
+    kwargs = dict(batch_size=8, seed=5, patch_size=(4, 4))
+    stream = DataGeneratorUNet2D(img_path, msk_path, endless=True, **kwargs)
+    assert stream.num_batches is None and len(stream) == 5
+    stream.set_epoch(2)  # a resumed run starts its stream at its epoch
+    epochwise = DataGeneratorUNet2D(img_path, msk_path, **kwargs)
+    assert epochwise.num_batches == 5
+    for epoch in (2, 3, 4):
+        epochwise.set_epoch(epoch)
+        for b in range(len(epochwise)):
+            stream.on_epoch_end()  # what Keras calls between epochs: no effect on the stream
+            x, y = stream[(epoch - 2) * len(stream) + b]
+            x_ref, y_ref = epochwise[b]
+            np.testing.assert_array_equal(x, x_ref)
+            np.testing.assert_array_equal(y, y_ref)
+    whole = DataGeneratorUNet2D(img_path, msk_path, batch_size=8, seed=5, endless=True)
+    ids = [np.concatenate([sample_ids(whole[e * 5 + b][0]) for b in range(5)]) for e in range(2)]
+    assert all(np.array_equal(np.sort(i), np.arange(N)) for i in ids)  # every sample once per epoch
+    assert not np.array_equal(ids[0], ids[1])  # each epoch reshuffled
+    with pytest.raises(IndexError):
+        stream[-1]
+
+
+def test_fit_on_the_endless_stream_sees_each_epochs_order(cohort):
+    """model.fit with steps_per_epoch = len over the endless stream trains
+    epoch by epoch on the same samples as the epoch-by-epoch generator."""
+    import keras
+
+    img_path, msk_path, _, _ = cohort
+    served = []
+
+    class Recording(DataGeneratorUNet2D):
+        def _batch(self, epoch, idx, order):
+            served.append((epoch, idx))
+            return super()._batch(epoch, idx, order)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((H, W, C))
+    model = keras.Model(inputs, keras.layers.Conv2D(1, 1, activation="sigmoid")(inputs / 255.0))
+    model.compile(optimizer="adam", loss="binary_crossentropy")
+    gen = Recording(img_path, msk_path, batch_size=8, seed=5, endless=True)
+    history = model.fit(gen, epochs=3, steps_per_epoch=len(gen), shuffle=False, verbose=0).history["loss"]
+    assert len(history) == 3
+    # the three epochs in order, one stream (TensorFlow first peeks at two batches for their
+    # shapes, and its prefetching may run ahead of the last step)
+    expected = [(e, b) for e in range(3) for b in range(5)]
+    assert any(served[k:k + 15] == expected for k in range(len(served)))
+    assert not any(served[k:k + 2] == [(0, 4), (0, 0)] for k in range(len(served)))  # no epoch served twice
