@@ -206,10 +206,11 @@ def measure_training(settings, jit: bool, epochs: int) -> tuple[dict, object]:
     keras.utils.set_random_seed(settings.random_seed)
     store = augmented_dir(settings, "Training")
     gen = DataGeneratorUNet2D(store / IMAGES, store / MASKS, batch_size=settings.batch_size, shuffle=True,
-                              seed=settings.random_seed, num_classes=settings.num_classes, image_dtype="uint8")
+                              seed=settings.random_seed, num_classes=settings.num_classes, image_dtype="uint8",
+                              endless=True)  # one stream, as stages/train.py feeds it
     model = compiled_model(settings, jit)
     timer = EpochTimer()
-    model.fit(gen, epochs=epochs, callbacks=[timer], verbose=0)
+    model.fit(gen, epochs=epochs, steps_per_epoch=len(gen), shuffle=False, callbacks=[timer], verbose=0)
     timed = timer.seconds[1:]
     n = len(gen.indices)
     return {"n_samples_per_epoch": n, "steps_per_epoch": len(gen), "epochs": epochs, "image_dtype": "uint8",
