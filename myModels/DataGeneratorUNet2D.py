@@ -49,6 +49,7 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
             fit()/evaluate() start, so fit epoch k (0-based) of a fresh
             generator is served with e = k + 1; to resume at `initial_epoch`,
             call `set_epoch(initial_epoch)` before fit() to get the same orders.
+            An endless stream (below) serves fit epoch k with e = start + k.
         indices: optional 1-D integer sample indices to draw from (default:
             all N); repeated indices are served repeatedly (oversampling).
         num_classes: 1 -> y is the binary mask; K > 1 -> y is one-hot.

@@ -510,7 +510,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                             # iterator rebuild stalled epochs by 5-25 s (the generator's docstring)
                             endless=cohort == TRAINING)
         for cohort in TRAIN_COHORTS)
-    # Keras' shuffling sequence must continue where the killed run stopped.
+    # the stream starts at the killed run's epoch: its sample orders and crops continue as they would have
     train_gen.set_epoch(initial_epoch)
 
     early = ResumableEarlyStopping(initial_state=state.get("early_stopping"), monitor=MONITOR, mode="max",
