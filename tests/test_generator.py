@@ -266,3 +266,36 @@ def test_fit_on_the_endless_stream_sees_each_epochs_order(cohort):
     expected = [(e, b) for e in range(3) for b in range(5)]
     assert any(served[k:k + 15] == expected for k in range(len(served)))
     assert not any(served[k:k + 2] == [(0, 4), (0, 0)] for k in range(len(served)))  # no epoch served twice
+
+
+def test_training_feeds_fit_one_stream_of_consecutive_epochs(tmp_path, monkeypatch):
+    """stages/train.py: the Training generator is one endless stream that
+    serves epoch 0's batches, then epoch 1's; validation keeps its finite
+    generator."""
+    from clotseg.pipeline import prepare_data
+    from clotseg.stages import train as train_stage
+    from tests.conftest import quiet, tiny_settings, write_cohort
+
+    made = []
+
+    class Spy(DataGeneratorUNet2D):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.served = []
+            made.append(self)
+
+        def _batch(self, epoch, idx, order):
+            self.served.append((epoch, idx))
+            return super()._batch(epoch, idx, order)
+
+    monkeypatch.setattr(train_stage, "DataGeneratorUNet2D", Spy)
+    s = tiny_settings(tmp_path, epochs=2)
+    write_cohort(s, n=8)
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    train_stage.run_training(s, log=quiet)
+    training, validation = sorted(made, key=lambda g: not g.shuffle)
+    assert training.endless and training.num_batches is None and not validation.endless
+    n = len(training)
+    expected = [(e, b) for e in range(2) for b in range(n)]
+    assert any(training.served[k:k + 2 * n] == expected for k in range(len(training.served)))
+    assert validation.served  # validated on its own generator
