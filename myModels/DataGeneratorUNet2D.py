@@ -144,7 +144,8 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         self.patch_size = self._validate_patch(patch_size)
         self.modality_dropout, self.modality_channels = self._validate_dropout(modality_dropout, modality_channels)
         self.endless = bool(endless)
-        self.set_epoch(0)
+        self.epoch = 0
+        self._kept_order = None  # (epoch, its sample order): the last one asked for
 
     # ------------------------------------------------------------ validation
     def _describe(self) -> str:
@@ -215,17 +216,25 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
         return probability, groups
 
     # ------------------------------------------------------------ ordering
-    def _epoch_order(self, epoch=None) -> np.ndarray:
-        epoch = self.epoch if epoch is None else epoch
-        if not self.shuffle:
-            return self.indices
-        return self.indices[np.random.default_rng(self.seed + epoch).permutation(len(self.indices))]
+    def _order_of(self, epoch: int) -> np.ndarray:
+        """The sample order of `epoch`; the last one is kept, since batches
+        (and an endless stream's epochs) are asked for in order."""
+        kept = self._kept_order
+        if kept is None or kept[0] != epoch:
+            order = self.indices
+            if self.shuffle:
+                order = order[np.random.default_rng(self.seed + epoch).permutation(len(order))]
+            self._kept_order = kept = (epoch, order)
+        return kept[1]
+
+    @property
+    def order(self) -> np.ndarray:
+        """The sample order of the current epoch (an endless stream's first)."""
+        return self._order_of(self.epoch)
 
     def set_epoch(self, epoch: int):
         """Jump to the sample order of `epoch` (0-based), e.g. when resuming training."""
         self.epoch = int(epoch)
-        self.order = self._epoch_order()
-        self._stream_order = (self.epoch, self.order)
 
     def on_epoch_end(self):
         if self.endless:
@@ -251,19 +260,15 @@ class DataGeneratorUNet2D(keras.utils.PyDataset):
                 raise IndexError(f"batch {idx} out of range [0, infinity)")
             offset, idx = divmod(int(idx), len(self))
             epoch = self.epoch + offset
-            cached_epoch, order = self._stream_order
-            if cached_epoch != epoch:  # one epoch's order at a time: the stream only moves forward
-                order = self._epoch_order(epoch)
-                self._stream_order = (epoch, order)
         else:
             if not 0 <= idx < len(self):
                 raise IndexError(f"batch {idx} out of range [0, {len(self)})")
-            epoch, order = self.epoch, self.order
-        return self._batch(epoch, int(idx), order)
+            epoch = self.epoch
+        return self._batch(epoch, int(idx))
 
-    def _batch(self, epoch: int, idx: int, order: np.ndarray):
-        """Batch `idx` of `epoch`, whose sample order is `order`."""
-        wanted = order[idx * self.batch_size : (idx + 1) * self.batch_size]
+    def _batch(self, epoch: int, idx: int):
+        """Batch `idx` of `epoch`."""
+        wanted = self._order_of(epoch)[idx * self.batch_size : (idx + 1) * self.batch_size]
         # Memmap rows are read fastest in ascending file order; the stable sort
         # lets `inverse` put them back into the shuffled order afterwards.
         ascending = np.argsort(wanted, kind="stable")

@@ -250,9 +250,9 @@ def test_fit_on_the_endless_stream_sees_each_epochs_order(cohort):
     served = []
 
     class Recording(DataGeneratorUNet2D):
-        def _batch(self, epoch, idx, order):
+        def _batch(self, epoch, idx):
             served.append((epoch, idx))
-            return super()._batch(epoch, idx, order)
+            return super()._batch(epoch, idx)
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((H, W, C))
@@ -284,9 +284,9 @@ def test_training_feeds_fit_one_stream_of_consecutive_epochs(tmp_path, monkeypat
             self.served = []
             made.append(self)
 
-        def _batch(self, epoch, idx, order):
+        def _batch(self, epoch, idx):
             self.served.append((epoch, idx))
-            return super()._batch(epoch, idx, order)
+            return super()._batch(epoch, idx)
 
     monkeypatch.setattr(train_stage, "DataGeneratorUNet2D", Spy)
     s = tiny_settings(tmp_path, epochs=2)
