@@ -38,6 +38,9 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
   tuner holding 130 HU, ties within D
               the same as shipped, choices within D of the best mean
               validation Dice counted as tied (DICE_TOLERANCE = D)
+  tuner holding 130 HU and peak P
+              the same as shipped with MIN_COMPONENT_PEAK = P held too
+              (a kept component must reach probability P somewhere)
 
 --rules RULE [RULE ...] compares only those (each rule costs one tuning per draw).
 
@@ -71,7 +74,9 @@ RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to
          "tuner holding 4 mm", "plain", "plain + KL", "plain + 4 mm",
          "tuner with the lumen filter", "tuner holding 130 HU", "plain + 130 HU",
          "tuner holding 130 HU, ties within 0.005", "tuner holding 130 HU, ties within 0.01",
-         "tuner holding 130 HU, ties within 0.02")
+         "tuner holding 130 HU, ties within 0.02",
+         "tuner holding 130 HU and peak 0.6", "tuner holding 130 HU and peak 0.7",
+         "tuner holding 130 HU and peak 0.8")
 LUMEN_HU = 130.0
 
 
@@ -143,6 +148,10 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
 
     if rule == "tuner with the lumen filter":
         return pp.tune(tune_cases, ctas=ctas)["chosen"]
+    if rule.startswith("tuner holding 130 HU and peak "):  # MIN_COMPONENT_PEAK held as well
+        held = {"min_component_peak": float(rule.rsplit(" ", 1)[1]),
+                **({"max_component_cta_hu": LUMEN_HU} if ctas is not None else {})}
+        return pp.tune(tune_cases, ctas=ctas, fixed=held)["chosen"]
     if rule.startswith("tuner holding 130 HU"):  # as shipped, or ", ties within D" (DICE_TOLERANCE = D)
         tolerance = float(rule.rsplit(" ", 1)[1]) if ", ties within " in rule else pp.DICE_TOLERANCE
         held = {"max_component_cta_hu": LUMEN_HU} if ctas is not None else None

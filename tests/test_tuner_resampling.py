@@ -66,6 +66,25 @@ def test_the_lumen_rules_read_each_case_s_cta():
     assert np.allclose(np.array(without["plain + 130 HU"])[:, 1], 1.0)
 
 
+def test_the_peak_rules_hold_the_peak_filter():
+    """The alarms peak at 0.75, the clots at 0.9: holding a peak of 0.8 clears
+    every alarm whatever threshold the tuner picks; each peak rule's choice
+    carries its peak (and no lumen filter without a CTA)."""
+    from bench.tuner_resampling import _choose
+
+    members, truths = _cohort()
+    for prob in members:
+        prob[(prob > 0.7) & (prob < 0.85)] = 0.75
+    out = resample(members, truths, draws=12, rules=["plain", "tuner holding 130 HU and peak 0.8"])
+    held = np.array(out["tuner holding 130 HU and peak 0.8"])
+    assert np.allclose(held[:, 1], 0.0) and np.allclose(held[:, 3], 1.0)   # no alarm left, controls clean
+    assert np.allclose(np.array(out["plain"])[:, 1], 1.0)
+    tune_cases = [(list(m), t) for m, t in zip(members[:8], truths[:8])]
+    for peak in (0.6, 0.7, 0.8):
+        chosen = _choose(f"tuner holding 130 HU and peak {peak}", tune_cases)
+        assert chosen["min_component_peak"] == peak and chosen["max_component_cta_hu"] == 0.0
+
+
 def test_a_folder_without_a_finished_run_is_one_line_and_exit_status_2(tmp_path, capsys):
     import pytest
 
