@@ -148,13 +148,12 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
 
     if rule == "tuner with the lumen filter":
         return pp.tune(tune_cases, ctas=ctas)["chosen"]
-    if rule.startswith("tuner holding 130 HU and peak "):  # MIN_COMPONENT_PEAK held as well
-        held = {"min_component_peak": float(rule.rsplit(" ", 1)[1]),
-                **({"max_component_cta_hu": LUMEN_HU} if ctas is not None else {})}
-        return pp.tune(tune_cases, ctas=ctas, fixed=held)["chosen"]
-    if rule.startswith("tuner holding 130 HU"):  # as shipped, or ", ties within D" (DICE_TOLERANCE = D)
+    if rule.startswith("tuner holding 130 HU"):
+        # as shipped, ", ties within D" (DICE_TOLERANCE = D) or " and peak P" (MIN_COMPONENT_PEAK = P held too)
         tolerance = float(rule.rsplit(" ", 1)[1]) if ", ties within " in rule else pp.DICE_TOLERANCE
-        held = {"max_component_cta_hu": LUMEN_HU} if ctas is not None else None
+        held = {"max_component_cta_hu": LUMEN_HU} if ctas is not None else {}
+        if " and peak " in rule:
+            held["min_component_peak"] = float(rule.rsplit(" ", 1)[1])
         with mock.patch.object(pp, "DICE_TOLERANCE", tolerance):
             return pp.tune(tune_cases, ctas=ctas, fixed=held)["chosen"]
     if rule == "plain + 130 HU":
