@@ -123,5 +123,9 @@ def component_medians(labels: np.ndarray, n: int, values: np.ndarray, offset=(0,
     medians = np.full(n, np.nan)
     index = np.flatnonzero(present) + 1
     if index.size:
-        medians[present] = ndimage.median(values[box], labels, index)
+        # Only the labelled voxels: ndimage.median sorts every value it is
+        # given, and a whole 128x128x64 volume for a few small components
+        # took ~200 ms where their voxels alone take well under 1 ms.
+        inside = labels > 0
+        medians[present] = ndimage.median(values[box][inside], labels[inside], index)
     return medians

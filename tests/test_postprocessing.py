@@ -624,6 +624,13 @@ def test_component_medians_read_each_component_in_its_box():
     assert np.isnan(component_medians(labels, 3, values)[1])
     assert component_medians(labels[2:, 2:], 3, values, offset=(2, 2, 0))[2] == 31.0
     assert component_medians(labels, 0, values).shape == (0,)
+    # random components in a random volume: each one's median, whatever the background around it
+    rng = np.random.default_rng(0)
+    values = rng.normal(40.0, 30.0, (12, 10, 6))
+    labels = rng.integers(0, 5, (8, 7, 6)) * (rng.random((8, 7, 6)) < 0.3)
+    medians = component_medians(labels, 4, values, offset=(3, 2, 0))
+    for k in range(1, 5):
+        assert medians[k - 1] == pytest.approx(np.median(values[3:11, 2:9][labels == k]))
     with pytest.raises(ValueError, match="same number of axes"):
         component_medians(labels, 3, values[..., 0])
     # the CTA is found by name, whatever the modality order
