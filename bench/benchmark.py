@@ -297,7 +297,9 @@ def measure_host_inference(settings, root: Path, copies: int, batch: int) -> dic
     from clotseg.stages.evaluate import predict_cases
 
     inf, cases = inference_cohort(settings, root, copies)
-    post = PostProcessing(threshold=0.5, tta_flips=True, min_component_voxels=10)
+    # the lumen filter as testing.py applies it by default (config.py's 130 HU)
+    post = PostProcessing(threshold=0.5, tta_flips=True, min_component_voxels=10,
+                          max_component_cta_hu=inf.max_component_cta_hu or 0.0)
     quiet = lambda *a, **k: None  # noqa: E731
     free = FreeEnsemble(batch, settings.input_shape[:2])
     start = time.perf_counter()
