@@ -80,6 +80,26 @@ def label_components(mask: np.ndarray, runs=None) -> tuple[np.ndarray, int]:
     return labels, total
 
 
+def component_peaks(labels: np.ndarray, n: int, values: np.ndarray) -> np.ndarray:
+    """Per component 1..n of `labels` (int, the shape of `values`), the
+    largest of `values` (e.g. the probability) over its voxels; float64 (n,),
+    nan for a label with no voxel."""
+    from scipy import ndimage
+
+    if labels.shape != values.shape:
+        raise ValueError(f"component_peaks: labels {labels.shape} and values {values.shape} differ in shape")
+    peaks = np.full(n, np.nan)
+    if n == 0:
+        return peaks
+    # Only the labelled voxels: ndimage.maximum sorts every value it is given,
+    # and most of a volume is background (~10 ms a 128x128x64 case otherwise).
+    inside = labels > 0
+    present = np.bincount(labels[inside], minlength=n + 1)[1:] > 0
+    if present.any():
+        peaks[present] = ndimage.maximum(values[inside], labels[inside], np.flatnonzero(present) + 1)
+    return peaks
+
+
 def jsonable(value, finite_only: bool = True, str_keys: bool = True):
     """`value` as plain JSON-ready Python, recursively: tuples -> lists, Paths -> text,
     numpy scalars and 0-d arrays -> Python numbers, dict keys -> text (unless

@@ -19,9 +19,8 @@ from collections import deque
 from functools import partial
 
 import numpy as np
-from scipy import ndimage
 
-from clotseg.helpers import label_components, slice_runs
+from clotseg.helpers import component_peaks, label_components, slice_runs
 from clotseg.intensity import center_crop, volume_inputs
 
 _ITEM, _ERROR, _END = "item", "error", "end"
@@ -386,7 +385,7 @@ def _filter_components(mask: np.ndarray, min_voxels: int, keep_largest: bool, sl
         keep = sizes >= max(min_voxels, 1)
         if min_peak > 0:
             p = prob if prob.ndim == mask.ndim else prob[..., label if prob.shape[-1] > 1 else 0]
-            keep &= np.asarray(ndimage.maximum(p, comps, np.arange(1, n + 1))) >= min_peak
+            keep &= component_peaks(comps, n, p) >= min_peak
         if distances is not None:
             keep &= np.isfinite(distances(comps, n))
         if medians is not None:

@@ -40,9 +40,8 @@ from dataclasses import asdict, dataclass
 from itertools import product
 
 import numpy as np
-from scipy import ndimage
 
-from clotseg.helpers import label_components, slice_runs
+from clotseg.helpers import component_peaks, label_components, slice_runs
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # Below this many Validation cases with clot the choice is left at the plain
@@ -145,7 +144,7 @@ def _case_components(prob: np.ndarray, truth: np.ndarray, threshold: float, slic
     labels, n = label_components(prob > threshold, runs)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     overlap = np.bincount(labels[truth].ravel(), minlength=n + 1)[1:] if n else np.zeros(0, np.int64)
-    peaks = np.asarray(ndimage.maximum(prob, labels, np.arange(1, n + 1)), dtype=np.float64) if n else np.zeros(0)
+    peaks = component_peaks(labels, n, prob)
     distances = None
     if vessels is not None:
         from clotseg.vessels import component_distances

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clotseg.helpers import jsonable, natural_key, pattern_regex
+import pytest
+
+from clotseg.helpers import component_peaks, jsonable, natural_key, pattern_regex
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,6 +36,22 @@ def test_jsonable():
     json.dumps(out, allow_nan=False)
     kept = jsonable({"x": (float("inf"),)}, finite_only=False, str_keys=False)
     assert math.isinf(kept["x"][0])
+
+
+def test_component_peaks_are_each_components_largest_value():
+    rng = np.random.default_rng(1)
+    values = rng.random((9, 8, 5))
+    labels = rng.integers(0, 4, (9, 8, 5)) * (rng.random((9, 8, 5)) < 0.4)
+    labels[labels == 2] = 0                                    # label 2 has no voxel
+    values[labels == 0] = 5.0                                  # the background is brighter than any component
+    peaks = component_peaks(labels, 4, values)
+    assert np.isnan(peaks[1]) and peaks.dtype == np.float64
+    for k in (1, 3):
+        assert peaks[k - 1] == values[labels == k].max()
+    assert np.isnan(peaks[3])                                  # label 4 above the labels present
+    assert component_peaks(labels, 0, values).shape == (0,)
+    with pytest.raises(ValueError, match="differ in shape"):
+        component_peaks(labels, 3, values[..., 0])
 
 
 def test_no_other_definitions():
