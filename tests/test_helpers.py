@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 
 from clotseg.helpers import component_peaks, jsonable, natural_key, pattern_regex
