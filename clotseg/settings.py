@@ -111,9 +111,9 @@ class Settings:
     aug_p: float = 0.8
     augmentation: str = "strong"
     positive_fraction: float = 0.5
-    hard_negative_fraction: float = 0.5
+    hard_negative_fraction: float = 0.25
     positive_sampling: str = "slice"
-    clot_appearance_aug: float = 1.0
+    clot_appearance_aug: float = 0.5
     clot_appearance_hu: dict = field(default_factory=_default_clot_appearance_hu)
     modality_dropout: float = 0.0
     num_workers: int = 0
