@@ -103,7 +103,8 @@ POSITIVE_FRACTION = 0.5          # share of augmented samples drawn from slices 
 HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from hard negatives: slices
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels.
                                  # 0.5 (demo, 3 seeds): 2 instead of 5 of 24 controls with an alarm, but the
-                                 # clots that are not hyperdense -0.037 [-0.083, -0.007] (README lever table)
+                                 # clots that are not hyperdense -0.037 [-0.083, -0.007] (README lever table);
+                                 # with CLOT_APPEARANCE_AUG 1.0 it is the demo preset's (see PRESETS)
 POSITIVE_SAMPLING = "slice"      # how the clot samples are spread: "slice" = every clot slice alike (a
                                  # 30-slice ICA clot gets 10x the samples of a 3-slice M2 clot); "case" =
                                  # every clot case gets the same share, cycling through its own clot slices.
