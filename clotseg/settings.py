@@ -635,7 +635,9 @@ class Settings:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+        # Not sort_keys: MODALITY_PATTERNS' order is the model's channel order, and a
+        # run saved with its modalities sorted would be tuned and tested on swapped channels.
+        return json.dumps(self.to_dict(), indent=2)
 
     def subset(self, names) -> dict:
         """{NAME: value} for the named settings, for stage fingerprints."""
