@@ -8,7 +8,7 @@ from clotseg.layout import TRAINING, load_run_settings, sliced_dir
 from clotseg.pipeline import prepare_data
 from clotseg.settings import Settings
 from clotseg.stages.common import IMAGES
-from tests.conftest import TINY, quiet, tiny_settings, write_cohort
+from tests.conftest import quiet, tiny_settings, write_cohort
 
 NCCT_FIRST = {"NCCT": "CS<ID>_NCCT_Reg_Binary.npy", "CTA": "CS<ID>_CTA_Binary.npy"}
 
@@ -38,17 +38,26 @@ def test_swapping_the_modalities_reslices_with_swapped_channels(tmp_path):
     np.testing.assert_array_equal(ncct_first[..., 1], cta_first[..., 0])
 
 
-def test_a_run_with_the_ncct_first_is_tuned_and_tested_in_its_order(tmp_path):
+def test_a_run_with_the_ncct_first_is_tuned_and_tested_in_its_order(tmp_path, monkeypatch):
+    from clotseg.stages import train as train_stage
     from clotseg.stages.evaluate import run_evaluation
-    from clotseg.stages.train import run_training
 
+    tuner_windows = []
+    original = train_stage.predict_volume_members
+
+    def spy(model, volumes, windows, *args, **kwargs):
+        tuner_windows.append([tuple(w) for w in windows])
+        return original(model, volumes, windows, *args, **kwargs)
+
+    monkeypatch.setattr(train_stage, "predict_volume_members", spy)
     s = tiny_settings(tmp_path, modality_patterns=NCCT_FIRST, epochs=1)
-    assert TINY["CONTEXT_SLICES"] == 0
     write_cohort(s, n=8)
     prepare_data(s, log=quiet, demo_if_empty=False)
-    run = run_training(s, log=quiet)
+    run = train_stage.run_training(s, log=quiet)
     assert load_run_settings(run, tmp_path).modalities == ["NCCT", "CTA"]
-    assert (run / "postprocessing.json").is_file()
+    # the tuner encodes every Validation volume in the run's channel order (NCCT window first)
+    assert tuner_windows and all(w == [tuple(s.windows_hu["NCCT"]), tuple(s.windows_hu["CTA"])]
+                                 for w in tuner_windows)
     summary = run_evaluation(s, run_name=run.name, log=quiet)   # refused before: "trained on ['CTA', 'NCCT']"
     assert summary["metrics_clot_cases"]["dice"]["n"] >= 1
     assert read_json(run / "run.json")["epochs_done"] == 1
