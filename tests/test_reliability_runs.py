@@ -383,6 +383,27 @@ def test_resume_with_another_network_in_config_py_is_refused(tmp_path, saved_mod
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("change,pattern", [
+    ({"modality_patterns": {"NCCT": "CS<ID>_NCCT_Reg_Binary.npy", "CTA": "CS<ID>_CTA_Binary.npy"}},
+     r"it was trained on modalities \['CTA', 'NCCT'\] but config\.py now names \['NCCT', 'CTA'\]; "
+     r"set MODALITY_PATTERNS back"),
+    ({"windows_hu": {"CTA": (-100.0, 600.0), "NCCT": (0.0, 80.0)}},
+     r"config\.py changed WINDOWS_HU \(NCCT \(0\.0, 200\.0\) -> \(0\.0, 80\.0\)\); set it back"),
+])
+def test_resume_with_other_modalities_or_windows_is_refused(tmp_path, saved_model, change, pattern):
+    """The stores are re-made from config.py: a swapped modality order or another
+    window has the same input shape but feeds the checkpoint other images under
+    the same channels, so resuming it is refused with one line."""
+    from clotseg.stages.train import find_resumable
+
+    s = tiny_settings(tmp_path, context_slices=RUN_CONTEXT, windows_hu={"CTA": (-100.0, 600.0), "NCCT": (0.0, 200.0)})
+    run = _fake_run(s, saved_model)
+    assert find_resumable(s) == run
+    with pytest.raises(StageError, match=rf"cannot resume run {run.name}: " + pattern) as info:
+        find_resumable(s.replace(**change))
+    assert "\n" not in str(info.value)
+
+
 def test_run_settings_load_checked_for_testing_too(tmp_path, saved_model):
     from clotseg.stages.train import load_run_settings
 

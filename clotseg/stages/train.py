@@ -88,8 +88,9 @@ def find_resumable(settings: Settings) -> Path | None:
     looked at), Checkpoint_Files/state.json, Relevant_Files/config.json and
     Checkpoint_Files/last.keras (complete, and of the run's input shape and
     class count), and the current settings must describe the same model
-    inputs and classes and the same network (MODEL, BASE_FILTERS, DEPTH,
-    NORMALIZATION). A bad file stops with StageError naming it.
+    inputs and classes, the same modalities in the same order and HU windows,
+    and the same network (MODEL, BASE_FILTERS, DEPTH, NORMALIZATION). A bad
+    file stops with StageError naming it.
     """
     for run in reversed(list_runs(settings)):
         record = read_run_record(run / RUN_RECORD)
@@ -108,6 +109,17 @@ def find_resumable(settings: Settings) -> Path | None:
                              f"{then[1]}, but config.py now gives inputs {now[0]} with NUM_CLASSES = {now[1]}; set "
                              "INPUT_SHAPE, CONTEXT_SLICES, SYMMETRY_CHANNELS and NUM_CLASSES back, or start a new run "
                              "(RESUME = False)")
+        # the checkpoint learnt each channel as one modality in one HU window; the stores are
+        # re-made from config.py, so another order or window would feed it other images
+        if settings.modalities != trained.modalities:
+            raise StageError(f"cannot resume run {run.name}: it was trained on modalities {trained.modalities} "
+                             f"but config.py now names {settings.modalities}; set MODALITY_PATTERNS back, or "
+                             "start a new run (RESUME = False)")
+        windows = [(m, _window(trained.windows_hu[m]), _window(settings.windows_hu[m])) for m in trained.modalities]
+        changed = ", ".join(f"{m} {a} -> {b}" for m, a, b in windows if a != b)
+        if changed:
+            raise StageError(f"cannot resume run {run.name}: config.py changed WINDOWS_HU ({changed}); set it back, "
+                             "or start a new run (RESUME = False)")
         # the best model is exported by building config.py's network and copying the
         # checkpoint's weights into it by layer name: another network cannot take them
         arch = ("MODEL", "BASE_FILTERS", "DEPTH", "NORMALIZATION")
@@ -423,8 +435,9 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     """Train (or resume) a model; return the run folder, or None if skipped.
 
     MODEL_TRAINING=False skips training. RESUME (or `resume=True`) continues
-    the latest unfinished run; its own saved settings are used so the model
-    and data match.
+    the latest unfinished run from its last checkpoint, on the data config.py
+    describes, which must still be the run's (inputs, modalities in their
+    order, HU windows, network: `find_resumable` refuses otherwise).
     """
     if not settings.model_training:
         log("[train] MODEL_TRAINING is False: skipping training")
@@ -720,6 +733,11 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
         atomic_write_text(path, "".join(lines[:1 + epochs_done]))
+
+
+def _window(window) -> tuple | None:
+    """A WINDOWS_HU entry as comparable floats (None: the volumes are not HU)."""
+    return None if window is None else tuple(float(v) for v in window)
 
 
 def _now() -> str:
