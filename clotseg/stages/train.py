@@ -115,8 +115,9 @@ def find_resumable(settings: Settings) -> Path | None:
             raise StageError(f"cannot resume run {run.name}: it was trained on modalities {trained.modalities} "
                              f"but config.py now names {settings.modalities}; set MODALITY_PATTERNS back, or "
                              "start a new run (RESUME = False)")
-        windows = [(m, _window(trained.windows_hu[m]), _window(settings.windows_hu[m])) for m in trained.modalities]
-        changed = ", ".join(f"{m} {a} -> {b}" for m, a, b in windows if a != b)
+        # both windows are tuples or None (Settings normalises them), compared as numbers
+        changed = ", ".join(f"{m} {trained.windows_hu[m]} -> {settings.windows_hu[m]}" for m in trained.modalities
+                            if trained.windows_hu[m] != settings.windows_hu[m])
         if changed:
             raise StageError(f"cannot resume run {run.name}: config.py changed WINDOWS_HU ({changed}); set it back, "
                              "or start a new run (RESUME = False)")
@@ -733,11 +734,6 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
     if path.is_file():
         lines = path.read_text().splitlines(keepends=True)
         atomic_write_text(path, "".join(lines[:1 + epochs_done]))
-
-
-def _window(window) -> tuple | None:
-    """A WINDOWS_HU entry as comparable floats (None: the volumes are not HU)."""
-    return None if window is None else tuple(float(v) for v in window)
 
 
 def _now() -> str:
