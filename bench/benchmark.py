@@ -2,6 +2,7 @@
 
     python -m bench.benchmark [--size small|cpu|full] [--note TEXT] [--only PARTS]
                               [--jit-compile auto|true|false] [--mixed-precision auto|true|false]
+                              [--context-slices K] [--dropout RATE]
                               [--out bench/results/NAME.json]
 
 Prints one JSON object (stdout; progress goes to stderr). Inputs are a
@@ -82,10 +83,11 @@ def rate(n: float, seconds: float) -> float:
 
 # ------------------------------------------------------------------- inputs
 def make_settings(root: Path, cfg: dict, num_workers: int = 0, context_slices: int = 0,
-                  mixed_precision="auto"):
+                  mixed_precision="auto", dropout: float | None = None):
     """Settings for a phantom cohort under `root` with the size's model and
     sample counts; `context_slices` 0 gives the plain two-channel input
-    (CTA, NCCT), k adds 2k neighbour planes per modality (CONTEXT_SLICES)."""
+    (CTA, NCCT), k adds 2k neighbour planes per modality (CONTEXT_SLICES);
+    `dropout` None keeps config.py's DROPOUT."""
     from clotseg.settings import Settings
 
     return Settings.from_dict({
@@ -94,15 +96,18 @@ def make_settings(root: Path, cfg: dict, num_workers: int = 0, context_slices: i
         "BATCH_SIZE": cfg["batch_size"], "EPOCHS": cfg["epochs"], "RANDOM_SEED": 0,
         "TARGET_SAMPLE_SIZE_AUG_TRAIN": cfg["train_samples"], "TARGET_SAMPLE_SIZE_AUG_VAL": cfg["batch_size"],
         "NUM_WORKERS": num_workers, "CONTEXT_SLICES": context_slices, "MIXED_PRECISION": mixed_precision,
+        **({"DROPOUT": dropout} if dropout is not None else {}),
     }, root=root)
 
 
-def build_inputs(root: Path, cfg: dict, context_slices: int = 0, mixed_precision="auto"):
+def build_inputs(root: Path, cfg: dict, context_slices: int = 0, mixed_precision="auto",
+                 dropout: float | None = None):
     """Write the phantom cohort and run stages 1-3; return (settings, prepare_data's result)."""
     from clotseg.phantom import write_cohort
     from clotseg.pipeline import prepare_data
 
-    settings = make_settings(root, cfg, context_slices=context_slices, mixed_precision=mixed_precision)
+    settings = make_settings(root, cfg, context_slices=context_slices, mixed_precision=mixed_precision,
+                             dropout=dropout)
     write_cohort(settings.volume_path, settings.mask_path, cfg["cases"], seed=0,
                  in_plane=cfg["in_plane"], slices=cfg["slices"], progress=False)
     return settings, prepare_data(settings, log=log, demo_if_empty=False)
@@ -351,11 +356,12 @@ def save_for_backends(settings, model, folder: Path, n: int = 8) -> None:
 
 
 def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", context_slices: int = 0,
-        save_model: Path | None = None, mixed_precision="auto") -> dict:
+        save_model: Path | None = None, mixed_precision="auto", dropout: float | None = None) -> dict:
     """Run the chosen measurements; return the result dict (see module docstring).
 
     jit_compile: "auto" (clotseg.runtime.resolve_jit: on under TensorFlow and JAX), True or False.
     mixed_precision: MIXED_PRECISION ("auto": bfloat16 with a GPU), True or False.
+    dropout: DROPOUT of the network (None: config.py's).
     """
     cfg = SIZES[size]
     started = time.perf_counter()
@@ -364,7 +370,7 @@ def run(size: str, parts: tuple, note: str | None = None, jit_compile="auto", co
     root = Path(tempfile.mkdtemp(prefix="clotseg-bench-"))
     try:
         log(f"[bench] building a {cfg['cases']}-case phantom cohort in {root}")
-        settings, prepared = build_inputs(root, cfg, context_slices, mixed_precision)
+        settings, prepared = build_inputs(root, cfg, context_slices, mixed_precision, dropout)
         result["config"]["model_input_shape"] = list(settings.model_input_shape)
         if "slicing" in parts:
             log("[bench] slicing")
@@ -419,6 +425,8 @@ def main(argv=None) -> int:
     p.add_argument("--context-slices", type=int, default=0,
                    help="CONTEXT_SLICES of the benchmark cohort: 0 = the plain (H, W, 2) input (default), "
                         "1 = config.py's default 2.5D input (H, W, 6)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="DROPOUT of the benchmark network (default: config.py's)")
     p.add_argument("--save-model", type=Path, default=None,
                    help="with training: save the trained model and a few slices here for bench/backends.py")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here (e.g. bench/results/h100.json)")
@@ -433,7 +441,7 @@ def main(argv=None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     setting = {"auto": "auto", "true": True, "false": False}   # --jit-compile / --mixed-precision -> config value
     result = run(args.size, parts, args.note, setting[args.jit_compile], args.context_slices, args.save_model,
-                 setting[args.mixed_precision])
+                 setting[args.mixed_precision], args.dropout)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out is not None:

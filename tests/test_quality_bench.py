@@ -243,3 +243,6 @@ def test_throughput_benchmark_cpu_size_is_the_cpu_presets_network(tmp_path):
     forced = benchmark.make_settings(tmp_path, cfg, mixed_precision=True, context_slices=1)
     assert forced.mixed_precision is True and forced.model_input_shape == (64, 64, 6)
     assert benchmark.make_settings(tmp_path, cfg).mixed_precision == "auto"
+    # --dropout reaches the network's settings; without it config.py's DROPOUT stands
+    assert benchmark.make_settings(tmp_path, cfg, dropout=0.0).dropout == 0.0
+    assert benchmark.make_settings(tmp_path, cfg).dropout == Settings.from_file(ROOT / "config.py").dropout
