@@ -435,6 +435,8 @@ def main(argv=None) -> int:
     unknown = sorted(set(parts) - set(PARTS))
     if unknown:
         p.error(f"unknown part(s) {unknown}; choose from {', '.join(PARTS)}")
+    if args.dropout is not None and not 0.0 <= args.dropout < 1.0:
+        p.error(f"--dropout must be in [0, 1), got {args.dropout}")
     # Read at import time by tqdm, albumentations and TensorFlow: set before any import.
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

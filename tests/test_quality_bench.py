@@ -230,6 +230,16 @@ def test_bad_repeat_counts_are_one_line_and_exit_status_2(bad, capsys):
     assert "--repeats must be at least 1" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("rate", ["-0.1", "1.0"])
+def test_throughput_benchmark_refuses_a_dropout_outside_0_1(rate, capsys):
+    from bench import benchmark
+
+    with pytest.raises(SystemExit) as exc:
+        benchmark.main(["--only", "training", "--dropout", rate])
+    assert exc.value.code == 2
+    assert f"--dropout must be in [0, 1), got {float(rate)}" in capsys.readouterr().err
+
+
 def test_throughput_benchmark_cpu_size_is_the_cpu_presets_network(tmp_path):
     from bench import benchmark
     from clotseg.settings import Settings
