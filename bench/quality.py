@@ -2,7 +2,7 @@
 
     python -m bench.quality --scale cpu [--preset cpu] [--set NAME=VALUE ...]
                             [--repeats 3] [--first-repeat 0] [--label TEXT] [--out bench/results/NAME.json]
-                            [--train-domain first-build]
+                            [--train-domain first-build] [--cta-mip-slices 9]
 
 For each repeat r (seed offset r) it writes, in a temporary project folder:
   - a training cohort of phantom cases (seed 1000 + r, domain "standard"),
@@ -152,15 +152,41 @@ def headline(summary: dict) -> dict:
             "n_clot_cases": det["n_clot_cases"], "n_clot_free_cases": det["n_clot_free_cases"]}
 
 
+def write_cta_mips(volume_dir: Path, slices: int) -> int:
+    """Beside every CS<ID>_CTA_Binary.npy of `volume_dir`, CS<ID>_CTAMIP_Binary.npy:
+    the CTA's maximum over the `slices` (odd) slices around each slice, a
+    thick-slab maximum-intensity projection (HU, float32, the CTA's shape;
+    edge slices repeat). Files already there are kept. Returns how many were written.
+
+    The twenty-third round fed it as a third modality (bench/README.md):
+    `--set MODALITY_PATTERNS=...CTAMIP...`, a window for it and one more channel.
+    """
+    import numpy as np
+    from scipy import ndimage
+
+    from clotseg.io import atomic_save_npy
+
+    written = 0
+    for cta_path in sorted(Path(volume_dir).glob("CS*_CTA_Binary.npy")):
+        target = cta_path.with_name(cta_path.name.replace("_CTA_Binary", "_CTAMIP_Binary"))
+        if target.exists():
+            continue
+        cta = np.load(cta_path)
+        atomic_save_npy(target, ndimage.maximum_filter1d(cta, size=slices, axis=2, mode="nearest").astype(cta.dtype))
+        written += 1
+    return written
+
+
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
              test_domains=("standard", "shifted", "first-build"), untuned: bool = False, reuse: bool = False,
-             retune: bool = False, train_domain: str = "standard") -> dict:
+             retune: bool = False, train_domain: str = "standard", cta_mip_slices: int = 0) -> dict:
     """One training + testing round; returns figures per test cohort.
 
     `train_domain` names the generator of the training cohort (seed 1000 +
     repeat): "first-build" trains and tunes on the other generator, as a user
     with a cohort unlike clotseg.phantom would; its "first-build" test cohort
-    (seed 4000 + repeat) is then the same generator, unseen.
+    (seed 4000 + repeat) is then the same generator, unseen. `cta_mip_slices`
+    > 0 also writes every cohort's slab MIPs (`write_cta_mips`).
     """
     from clotseg.settings import Settings
 
@@ -181,6 +207,8 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
     if not (reuse and settings.volume_path.is_dir()):
         _write_phantom(settings.volume_path, settings.mask_path, scale["train_cases"], 1000 + repeat, scale,
                        train_domain)
+    if cta_mip_slices:
+        write_cta_mips(settings.volume_path, cta_mip_slices)
     tests = {}
     for domain, seed_base in TEST_DOMAINS.items():
         seed = seed_base + repeat
@@ -188,6 +216,8 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
             folder = project / f"test_{domain}"
             if not (reuse and folder.is_dir()):
                 _write_phantom(folder / "volumes", folder / "masks", scale["test_cases"], seed, scale, domain)
+            if cta_mip_slices:
+                write_cta_mips(folder / "volumes", cta_mip_slices)
             tests[domain] = folder
 
     from clotseg.pipeline import prepare_data
@@ -296,6 +326,9 @@ def main(argv=None) -> int:
                         help="with --workdir: keep its cohorts and score its finished run again instead of training")
     parser.add_argument("--retune", action="store_true",
                         help="with --reuse: choose the run's post-processing again on its Validation cases first")
+    parser.add_argument("--cta-mip-slices", type=int, default=0, metavar="N",
+                        help="also write each case's CTA maximum over N (odd) slices as CS<ID>_CTAMIP_Binary.npy, "
+                             "for a MODALITY_PATTERNS that names it (bench/README.md, twenty-third round)")
     parser.add_argument("--untuned", action="store_true",
                         help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
@@ -307,6 +340,9 @@ def main(argv=None) -> int:
     if unknown or not domains:
         parser.exit(2, f"bench.quality: --test-domains: unknown {', '.join(unknown) or '(none given)'}; "
                        f"choose from {', '.join(TEST_DOMAINS)}\n")
+    if args.cta_mip_slices and (args.cta_mip_slices < 3 or args.cta_mip_slices % 2 == 0):
+        parser.exit(2, f"bench.quality: --cta-mip-slices must be an odd number of at least 3 (or 0), "
+                       f"got {args.cta_mip_slices}\n")
     if args.train_domain not in TEST_DOMAINS:
         parser.exit(2, f"bench.quality: --train-domain: unknown {args.train_domain}; "
                        f"choose from {', '.join(TEST_DOMAINS)}\n")
@@ -320,7 +356,7 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             for r in range(args.first_repeat, args.first_repeat + args.repeats):
                 results.append(run_once(args.scale, preset, overrides, r, workdir, domains, args.untuned,
-                                        args.reuse, args.retune, args.train_domain))
+                                        args.reuse, args.retune, args.train_domain, args.cta_mip_slices))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)

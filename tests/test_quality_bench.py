@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from bench import quality
@@ -219,6 +220,34 @@ def test_first_repeat_runs_only_the_later_seeds(tmp_path, monkeypatch):
     seen.clear()
     quality.main(["--scale", "tiny", "--repeats", "2", "--workdir", str(tmp_path)])
     assert [r for r, _ in seen] == [0, 1]
+
+
+def test_cta_mips_are_the_slab_maximum_beside_each_cta_and_kept_when_there(tmp_path):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    cta = rng.normal(40, 100, (6, 5, 7)).astype(np.float32)
+    np.save(tmp_path / "CS3_CTA_Binary.npy", cta)
+    np.save(tmp_path / "CS3_NCCT_Reg_Binary.npy", cta)
+    assert quality.write_cta_mips(tmp_path, 3) == 1
+    mip = np.load(tmp_path / "CS3_CTAMIP_Binary.npy")
+    assert mip.dtype == np.float32 and mip.shape == cta.shape
+    # slice z holds the maximum of slices z-1..z+1 (the edge slices repeat)
+    np.testing.assert_array_equal(mip[..., 3], cta[..., 2:5].max(axis=-1))
+    np.testing.assert_array_equal(mip[..., 0], cta[..., 0:2].max(axis=-1))
+    np.testing.assert_array_equal(mip, ndimage.maximum_filter1d(cta, 3, axis=2, mode="nearest"))
+    assert quality.write_cta_mips(tmp_path, 5) == 0                    # an existing file is kept
+    assert sorted(f.name for f in tmp_path.iterdir()) == [
+        "CS3_CTAMIP_Binary.npy", "CS3_CTA_Binary.npy", "CS3_NCCT_Reg_Binary.npy"]
+
+
+@pytest.mark.parametrize("slices", ["2", "1", "-3"])
+def test_bad_cta_mip_slices_are_one_line_and_exit_status_2(slices, capsys):
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--scale", "tiny", "--cta-mip-slices", slices])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--cta-mip-slices must be an odd number of at least 3" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("bad", [["--repeats", "0"], ["--first-repeat", "-1"]])
