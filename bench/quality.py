@@ -179,14 +179,18 @@ def write_cta_mips(volume_dir: Path, slices: int) -> int:
 
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
              test_domains=("standard", "shifted", "first-build"), untuned: bool = False, reuse: bool = False,
-             retune: bool = False, train_domain: str = "standard", cta_mip_slices: int = 0) -> dict:
+             retune: bool = False, train_domain: str = "standard", cta_mip_slices: int = 0,
+             train_cases: int | None = None) -> dict:
     """One training + testing round; returns figures per test cohort.
 
     `train_domain` names the generator of the training cohort (seed 1000 +
     repeat): "first-build" trains and tunes on the other generator, as a user
     with a cohort unlike clotseg.phantom would; its "first-build" test cohort
     (seed 4000 + repeat) is then the same generator, unseen. `cta_mip_slices`
-    > 0 also writes every cohort's slab MIPs (`write_cta_mips`).
+    > 0 also writes every cohort's slab MIPs (`write_cta_mips`). `train_cases`
+    replaces the scale's number of training cases (split 78/20/2 as always);
+    the phantom seeds each case by its number, so a larger cohort holds the
+    smaller one's cases.
     """
     from clotseg.settings import Settings
 
@@ -205,8 +209,8 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
 
     log(f"[quality] repeat {repeat}: writing cohorts in {project}")
     if not (reuse and settings.volume_path.is_dir()):
-        _write_phantom(settings.volume_path, settings.mask_path, scale["train_cases"], 1000 + repeat, scale,
-                       train_domain)
+        _write_phantom(settings.volume_path, settings.mask_path, train_cases or scale["train_cases"],
+                       1000 + repeat, scale, train_domain)
     if cta_mip_slices:
         write_cta_mips(settings.volume_path, cta_mip_slices)
     tests = {}
@@ -329,6 +333,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cta-mip-slices", type=int, default=0, metavar="N",
                         help="also write each case's CTA maximum over N (odd) slices as CS<ID>_CTAMIP_Binary.npy, "
                              "for a MODALITY_PATTERNS that names it (bench/README.md, twenty-third round)")
+    parser.add_argument("--train-cases", type=int, default=None, metavar="N",
+                        help="write N training cases instead of the scale's (cpu 50, demo 40): how much more "
+                             "data buys at the same training budget (bench/README.md, twenty-fourth round)")
     parser.add_argument("--untuned", action="store_true",
                         help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
@@ -343,6 +350,9 @@ def main(argv=None) -> int:
     if args.cta_mip_slices and (args.cta_mip_slices < 3 or args.cta_mip_slices % 2 == 0):
         parser.exit(2, f"bench.quality: --cta-mip-slices must be an odd number of at least 3 (or 0), "
                        f"got {args.cta_mip_slices}\n")
+    if args.train_cases is not None and args.train_cases < 5:
+        parser.exit(2, f"bench.quality: --train-cases must be at least 5 (a Training, a Validation and a "
+                       f"Testing share), got {args.train_cases}\n")
     if args.train_domain not in TEST_DOMAINS:
         parser.exit(2, f"bench.quality: --train-domain: unknown {args.train_domain}; "
                        f"choose from {', '.join(TEST_DOMAINS)}\n")
@@ -356,12 +366,13 @@ def main(argv=None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             for r in range(args.first_repeat, args.first_repeat + args.repeats):
                 results.append(run_once(args.scale, preset, overrides, r, workdir, domains, args.untuned,
-                                        args.reuse, args.retune, args.train_domain, args.cta_mip_slices))
+                                        args.reuse, args.retune, args.train_domain, args.cta_mip_slices,
+                                        train_cases=args.train_cases))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
     report = {"label": args.label or (", ".join(args.overrides) or "preset"), "scale": args.scale,
-              "train_domain": args.train_domain,
+              "train_domain": args.train_domain, "train_cases": args.train_cases or scale["train_cases"],
               "preset": preset, "overrides": overrides, "repeats": results,
               "spread": spread(results) if len(results) > 1 else None}
     text = json.dumps(report, indent=2, default=str)

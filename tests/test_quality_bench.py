@@ -195,6 +195,51 @@ def test_train_domain_writes_the_training_cohort_with_that_generator(tmp_path, m
     assert calls == [(1000, "standard"), (2000, "standard")]
 
 
+def test_train_cases_replaces_the_scales_training_cohort_size(tmp_path, monkeypatch):
+    """--train-cases N writes N training cases (the test cohorts keep the
+    scale's size) and the report names the size it trained on."""
+    calls = []
+    monkeypatch.setattr(quality, "_write_phantom",
+                        lambda vol, mask, n, seed, scale, domain: calls.append((n, seed)))
+    import clotseg.pipeline
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(clotseg.pipeline, "prepare_data", stop)
+    with pytest.raises(_Stop):
+        quality.run_once("tiny", None, {}, 0, tmp_path, ("first-build",), train_cases=9)
+    tiny = quality.SCALES["tiny"]
+    assert calls == [(9, 1000), (tiny["test_cases"], 4000)]
+    calls.clear()
+    with pytest.raises(_Stop):
+        quality.run_once("tiny", None, {}, 0, tmp_path, ("first-build",))
+    assert calls[0] == (tiny["train_cases"], 1000)
+
+    seen = []
+
+    def fake_run_once(*args, train_cases=None, **kwargs):
+        seen.append(train_cases)
+        return {"repeat": 0, "training_seconds": 1.0, "cohorts": {}}
+
+    monkeypatch.setattr(quality, "run_once", fake_run_once)
+    out = tmp_path / "r.json"
+    assert quality.main(["--scale", "tiny", "--train-cases", "12", "--workdir", str(tmp_path),
+                         "--out", str(out)]) == 0
+    assert seen == [12] and json.loads(out.read_text())["train_cases"] == 12
+    assert quality.main(["--scale", "tiny", "--workdir", str(tmp_path), "--out", str(out)]) == 0
+    assert seen[-1] is None and json.loads(out.read_text())["train_cases"] == tiny["train_cases"]
+
+
+@pytest.mark.parametrize("cases", ["0", "4", "-3"])
+def test_too_few_train_cases_are_one_line_and_exit_status_2(cases, capsys):
+    with pytest.raises(SystemExit) as exc:
+        quality.main(["--scale", "tiny", "--train-cases", cases])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--train-cases must be at least 5" in err and len(err.splitlines()) == 1
+
+
 def test_unknown_train_domain_is_one_line_and_exit_status_2(capsys):
     with pytest.raises(SystemExit) as exc:
         quality.main(["--scale", "tiny", "--train-domain", "nonsense"])
@@ -208,7 +253,7 @@ def test_first_repeat_runs_only_the_later_seeds(tmp_path, monkeypatch):
     third seed lands beside an earlier call's repeat0 and repeat1."""
     seen = []
 
-    def fake_run_once(scale, preset, overrides, repeat, workdir, *args):
+    def fake_run_once(scale, preset, overrides, repeat, workdir, *args, **kwargs):
         seen.append((repeat, workdir))
         return {"repeat": repeat, "training_seconds": 1.0, "cohorts": {}}
 
