@@ -266,8 +266,9 @@ PRESETS = {
         "MAX_TRAINING_MINUTES": 5,              # keeps the demo under 10 minutes on a slower machine
         "HARD_NEGATIVE_FRACTION": 0.5,          # with twice the clot-appearance augmentation: 5 seeds,
         "CLOT_APPEARANCE_AUG": 1.0,             # +0.035 [+0.011, +0.063], controls with an alarm 8 -> 1 of 40
-                                                # (twenty-second round); at the cpu preset's 20 minutes one
-                                                # seed lost -0.038 [-0.079, -0.008], so the defaults stay
+                                                # (twenty-second round); at the cpu preset's 24 epochs they
+                                                # lost -0.020 [-0.043, -0.002] (2 seeds, twenty-fourth round),
+                                                # so the defaults stay
     },
     "cpu": {
         "INPUT_SHAPE": (128, 128, 2),
