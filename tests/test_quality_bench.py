@@ -174,47 +174,44 @@ class _Stop(Exception):
     pass
 
 
-def test_train_domain_writes_the_training_cohort_with_that_generator(tmp_path, monkeypatch):
+@pytest.fixture
+def cohort_calls(monkeypatch):
+    """(n, seed, domain) of every cohort run_once writes; training stops at prepare_data (_Stop)."""
+    calls = []
+    monkeypatch.setattr(quality, "_write_phantom",
+                        lambda vol, mask, n, seed, scale, domain: calls.append((n, seed, domain)))
+    import clotseg.pipeline
+
+    def stop(*args, **kwargs):
+        raise _Stop
+
+    monkeypatch.setattr(clotseg.pipeline, "prepare_data", stop)
+    return calls
+
+
+def test_train_domain_writes_the_training_cohort_with_that_generator(tmp_path, cohort_calls):
     """--train-domain first-build: the training cohort (seed 1000 + repeat)
     comes from the other generator; the test cohorts keep their own seeds."""
-    calls = []
-    monkeypatch.setattr(quality, "_write_phantom",
-                        lambda vol, mask, n, seed, scale, domain: calls.append((seed, domain)))
-    import clotseg.pipeline
-
-    def stop(*args, **kwargs):
-        raise _Stop
-
-    monkeypatch.setattr(clotseg.pipeline, "prepare_data", stop)
     with pytest.raises(_Stop):
         quality.run_once("tiny", None, {}, 1, tmp_path, ("first-build",), train_domain="first-build")
-    assert calls == [(1001, "first-build"), (4001, "first-build")]
-    calls.clear()
+    assert [c[1:] for c in cohort_calls] == [(1001, "first-build"), (4001, "first-build")]
+    cohort_calls.clear()
     with pytest.raises(_Stop):
         quality.run_once("tiny", None, {}, 0, tmp_path, ("standard",))
-    assert calls == [(1000, "standard"), (2000, "standard")]
+    assert [c[1:] for c in cohort_calls] == [(1000, "standard"), (2000, "standard")]
 
 
-def test_train_cases_replaces_the_scales_training_cohort_size(tmp_path, monkeypatch):
+def test_train_cases_replaces_the_scales_training_cohort_size(tmp_path, monkeypatch, cohort_calls):
     """--train-cases N writes N training cases (the test cohorts keep the
     scale's size) and the report names the size it trained on."""
-    calls = []
-    monkeypatch.setattr(quality, "_write_phantom",
-                        lambda vol, mask, n, seed, scale, domain: calls.append((n, seed)))
-    import clotseg.pipeline
-
-    def stop(*args, **kwargs):
-        raise _Stop
-
-    monkeypatch.setattr(clotseg.pipeline, "prepare_data", stop)
     with pytest.raises(_Stop):
         quality.run_once("tiny", None, {}, 0, tmp_path, ("first-build",), train_cases=9)
     tiny = quality.SCALES["tiny"]
-    assert calls == [(9, 1000), (tiny["test_cases"], 4000)]
-    calls.clear()
+    assert [c[:2] for c in cohort_calls] == [(9, 1000), (tiny["test_cases"], 4000)]
+    cohort_calls.clear()
     with pytest.raises(_Stop):
         quality.run_once("tiny", None, {}, 0, tmp_path, ("first-build",))
-    assert calls[0] == (tiny["train_cases"], 1000)
+    assert cohort_calls[0][:2] == (tiny["train_cases"], 1000)
 
     seen = []
 
