@@ -177,6 +177,13 @@ def write_cta_mips(volume_dir: Path, slices: int) -> int:
     return written
 
 
+def plain_postprocessing(settings):
+    """`settings` with the plain post-processing: threshold 0.5, no flip TTA, no component filter
+    (each a config.py value, so testing uses it instead of the run's tuned choice)."""
+    return settings.replace(threshold=0.5, tta_flips=False, min_component_voxels=0, min_component_peak=0.0,
+                            max_vessel_distance_mm=0.0, max_component_cta_hu=0.0, keep_largest_component=False)
+
+
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
              test_domains=("standard", "shifted", "first-build"), untuned: bool = False, reuse: bool = False,
              retune: bool = False, train_domain: str = "standard", cta_mip_slices: int = 0,
@@ -254,10 +261,7 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
                                  mask_dir=folder / "masks", output=project / f"Testing_{domain}", log=log)
         result["cohorts"][domain] = {**headline(summary), "testing_seconds": round(time.perf_counter() - t0, 1)}
         if untuned:  # the same model without the validation-tuned post-processing (0.5, no TTA, no filter)
-            plain = settings.replace(threshold=0.5, tta_flips=False, min_component_voxels=0,
-                                     min_component_peak=0.0, max_vessel_distance_mm=0.0,
-                                     max_component_cta_hu=0.0, keep_largest_component=False)
-            summary = run_evaluation(plain, run_name=run.name, input_dir=folder / "volumes",
+            summary = run_evaluation(plain_postprocessing(settings), run_name=run.name, input_dir=folder / "volumes",
                                      mask_dir=folder / "masks", output=project / f"Testing_{domain}_untuned", log=log)
             result["cohorts"][f"{domain} (untuned post-processing)"] = headline(summary)
     result["settings"] = {k: v for k, v in settings.to_dict().items()
