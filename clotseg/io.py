@@ -18,6 +18,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import threading
 import time
 import zipfile
 import zlib
@@ -29,6 +30,28 @@ from numpy.lib.format import open_memmap
 
 from clotseg.errors import DiskFullError, FolderError, InputDataError, StageError
 from clotseg.layout import MANIFEST  # noqa: F401  (the on-disk names live in clotseg.layout)
+
+
+# np.load parses every .npy header with ast.literal_eval, and CPython keeps the AST
+# constructor's recursion counter per interpreter, not per thread: two threads parsing at
+# once can fail with a spurious "SystemError: AST constructor recursion depth mismatch"
+# (python/cpython#106905; seen on 3.11.7 while testing.py's loader threads read cases). A lock
+# keeps ClotSeg's own loads apart; a parse that still meets another library's (TensorFlow
+# parses functions it traces in the main thread) is tried again, since every parse starts
+# its count afresh.
+_NPY_LOCK = threading.Lock()
+AST_RACE = "AST constructor recursion depth mismatch"
+AST_RACE_TRIES = 3
+
+
+def _np_load(path: Path, mmap: bool):
+    for attempt in range(AST_RACE_TRIES):
+        try:
+            with _NPY_LOCK:
+                return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        except SystemError as exc:
+            if AST_RACE not in str(exc) or attempt == AST_RACE_TRIES - 1:
+                raise
 
 
 def load_npy(path: Path | str, mmap: bool = False, what: str = "") -> np.ndarray:
@@ -48,7 +71,7 @@ def load_npy(path: Path | str, mmap: bool = False, what: str = "") -> np.ndarray
     if problem is not None:
         raise InputDataError(f"{label} {problem}")
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = _np_load(path, mmap)
     except ValueError as exc:
         msg = str(exc)
         if "allow_pickle" in msg or "Object arrays" in msg:

@@ -430,3 +430,67 @@ def test_cohort_with_all_masks_empty_is_refused(tmp_path):
     with pytest.raises(InputDataError, match=r"every mask of the cohort is empty: none of the 4 case"):
         _run(s)
     assert not (s.processed_path / "Sliced").exists() and not (s.processed_path / "split.json").exists()
+
+
+# --- .npy loads from several threads (testing.py's loader pool) -------------------------------
+
+def _race_error():
+    return SystemError(f"{cio.AST_RACE} (before=39, after=36)")
+
+
+def test_npy_load_tries_again_after_the_ast_race_of_cpython(tmp_path, monkeypatch):
+    path = tmp_path / "CS1_CTA_Binary.npy"
+    np.save(path, np.arange(6, dtype=np.int16).reshape(2, 3))
+    real, calls = np.load, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise _race_error()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "load", flaky)
+    np.testing.assert_array_equal(cio.load_npy(path), np.arange(6).reshape(2, 3))
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("error, tries", [(_race_error, cio.AST_RACE_TRIES), (lambda: SystemError("other"), 1)])
+def test_npy_load_gives_up_on_a_lasting_race_and_never_retries_other_errors(tmp_path, monkeypatch, error, tries):
+    path = tmp_path / "CS1_CTA_Binary.npy"
+    np.save(path, np.zeros(3))
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise error()
+
+    monkeypatch.setattr(np, "load", broken)
+    with pytest.raises(SystemError):
+        cio.load_npy(path)
+    assert len(calls) == tries
+
+
+def test_npy_loads_from_threads_parse_one_at_a_time(tmp_path, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = tmp_path / "CS1_CTA_Binary.npy"
+    np.save(path, np.ones((4, 4), np.float32))
+    real, inside, most, guard = np.load, [0], [0], threading.Lock()
+
+    def watched(*args, **kwargs):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.002)          # long enough for the other threads to arrive
+        try:
+            return real(*args, **kwargs)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(np, "load", watched)
+    with ThreadPoolExecutor(4) as pool:
+        arrays = list(pool.map(lambda _: cio.load_npy(path), range(16)))
+    assert all(a.shape == (4, 4) for a in arrays)
+    assert most[0] == 1
