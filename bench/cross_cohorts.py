@@ -55,7 +55,7 @@ if str(ROOT) not in sys.path:
 
 from bench.compare import _where_value, read_metrics, where  # noqa: E402
 from bench.quality import log, plain_postprocessing  # noqa: E402
-from clotseg.errors import InputDataError  # noqa: E402
+from clotseg.errors import ClotSegError  # noqa: E402
 
 
 class CrossError(Exception):
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
                 text.append(markdown_paired(variant["paired"], labels,
                                             tuple(len(m["models"]) for m in variant["matrices"])))
             report["variants"][name] = variant
-    except (CrossError, FileNotFoundError, InputDataError) as exc:
+    except (CrossError, FileNotFoundError, ClotSegError) as exc:   # a run's bad config.json, a bad sidecar
         parser.exit(2, f"bench.cross_cohorts: {exc}\n")
     blob = json.dumps(report, indent=2)
     if args.out:

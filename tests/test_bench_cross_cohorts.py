@@ -112,8 +112,10 @@ def test_cohorts_that_differ_between_the_workdirs_exit_2_in_one_line(tmp_path, c
 @pytest.mark.parametrize("make, message", [
     (lambda root: root / "missing", "no such folder"),
     (lambda root: _workdir(root, {(0, 0): _cohort(0.5, 0.5, False)}), "1 repeat(s) with a finished run"),
+    (lambda root: _workdir(root, {(i, j): _cohort(0.5, 0.5, False) for i in (0, 1) for j in (0, 1)}, skip={(0, 1)}),
+     "config.json"),    # a pair to score, and the run has no settings to score it with
 ])
-def test_a_workdir_without_two_scored_repeats_exits_2_in_one_line(tmp_path, capsys, make, message):
+def test_a_workdir_that_cannot_be_cross_scored_exits_2_in_one_line(tmp_path, capsys, make, message):
     with pytest.raises(SystemExit) as exit_info:
         cross.main([str(make(tmp_path / "w"))])
     assert exit_info.value.code == 2
