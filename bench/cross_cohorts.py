@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.compare import _where_value, read_metrics, where  # noqa: E402
+from bench.compare import _f as _num, _where_value, read_metrics, where  # noqa: E402
 from bench.quality import log, plain_postprocessing  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
 
@@ -121,11 +121,6 @@ def _run_evaluation(settings, run: Path, cohort: Path, output: Path) -> None:
     with contextlib.redirect_stdout(sys.stderr):   # progress bars; stdout keeps the JSON and the tables
         run_evaluation(settings, run_name=run.name, input_dir=cohort / "volumes", mask_dir=cohort / "masks",
                        output=output, log=lambda *a, **k: None)
-
-
-def _num(row: dict, key: str) -> float:
-    value = row.get(key)
-    return float("nan") if value in (None, "") else float(value)
 
 
 def load_table(workdir: Path, domain: str, plain: bool = False, where_kv: tuple | None = None) -> dict:
@@ -261,8 +256,7 @@ def main(argv=None) -> int:
         for workdir in workdirs:
             if not workdir.is_dir():
                 raise CrossError(f"{workdir}: no such folder")
-            repeats(workdir, args.domain)
-            score_missing(workdir, args.domain, args.untuned)
+            score_missing(workdir, args.domain, args.untuned)   # checks the workdir's repeats first
         report = {"domain": args.domain, "where": args.where, "workdirs": [str(w) for w in workdirs],
                   "labels": list(labels[:len(workdirs)]), "variants": {}}
         text = []

@@ -178,10 +178,12 @@ def write_cta_mips(volume_dir: Path, slices: int) -> int:
 
 
 def plain_postprocessing(settings):
-    """`settings` with the plain post-processing: threshold 0.5, no flip TTA, no component filter
-    (each a config.py value, so testing uses it instead of the run's tuned choice)."""
-    return settings.replace(threshold=0.5, tta_flips=False, min_component_voxels=0, min_component_peak=0.0,
-                            max_vessel_distance_mm=0.0, max_component_cta_hu=0.0, keep_largest_component=False)
+    """`settings` with the plain post-processing (`clotseg.postprocessing.DEFAULT`: threshold 0.5,
+    no flip TTA, no component filter), each as a config.py value, so testing uses it instead of
+    the run's tuned choice."""
+    from clotseg.postprocessing import DEFAULT
+
+    return settings.replace(**DEFAULT.as_dict())
 
 
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,

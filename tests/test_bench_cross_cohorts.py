@@ -1,7 +1,6 @@
 """bench/cross_cohorts.py: every repeat's model on every repeat's test cohort, and the paired
 comparison with each test case averaged over the models."""
 
-import csv
 import json
 import os
 import subprocess
@@ -11,18 +10,9 @@ import pytest
 
 from bench import cross_cohorts as cross
 from tests.conftest import ROOT
+from tests.test_bench_compare import _write as _write_metrics   # metrics.csv rows (case_id, dice, ...)
 
-FIELDS = ["case_id", "dice", "true_voxels", "pred_voxels", "n_detected", "n_false_positive_components"]
 DOMAIN = "first-build"
-
-
-def _write_metrics(folder, rows):
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow(dict(zip(FIELDS, r)))
 
 
 def _workdir(root, scorings, skip=()):
