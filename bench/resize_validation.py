@@ -149,7 +149,9 @@ def resize_repeat(project: Path, out: Path, target: int, bigger: Path | None, se
     if big is not None:
         if not (big / MASKS).is_dir():
             raise ResizeError(f"{big}: no {MASKS} folder (not a quality workdir's repeat)")
-        probe = sorted(named, key=_natural)[0]
+        # a case with clot: two generators' controls would all match at 0 voxels
+        ordered = sorted(named, key=_natural)
+        probe = next((c for c in ordered if clot_voxels(project, c) > 0), ordered[0])
         if not case_files(big / MASKS, probe) or clot_voxels(big, probe) != clot_voxels(project, probe):
             raise ResizeError(f"{big}: case {probe} differs from {project}'s (not the same generator and seed)")
     pool = sorted({p.name.split("_")[0] for p in (big / MASKS).glob("*.npy")} - named, key=_natural) if big else []

@@ -137,6 +137,14 @@ def _another_generator(tmp_path):
     return [str(tmp_path / "src"), str(tmp_path / "dst"), "--cases", "30", "--from", str(tmp_path / "big")]
 
 
+def _another_generator_first_case_a_control(tmp_path):
+    # CS1 is a control in both cohorts (0 voxels either way): the first clot case (CS2) tells them apart
+    small = {**_cohort(20), "CS1": 0}
+    _repeat(tmp_path / "src", small, _split(range(1, 11), range(11, 21)))
+    _repeat(tmp_path / "big", {c: (v + 1 if v else 0) for c, v in {**_cohort(60), "CS1": 0}.items()})
+    return [str(tmp_path / "src"), str(tmp_path / "dst"), "--cases", "30", "--from", str(tmp_path / "big")]
+
+
 def _same_folder(tmp_path):
     _repeat(tmp_path / "src", _cohort(20), _split(range(1, 11), range(11, 21)))
     return [str(tmp_path / "src"), str(tmp_path / "src"), "--cases", "5"]
@@ -146,6 +154,7 @@ def _same_folder(tmp_path):
                                            (_grow_without_from, "needs --from"),
                                            (_pool_too_small, "too few"),
                                            (_another_generator, "differs"),
+                                           (_another_generator_first_case_a_control, "case CS2 differs"),
                                            (_same_folder, "the same folder")])
 def test_bad_input_exits_2_in_one_line_and_writes_nothing(tmp_path, capsys, make, message):
     args = make(tmp_path)
