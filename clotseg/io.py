@@ -38,7 +38,8 @@ from clotseg.layout import MANIFEST  # noqa: F401  (the on-disk names live in cl
 # (python/cpython#106905; seen on 3.11.7 while testing.py's loader threads read cases). A lock
 # keeps ClotSeg's own loads apart; a parse that still meets another library's (TensorFlow
 # parses functions it traces in the main thread) is tried again, since every parse starts
-# its count afresh.
+# its count afresh. Only the header parse needs the lock: the file is mapped under it and its
+# data read after, so loader threads still read their volumes side by side.
 _NPY_LOCK = threading.Lock()
 AST_RACE = "AST constructor recursion depth mismatch"
 AST_RACE_TRIES = 3
@@ -48,10 +49,12 @@ def _np_load(path: Path, mmap: bool):
     for attempt in range(AST_RACE_TRIES):
         try:
             with _NPY_LOCK:
-                return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+                mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+            break
         except SystemError as exc:
             if AST_RACE not in str(exc) or attempt == AST_RACE_TRIES - 1:
                 raise
+    return mapped if mmap else np.array(mapped)
 
 
 def load_npy(path: Path | str, mmap: bool = False, what: str = "") -> np.ndarray:

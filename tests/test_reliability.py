@@ -494,3 +494,25 @@ def test_npy_loads_from_threads_parse_one_at_a_time(tmp_path, monkeypatch):
         arrays = list(pool.map(lambda _: cio.load_npy(path), range(16)))
     assert all(a.shape == (4, 4) for a in arrays)
     assert most[0] == 1
+
+
+def test_npy_load_reads_the_data_outside_the_parse_lock_into_an_owned_array(tmp_path, monkeypatch):
+    # the lock covers the header parse (np.load mapping the file); the copy into memory is made
+    # after it, so loader threads read side by side, and the caller gets a plain writable array
+    path = tmp_path / "CS1_CTA_Binary.npy"
+    np.save(path, np.arange(12, dtype=np.int16).reshape(3, 4))
+    real, held = np.array, []
+
+    def spy(*args, **kwargs):
+        held.append(cio._NPY_LOCK.locked())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "array", spy)
+    arr = cio.load_npy(path)
+    monkeypatch.undo()
+    assert held and not any(held)
+    assert type(arr) is np.ndarray and arr.flags.writeable and arr.flags.owndata
+    np.testing.assert_array_equal(arr, np.arange(12).reshape(3, 4))
+    arr[0, 0] = 7                                   # never written back to the file
+    assert cio.load_npy(path)[0, 0] == 0
+    assert isinstance(cio.load_npy(path, mmap=True), np.memmap)
