@@ -54,7 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.compare import _f as _num, _where_value, read_metrics, where  # noqa: E402
-from bench.quality import log, plain_postprocessing  # noqa: E402
+from bench.quality import latest_run, log, plain_postprocessing  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
 
 
@@ -69,7 +69,7 @@ def repeats(workdir: Path, domain: str) -> list[int]:
         tail = project.name[len("repeat"):]
         if not tail.isdigit():
             continue
-        if (any((project / "Trainings").glob("*/run.json")) and (project / f"test_{domain}" / "volumes").is_dir()
+        if (latest_run(project) is not None and (project / f"test_{domain}" / "volumes").is_dir()
                 and (project / f"Testing_{domain}" / "metrics.csv").is_file()):
             found.append(int(tail))
     found.sort()
@@ -100,7 +100,7 @@ def score_missing(workdir: Path, domain: str, plain: bool = False, score=None) -
     reps = repeats(workdir, domain)
     for i in reps:
         project = Path(workdir) / f"repeat{i}"
-        run = sorted((project / "Trainings").glob("*/run.json"))[-1].parent
+        run = latest_run(project)
         todo = [(j, is_plain) for j in reps for is_plain in ((False, True) if plain else (False,))
                 if not (scoring_folder(workdir, i, j, domain, is_plain) / "metrics.csv").is_file()]
         if not todo:

@@ -177,6 +177,13 @@ def write_cta_mips(volume_dir: Path, slices: int) -> int:
     return written
 
 
+def latest_run(project: Path) -> Path | None:
+    """The newest finished run (a folder with a run.json) of a quality repeat's Trainings/, or None:
+    the run `--reuse` scores again, and the model the other bench scripts take from a repeat."""
+    runs = sorted((Path(project) / "Trainings").glob("*/run.json"))
+    return runs[-1].parent if runs else None
+
+
 def plain_postprocessing(settings):
     """`settings` with the plain post-processing (`clotseg.postprocessing.DEFAULT`: threshold 0.5,
     no flip TTA, no component filter), each as a config.py value, so testing uses it instead of
@@ -239,9 +246,9 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
     from clotseg.io import read_json
 
     started = time.perf_counter()
-    runs = sorted((project / "Trainings").glob("*/run.json")) if reuse else []
-    if runs:  # --reuse: score the finished run of an earlier call again (e.g. after a crash in testing)
-        run, prep_seconds = runs[-1].parent, None
+    run = latest_run(project) if reuse else None
+    if run is not None:  # --reuse: score the finished run of an earlier call again (e.g. after a crash in testing)
+        prep_seconds = None
         log(f"[quality] reusing run {run}")
         if retune:  # choose the post-processing again with today's code (same Validation cases)
             from clotseg.stages.train import tune_run_postprocessing

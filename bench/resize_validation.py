@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.quality import log  # noqa: E402
+from bench.quality import latest_run, log  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
 from clotseg.io import atomic_write_json, load_npy, read_json  # noqa: E402
 from clotseg.layout import RUN_SPLIT, VALIDATION  # noqa: E402
@@ -61,12 +61,6 @@ class ResizeError(Exception):
 def _natural(case: str) -> tuple:
     """CS2 before CS10."""
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", case))
-
-
-def latest_run(project: Path) -> Path | None:
-    """The newest finished run of a quality repeat (as bench/quality.py --reuse picks it)."""
-    runs = sorted((project / "Trainings").glob("*/run.json"))
-    return runs[-1].parent if runs else None
 
 
 def case_files(folder: Path, case: str) -> list[Path]:

@@ -68,6 +68,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
+from bench.quality import latest_run  # noqa: E402
+
 DEV_SEED, DEV_CASES, N_TUNE = 5000, 40, 8
 RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to the vessel filter",
          "tuner without the vessel filter",
@@ -93,10 +95,9 @@ def _members(workdir: Path, dev: Path, cases: list[str]) -> list[np.ndarray]:
     from clotseg.io import atomic_save_npy, load_npy
     from clotseg.layout import load_run_settings
 
-    runs = sorted((workdir / "repeat0" / "Trainings").glob("*/run.json"))
-    if not runs:
+    run = latest_run(workdir / "repeat0")
+    if run is None:
         raise FileNotFoundError(f"{workdir}: no finished bench run (repeat0/Trainings/*/run.json)")
-    run = runs[-1].parent
     cache = dev / "predictions" / f"{workdir.name}-{run.name}"
     if not all((cache / f"{c}.npy").is_file() for c in cases):
         from clotseg.inference import predict_volume_members
