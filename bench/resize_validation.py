@@ -157,9 +157,11 @@ def resize_repeat(project: Path, out: Path, target: int, bigger: Path | None, se
         return holds[case]
 
     chosen = choose(validation, target, has_clot, pool, random.Random(seed + repeat))
-    partial = out.with_name(out.name + ".partial")
+    # this process's own folder: a second call running at the same time, or a stopped call's
+    # leftover, is never touched
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     if partial.exists():
-        shutil.rmtree(partial)             # our own leftover from a stopped call
+        shutil.rmtree(partial)             # a stopped call of this same process id: ours
     partial.mkdir(parents=True)
     for item in sorted(project.iterdir()):
         if item.name in ("DL_vol_files", "DL_seg_files") or item.name.startswith("test_"):
@@ -177,7 +179,13 @@ def resize_repeat(project: Path, out: Path, target: int, bigger: Path | None, se
               "dropped": [c for c in validation if c not in chosen],
               "with_clot": sum(has_clot(c) for c in chosen)}
     atomic_write_json(partial / RECORD, record)
-    os.replace(partial, out)
+    try:
+        os.replace(partial, out)
+    except OSError:                        # another call finished `out` first: keep its copy, drop ours
+        shutil.rmtree(partial)
+        if not out.exists():
+            raise
+        return resize_repeat(project, out, target, bigger, seed)
     log(f"[resize] {out}: {len(validation)} -> {len(chosen)} Validation cases "
         f"({record['with_clot']} with clot; {len(added)} added, {len(record['dropped'])} dropped)")
     return record

@@ -3,6 +3,7 @@ cohort (same model, same test cohorts) for the tuner to choose on again."""
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,7 +76,7 @@ def test_fewer_validation_cases_keep_the_clot_share_and_leave_the_source_alone(t
         (dst / rv.VOLUMES / "CS3_CTA_Binary.npy").read_bytes() == (src / rv.VOLUMES / "CS3_CTA_Binary.npy").read_bytes()
     assert (dst / "test_first-build" / "volumes" / "CS1_CTA_Binary.npy").read_bytes() == b"test"
     assert (src / "Trainings" / RUN / "Relevant_Files" / "split.json").read_text() == before
-    assert not list(tmp_path.glob("dst/*.partial"))
+    assert not list(tmp_path.glob("dst/*.partial*"))
 
 
 def test_more_validation_cases_come_from_the_larger_cohort_and_never_from_training(tmp_path):
@@ -164,3 +165,28 @@ def test_bad_input_exits_2_in_one_line_and_writes_nothing(tmp_path, capsys, make
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "dst").exists() or not list((tmp_path / "dst").iterdir())
+
+
+def test_a_call_running_beside_another_never_removes_its_work(tmp_path, monkeypatch):
+    _repeat(tmp_path / "src", _cohort(20), _split(range(1, 11), range(11, 21)))
+    other = tmp_path / "dst" / "repeat0.partial-1"                 # another call's folder, mid-way
+    other.mkdir(parents=True)
+    (other / "in_progress").write_text("x")
+    args = [str(tmp_path / "src"), str(tmp_path / "dst"), "--cases", "5"]
+    real = rv.os.replace
+    first = []
+
+    def finished_first(src, dst):                                   # the other call renames first
+        if not first and Path(dst) == tmp_path / "dst" / "repeat0":
+            first.append(1)
+            twin = tmp_path / "twin"
+            assert rv.main([args[0], str(twin), "--cases", "5"]) == 0
+            real(twin / "repeat0", dst)
+        return real(src, dst)
+
+    monkeypatch.setattr(rv.os, "replace", finished_first)
+    assert rv.main(args) == 0
+    assert (other / "in_progress").read_text() == "x"               # untouched
+    made = json.loads((tmp_path / "dst" / "repeat0" / rv.RECORD).read_text())
+    assert made["cases"] == 5 and len(_validation(tmp_path / "dst" / "repeat0")) == 5
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == ["repeat0", "repeat0.partial-1"]
