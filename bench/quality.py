@@ -217,7 +217,10 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
     project.mkdir(parents=True, exist_ok=True)
     values = {**scale.get("overrides", {}), **overrides}
     base = Settings.from_file(ROOT / "config.py", preset=preset)
-    settings_values = {**base.to_dict(), **values, "PRESET": None, "RANDOM_SEED": base.random_seed + repeat,
+    # the repeat's seed: config.py's RANDOM_SEED (or --set RANDOM_SEED=N, e.g. a second model trained
+    # on the same training cohort with another split, initialisation and sample order) plus the repeat
+    seed = values.get("RANDOM_SEED", base.random_seed)
+    settings_values = {**base.to_dict(), **values, "PRESET": None, "RANDOM_SEED": seed + repeat,
                        "TRAIN_PERC": 0.78, "VAL_PERC": 0.2}
     settings = Settings.from_dict(settings_values, root=project)
     if settings.max_training_minutes is None:
@@ -372,6 +375,10 @@ def main(argv=None) -> int:
     scale = SCALES[args.scale]
     preset = args.preset if args.preset is not None else scale["preset"]
     overrides = parse_overrides(args.overrides)
+    seed = overrides.get("RANDOM_SEED", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        parser.exit(2, f"bench.quality: --set RANDOM_SEED expects an integer of at least 0 (each repeat adds "
+                       f"its number), got {seed!r}\n")
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="clotseg-quality-"))
     results = []
     try:

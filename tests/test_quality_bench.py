@@ -220,6 +220,28 @@ def test_train_cases_replaces_the_scales_training_cohort_size(tmp_path, monkeypa
     assert seen[-1] is None and json.loads(out.read_text())["train_cases"] == tiny["train_cases"]
 
 
+def test_set_random_seed_replaces_config_seed_and_keeps_the_cohorts(tmp_path, monkeypatch, cohort_calls):
+    """--set RANDOM_SEED=N: repeat r's settings take N + r (its split, initialisation and sample
+    order: another model of the same training cohort), while the cohorts keep their seeds."""
+    import clotseg.pipeline
+
+    seeds = []
+
+    def stop(settings, *args, **kwargs):
+        seeds.append(settings.random_seed)
+        raise _Stop
+
+    monkeypatch.setattr(clotseg.pipeline, "prepare_data", stop)
+    with pytest.raises(_Stop):
+        quality.run_once("tiny", None, {"RANDOM_SEED": 142}, 1, tmp_path, ("first-build",))
+    with pytest.raises(_Stop):
+        quality.run_once("tiny", None, {}, 1, tmp_path, ("first-build",))
+    from clotseg.settings import Settings
+
+    assert seeds == [143, Settings.from_file(quality.ROOT / "config.py").random_seed + 1]
+    assert [c[1] for c in cohort_calls] == [1001, 4001, 1001, 4001]
+
+
 def test_first_repeat_runs_only_the_later_seeds(tmp_path, monkeypatch):
     """--first-repeat 2 --repeats 1 runs repeat 2 alone (seed offset 2), so a
     third seed lands beside an earlier call's repeat0 and repeat1."""
@@ -267,6 +289,8 @@ def test_cta_mips_are_the_slab_maximum_beside_each_cta_and_kept_when_there(tmp_p
     (["--cta-mip-slices", "2"], "--cta-mip-slices must be an odd number of at least 3"),
     (["--cta-mip-slices", "1"], "--cta-mip-slices must be an odd number of at least 3"),
     (["--cta-mip-slices", "-3"], "--cta-mip-slices must be an odd number of at least 3"),
+    (["--set", "RANDOM_SEED=x"], "--set RANDOM_SEED expects an integer of at least 0"),
+    (["--set", "RANDOM_SEED=-1"], "--set RANDOM_SEED expects an integer of at least 0"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--first-repeat", "-1"], "--repeats must be at least 1"),
 ])
