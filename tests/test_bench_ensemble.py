@@ -1,0 +1,154 @@
+"""bench/ensemble.py: several trained models' probabilities averaged, thresholded and scored,
+against the members on the same test cases."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bench import ensemble as ens
+from tests.test_bench_compare import _write as _write_metrics   # metrics.csv rows (case_id, dice, ...)
+
+DOMAIN = "first-build"
+SHAPE = (6, 6, 3)
+
+
+def _truth(case: int) -> np.ndarray:
+    """uint8 (6, 6, 3) truth: CS1 and CS2 have a 2x2x2 clot, CS3 is a control."""
+    m = np.zeros(SHAPE, np.uint8)
+    if case in (1, 2):
+        m[case:case + 2, 1:3, 0:2] = 1
+    return m
+
+
+def _workdir(root, n_repeats=3):
+    """A bench/quality.py-shaped workdir: repeat<i> with a finished run, its test cohort (three cases'
+    masks) and its own scoring."""
+    for i in range(n_repeats):
+        project = root / f"repeat{i}"
+        (project / "Trainings" / f"run{i}").mkdir(parents=True)
+        (project / "Trainings" / f"run{i}" / "run.json").write_text("{}")
+        test = project / f"test_{DOMAIN}"
+        (test / "volumes").mkdir(parents=True)
+        (test / "masks").mkdir(parents=True)
+        for c in (1, 2, 3):
+            np.save(test / "masks" / f"CS{c}_seg_corrected_binary.npy", _truth(c))
+        _write_metrics(project / f"Testing_{DOMAIN}", [("CS1", 0.5, 8, 8, 1, 0)])
+    return root
+
+
+def _member_probability(member: str, case: int) -> np.ndarray:
+    """float16 (6, 6, 3): member "repeat0" sees CS1's clot at 0.9, "repeat1" at 0.3 and "repeat2" at
+    0.45 (mean 0.55: found only together); CS2's clot only "repeat0" sees (0.9, mean 0.3 + 0.2: missed
+    together); on the control CS3 "repeat1" alone raises a 0.8 false alarm (mean 0.27: gone)."""
+    p = np.zeros(SHAPE, np.float16)
+    clot = _truth(case).astype(bool)
+    level = {("repeat0", 1): 0.9, ("repeat1", 1): 0.3, ("repeat2", 1): 0.45,
+             ("repeat0", 2): 0.9, ("repeat1", 2): 0.1, ("repeat2", 2): 0.1}
+    if case in (1, 2):
+        p[clot] = level[(member, case)]
+    elif member == "repeat1":
+        p[0, 0, 0] = 0.8
+    return p
+
+
+@pytest.fixture
+def fake_scoring(monkeypatch):
+    """Members 'predict' by writing _member_probability maps and their own plain metrics rows."""
+    from clotseg.settings import Settings
+
+    monkeypatch.setattr("clotseg.layout.load_run_settings", lambda run, root: Settings(threshold=0.3, tta_flips=True))
+    calls = []
+
+    def score(settings, run, cohort, output):
+        member = run.parent.parent.name
+        calls.append((member, cohort.parent.name, settings.threshold, settings.tta_flips, settings.save_probabilities))
+        rows = []
+        for c in (1, 2, 3):
+            prob = _member_probability(member, c)
+            pred = (prob > 0.5).sum()
+            truth = int(_truth(c).sum())
+            dice = (1.0 if truth == 0 and pred == 0 else 0.0 if truth == 0 else 2.0 * pred / (pred + truth))
+            rows.append((f"CS{c}", dice, truth, int(pred), int(truth > 0 and pred > 0), int(truth == 0 and pred > 0)))
+        _write_metrics(output, rows)
+        (output / "predictions").mkdir()
+        for c in (1, 2, 3):
+            np.save(output / "predictions" / f"CS{c}_prob.npy", _member_probability(member, c))
+
+    monkeypatch.setattr(ens, "_run_evaluation", score)
+    return calls
+
+
+def test_average_members_thresholds_the_mean_probability(tmp_path):
+    files = []
+    for k, level in enumerate((0.9, 0.3, 0.45)):
+        p = np.zeros(SHAPE, np.float16)
+        p[0, 0, 0] = level                        # mean 0.55: clot
+        p[1, 1, 1] = 0.5 if k < 2 else 0.4        # mean 0.467: one member above 0.5 is not enough
+        np.save(tmp_path / f"m{k}.npy", p)
+        files.append(tmp_path / f"m{k}.npy")
+    mask = ens.average_members(files)
+    assert mask.dtype == np.uint8 and mask.shape == SHAPE
+    assert mask[0, 0, 0] == 1 and mask.sum() == 1
+    np.save(tmp_path / "odd.npy", np.zeros((6, 6, 4), np.float16))
+    with pytest.raises(ens.CrossError, match="differs from the other members"):
+        ens.average_members(files + [tmp_path / "odd.npy"])
+
+
+def test_ensemble_of_the_repeats_scores_the_averaged_probabilities(tmp_path, fake_scoring, capsys):
+    work = _workdir(tmp_path / "work")
+    assert ens.main([str(work), "--out", str(tmp_path / "r.json")]) == 0
+    # every member on every cohort, once, with the plain post-processing and probabilities saved
+    assert sorted(c[:2] for c in fake_scoring) == sorted((f"repeat{i}", f"repeat{j}") for i in range(3)
+                                                         for j in range(3))
+    assert all(c[2:] == (0.5, False, True) for c in fake_scoring)
+    report = json.loads((tmp_path / "r.json").read_text())
+    for j in range(3):
+        pred = work / f"ensemble_{DOMAIN}" / f"cohort{j}" / "predictions"
+        assert np.load(pred / "CS1_pred.npy").sum() == 8          # found only by the average
+        assert np.load(pred / "CS2_pred.npy").sum() == 0          # one confident member is outvoted
+        assert np.load(pred / "CS3_pred.npy").sum() == 0          # the lone false alarm is gone
+    p = report["paired"]
+    assert (p["n_clot_cases"], p["n_clot_free_cases"]) == (6, 3)
+    # members: CS1 found by repeat0 only (Dice 1), CS2 by repeat0 only: 1/3 each; ensemble CS1 1, CS2 0
+    assert p["a"]["clot_dice_mean"] == pytest.approx(1 / 3)
+    assert p["b"]["clot_dice_mean"] == pytest.approx(0.5)
+    assert p["a"]["controls_with_alarm"] == pytest.approx(1.0) and p["b"]["controls_with_alarm"] == 0
+    assert p["dice_difference"]["better"] == 3 and p["dice_difference"]["worse"] == 3
+    out = capsys.readouterr().out
+    assert "| clots found | 2.0/6 | 3.0/6 |" in out
+    # a second call predicts nothing again
+    fake_scoring.clear()
+    assert ens.main([str(work)]) == 0 and fake_scoring == []
+
+
+def test_members_from_other_workdirs_are_scored_on_workdirs_cohorts(tmp_path, fake_scoring):
+    work = _workdir(tmp_path / "work", 2)
+    other = _workdir(tmp_path / "seed142", 1)
+    assert ens.main([str(work), "--member", str(work / "repeat0"), "--member", str(other / "repeat0"),
+                     "--name", "seeds", "--out", str(tmp_path / "r.json")]) == 0
+    # the other workdir's model predicts this workdir's two cohorts; its own cohort is not used
+    assert sorted((c[0], c[1]) for c in fake_scoring) == [("repeat0", "repeat0"), ("repeat0", "repeat0"),
+                                                          ("repeat0", "repeat1"), ("repeat0", "repeat1")]
+    assert (other / "repeat0" / f"Ensemble_{DOMAIN}" / "cohort1" / "metrics.csv").is_file()
+    assert (work / f"ensemble_{DOMAIN}_seeds" / "cohort1" / "metrics.csv").is_file()
+    assert json.loads((tmp_path / "r.json").read_text())["members"] == [str(work / "repeat0"),
+                                                                       str(other / "repeat0")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (lambda w: [str(w / "nope")], "no such folder"),
+    (lambda w: [str(w), "--member", str(w / "repeat0"), "--member", str(w / "repeat1")], "--member needs --name"),
+    (lambda w: [str(w), "--member", str(w / "repeat0"), "--member", str(w / "repeat0"), "--name", "x"],
+     "at least two different members"),
+    (lambda w: [str(w), "--member", str(w / "repeat0"), "--member", str(w / "test_x"), "--name", "x"],
+     "no finished run"),
+])
+def test_bad_input_is_one_line_and_exit_status_2(tmp_path, fake_scoring, capsys, args, message):
+    work = _workdir(tmp_path / "work", 2)
+    with pytest.raises(SystemExit) as exc:
+        ens.main(args(work))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert fake_scoring == []
