@@ -1,7 +1,7 @@
 """What averaging several trained models buys: the models of a quality workdir as one ensemble.
 
     python -m bench.ensemble WORKDIR [--domain first-build] [--member PROJECT ...] [--name NAME]
-                             [--out F.json]
+                             [--where hyperdense=false] [--out F.json]
 
 WORKDIR is a `bench/quality.py --workdir` folder with two or more repeats,
 each with a finished run and its unseen test cohort (as `bench/cross_cohorts.py`
@@ -23,7 +23,8 @@ averaged over the members, bootstrapped over the test cases, as
 `bench/cross_cohorts.py` pairs two configurations), with clots found, FP
 components per case and controls with an alarm. Both sides use the plain
 post-processing, so the figure is what averaging does to the networks'
-output, not to a tuner's choice.
+output, not to a tuner's choice. `--where KEY=VALUE` keeps the test cases
+whose phantom sidecar has that value, as bench/compare.py does.
 
 What it measures depends on the members: bench/quality.py's repeats are
 trained on different training cohorts (seeds 1000 + r), so their ensemble has
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.compare import read_metrics  # noqa: E402
+from bench.compare import _where_value, read_metrics, where  # noqa: E402
 from bench.cross_cohorts import CrossError, averaged, paired, repeats  # noqa: E402
 from bench.quality import latest_run, log, plain_postprocessing  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
@@ -157,8 +158,23 @@ def main(argv=None) -> int:
                         help="a member's repeat<i> folder (repeatable; default: WORKDIR's repeats)")
     parser.add_argument("--name", default=None,
                         help="the ensemble's folder is WORKDIR/ensemble_<domain>_<NAME> (needed with --member)")
+    parser.add_argument("--where", default=None, metavar="KEY=VALUE",
+                        help="only the cases whose sidecar has this value, e.g. hyperdense=false")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
+    where_kv = None
+    if args.where is not None:
+        key, sep, text = args.where.partition("=")
+        if not sep or not key:
+            parser.exit(2, f"bench.ensemble: --where expects KEY=VALUE, got {args.where!r}\n")
+        where_kv = (key, _where_value(text))
+
+    def rows_of(folder: Path, cohort: int) -> dict:
+        rows = read_metrics(folder)
+        if where_kv is not None:
+            rows = where(rows, args.workdir / f"repeat{cohort}" / f"test_{args.domain}" / "volumes", *where_kv)
+        return rows
+
     try:
         if not args.workdir.is_dir():
             raise CrossError(f"{args.workdir}: no such folder")
@@ -173,9 +189,9 @@ def main(argv=None) -> int:
             out = args.workdir / name / f"cohort{j}"
             log(f"[ensemble] cohort {j}: averaging {len(members)} members")
             ensemble_cohort(args.workdir, members, j, args.domain, out)
-            ens_table[(0, j)] = read_metrics(out)
+            ens_table[(0, j)] = rows_of(out, j)
             for i, m in enumerate(members):
-                member_table[(i, j)] = read_metrics(member_folder(m, j, args.domain))
+                member_table[(i, j)] = rows_of(member_folder(m, j, args.domain), j)
         result = paired(averaged(member_table), averaged(ens_table))
     except (CrossError, FileNotFoundError, ClotSegError) as exc:
         parser.exit(2, f"bench.ensemble: {exc}\n")
@@ -186,7 +202,8 @@ def main(argv=None) -> int:
 
     per_cohort = {j: {"ensemble": clot_mean(ens_table[(0, j)]),
                       "members": [clot_mean(member_table[(i, j)]) for i in range(len(members))]} for j in cohorts}
-    report = {"workdir": str(args.workdir), "domain": args.domain, "members": [str(m) for m in members],
+    report = {"workdir": str(args.workdir), "domain": args.domain, "where": args.where,
+              "members": [str(m) for m in members],
               "cohorts": cohorts, "per_cohort": per_cohort, "paired": result}
     blob = json.dumps(report, indent=2, default=str)
     if args.out:
@@ -200,7 +217,8 @@ def main(argv=None) -> int:
 def markdown(report: dict) -> str:
     members, cohorts, result = report["members"], report["cohorts"], report["paired"]
     head = " | ".join(f"member {i}" for i in range(len(members)))
-    lines = [f"#### plain post-processing: clot-case mean Dice per test cohort ({report['domain']})", "",
+    subgroup = f", {report['where']}" if report.get("where") else ""
+    lines = [f"#### plain post-processing: clot-case mean Dice per test cohort ({report['domain']}{subgroup})", "",
              "Members: " + ", ".join(f"{i} = {m}" for i, m in enumerate(members)), "",
              f"| cohort | {head} | ensemble |", "| --- |" + " --- |" * (len(members) + 1)]
     for j in cohorts:

@@ -136,7 +136,21 @@ def test_members_from_other_workdirs_are_scored_on_workdirs_cohorts(tmp_path, fa
                                                                        str(other / "repeat0")]
 
 
+def test_where_keeps_the_cases_of_a_subgroup(tmp_path, fake_scoring):
+    work = _workdir(tmp_path / "work", 2)
+    for j in range(2):   # only CS2 of each cohort is "not hyperdense"
+        volumes = work / f"repeat{j}" / f"test_{DOMAIN}" / "volumes"
+        for case, dense in (("CS1", True), ("CS2", False), ("CS3", True)):
+            (volumes / f"CS{case[2:]}.json").write_text(json.dumps({"hyperdense": dense}))
+    assert ens.main([str(work), "--where", "hyperdense=false", "--out", str(tmp_path / "r.json")]) == 0
+    p = json.loads((tmp_path / "r.json").read_text())["paired"]
+    # CS2 of both cohorts: found by member 0 alone (Dice 1 and 0: mean 0.5), outvoted in the ensemble
+    assert (p["n_clot_cases"], p["n_clot_free_cases"]) == (2, 0)
+    assert p["a"]["clot_dice_mean"] == pytest.approx(0.5) and p["b"]["clot_dice_mean"] == 0
+
+
 @pytest.mark.parametrize("args, message", [
+    (lambda w: [str(w), "--where", "hyperdense"], "--where expects KEY=VALUE"),
     (lambda w: [str(w / "nope")], "no such folder"),
     (lambda w: [str(w), "--member", str(w / "repeat0"), "--member", str(w / "repeat1")], "--member needs --name"),
     (lambda w: [str(w), "--member", str(w / "repeat0"), "--member", str(w / "repeat0"), "--name", "x"],
