@@ -232,6 +232,28 @@ def flip_ensemble(model):
     return ensemble
 
 
+def average_models(models: list):
+    """Several runs' models as one Keras model that averages their outputs (an ensemble).
+
+    (B, H, W, C) inputs -> float32 (B, H, W, K): the mean of the members'
+    probabilities (a deep-supervision member contributes its full-size
+    output). Built from layers only, never saved; keeps the first model's
+    jit_compile. `flip_ensemble` wraps it as it wraps one model.
+    """
+    import keras
+    from keras import ops
+
+    inputs = keras.Input(shape=tuple(models[0].input_shape[1:]), name="codes")
+    outputs = []
+    for i, m in enumerate(models):
+        m.name = f"member{i}_{m.name}"   # the runs' models share their builder's name; a model's must differ
+        out = m(inputs)
+        outputs.append(ops.cast(out[0] if isinstance(out, (list, tuple)) else out, "float32"))
+    model = keras.Model(inputs, keras.layers.Average(dtype="float32")(outputs), name="run_ensemble")
+    model.jit_compile = getattr(models[0], "jit_compile", "auto")
+    return model
+
+
 def split_members(probs: np.ndarray, n_members: int = 3) -> list[np.ndarray]:
     """(N, H, W, M*K) predictions of `flip_ensemble` -> M views (N, H, W, K)."""
     k = probs.shape[-1] // n_members

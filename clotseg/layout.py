@@ -152,7 +152,10 @@ def resolve_run(settings: "Settings", name: str | None = None) -> Path:
     Raises StageError (one line) for a name that is not a plain folder name,
     a run without Best_Model/model.keras, or no trained run at all.
     """
-    name = name or settings.test_run
+    if not name and len(settings.test_runs) > 1:
+        raise StageError(f"TEST_RUN names {len(settings.test_runs)} runs (an ensemble); test them together "
+                         "with `python testing.py`")
+    name = name or (settings.test_runs[0] if settings.test_runs else None)
     if name:
         if not _RUN_NAME.fullmatch(name) or name in (".", ".."):
             raise StageError(f"run name {name!r} must be a folder name under {settings.trainings_path}")
@@ -164,6 +167,30 @@ def resolve_run(settings: "Settings", name: str | None = None) -> Path:
     if not runs:
         raise StageError(f"no trained model under {settings.trainings_path}; run `python training.py` first")
     return runs[-1]
+
+
+def resolve_runs(settings: "Settings", names=None) -> list[Path]:
+    """The runs to test: `names` (one run name or several), else TEST_RUN (a name or a list of
+    them), else the latest run with a best model. Several runs are an ensemble (their models'
+    probabilities averaged); each is checked as `resolve_run` checks one."""
+    if isinstance(names, str):
+        names = [names]
+    names = list(names or settings.test_runs)
+    if len(set(names)) != len(names):
+        raise StageError(f"run {sorted(n for n in names if names.count(n) > 1)[0]!r} is named twice; "
+                         "an ensemble's runs must differ")
+    if not names:
+        return [resolve_run(settings)]
+    return [resolve_run(settings, name) for name in names]
+
+
+def ensemble_dir(settings: "Settings", runs: list[Path]) -> Path:
+    """Trainings/Ensemble_<k>runs_<hash>: where an ensemble of `runs` writes its testing folders
+    (the hash of the sorted run names, so the same runs in any order share it)."""
+    import hashlib
+
+    key = hashlib.sha256("\n".join(sorted(Path(r).name for r in runs)).encode()).hexdigest()[:8]
+    return settings.trainings_path / f"Ensemble_{len(runs)}runs_{key}"
 
 
 def load_run_settings(run: Path, root: Path) -> "Settings":

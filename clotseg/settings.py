@@ -104,6 +104,7 @@ class Settings:
     stratify_split: bool = True
     split_file: str | None = None
     group_by: str | None = None
+    fold: int | None = None
     # slicing and augmentation
     input_shape: tuple = (256, 256, 2)
     target_sample_size_aug_train: int = 20000
@@ -146,7 +147,7 @@ class Settings:
     resume: bool = False
     distribution: str | None = None
     # testing
-    test_run: str | None = None
+    test_run: str | tuple | None = None
     tune_postprocessing: bool = True
     threshold: float | None = None
     tta_flips: bool | None = None
@@ -372,6 +373,15 @@ class Settings:
                   f"TRAIN_PERC + VAL_PERC must be below 1 so some cases are left for testing "
                   f"(got {self.train_perc} + {self.val_perc} = {self.train_perc + self.val_perc:g})")
 
+        if self.fold is not None:
+            folds = self.n_folds
+            check(_is_int(self.fold) and folds is not None and 0 <= self.fold < folds,
+                  f"FOLD must be None or an integer from 0 to {(folds or 2) - 1} (the cases outside Testing "
+                  f"make (TRAIN_PERC + VAL_PERC) / VAL_PERC = {folds} folds), got {_short(self.fold)}")
+            check(self.split_file is None and self.group_by is None,
+                  "FOLD draws the folds of the seeded split: with SPLIT_FILE or GROUP_BY set FOLD = None "
+                  "(give each fold's cohorts in its own SPLIT_FILE)")
+
         depth_ok = _is_int(self.depth) and 1 <= self.depth <= 6
         check(depth_ok, "DEPTH must be an integer from 1 to 6")
         check(not (self.deep_supervision is True and depth_ok and self.depth < 2),
@@ -445,9 +455,11 @@ class Settings:
         check(_auto_bool(self.jit_compile), "JIT_COMPILE must be 'auto', True or False")
         check(self.distribution is None or _one_of(self.distribution, ("data_parallel",)),
               "DISTRIBUTION must be None or 'data_parallel'")
-        check(self.test_run is None or (isinstance(self.test_run, str) and re.fullmatch(r"[\w.\-]+", self.test_run)
-                                        and self.test_run not in (".", "..")),
-              "TEST_RUN must be None or a run folder name (no path separators)")
+        names = self.test_runs
+        check(self.test_run is None or (bool(names) and len(set(names)) == len(names) and all(
+                  isinstance(n, str) and re.fullmatch(r"[\w.\-]+", n) and n not in (".", "..") for n in names)),
+              "TEST_RUN must be None, a run folder name (no path separators) or a list of different run "
+              "folder names (an ensemble)")
         check(self.threshold is None or (_is_num(self.threshold) and 0 < self.threshold < 1),
               "THRESHOLD must be None (the run's validation-tuned value) or in (0, 1)")
         check(self.min_component_voxels is None
@@ -627,6 +639,22 @@ class Settings:
         return (None, None, self.model_channels)
 
     # ---------------------------------------------------------- serialisation
+    @property
+    def n_folds(self) -> int | None:
+        """Folds of the cases outside Testing for FOLD: (TRAIN_PERC + VAL_PERC) / VAL_PERC rounded
+        (4 for 60 / 20 / 20, so each fold's Validation is VAL_PERC of the cohort); None for invalid
+        percentages."""
+        if not (_is_num(self.train_perc) and _is_num(self.val_perc) and self.val_perc > 0):
+            return None
+        return max(2, int(round((self.train_perc + self.val_perc) / self.val_perc)))
+
+    @property
+    def test_runs(self) -> tuple:
+        """TEST_RUN as a tuple of run names: () for None, one name, or the ensemble's names."""
+        if self.test_run is None:
+            return ()
+        return (self.test_run,) if isinstance(self.test_run, str) else tuple(self.test_run)
+
     def to_dict(self) -> dict:
         """JSON-ready {NAME: value} (paths relative, tuples as lists)."""
         out = {}
@@ -751,7 +779,7 @@ def _normalise(kwargs: dict) -> dict:
     for name in ("input_shape", "patch_size"):
         if isinstance(out.get(name), list):
             out[name] = tuple(out[name])
-    for name in ("voxel_spacing_mm", "target_spacing_mm", "roi_size_mm"):
+    for name in ("voxel_spacing_mm", "target_spacing_mm", "roi_size_mm", "test_run"):
         if isinstance(out.get(name), list):
             out[name] = tuple(out[name])
     for name in ("windows_hu", "display_windows_hu", "clot_appearance_hu"):

@@ -41,13 +41,14 @@ from tqdm import tqdm
 
 from clotseg.cohort import Case, check_case, discover_cases, read_sidecar
 from clotseg.errors import ClotSegError, StageError
-from clotseg.inference import flip_ensemble, member_inputs, postprocess, predict_stream, prefetch, split_members, to_mask
+from clotseg.inference import (average_models, flip_ensemble, member_inputs, postprocess, predict_stream, prefetch,
+                               split_members, to_mask)
 from clotseg.intensity import center_crop
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
 from clotseg.layout import (BEST_MODEL, POSTPROCESSING_FILE, RUN_CONFIG, RUN_SPLIT, TEST_PREDICTIONS_DIR, TESTING,
-                            TESTING_DIR, check_best_model, load_run_settings, preprocessed_inputs, resolve_run,
-                            testing_dir)
+                            TESTING_DIR, check_best_model, ensemble_dir, load_run_settings, preprocessed_inputs,
+                            resolve_run, resolve_runs, testing_dir)
 from clotseg.settings import Settings
 
 OUT_DIR = TESTING_DIR
@@ -55,7 +56,8 @@ PREDICTIONS_DIR = TEST_PREDICTIONS_DIR
 FLIP_MEMBERS = ("plain", "horizontal flip", "vertical flip")
 UNCERTAINTY_METHOD = "std"
 
-__all__ = ["load_model", "output_dir", "predict_cases", "resolve_run", "run_evaluation", "select_cases"]
+__all__ = ["load_model", "output_dir", "predict_cases", "resolve_run", "run_evaluation",
+           "select_cases"]
 
 
 def load_model(run: Path, jit_compile="auto"):
@@ -78,6 +80,24 @@ def load_model(run: Path, jit_compile="auto"):
         raise StageError(f"refusing to load {path}: {exc}") from exc
     model.jit_compile = runtime.resolve_jit(jit_compile)
     return model
+
+
+# what an ensemble's runs must share: one input slice means the same to every member
+ENSEMBLE_SHARED = ("modalities", "model_input_shape", "windows_hu", "context_slices", "symmetry_channels",
+                   "num_classes", "preprocess")
+
+
+def check_ensemble(runs: list[Path], trained: list[Settings]) -> None:
+    """StageError (one line) when the runs of an ensemble differ in what their inputs or outputs mean."""
+    for run, other in zip(runs[1:], trained[1:]):
+        for name in ENSEMBLE_SHARED:
+            a, b = getattr(trained[0], name), getattr(other, name)
+            if a != b:
+                raise StageError(f"runs {runs[0].name} and {run.name} cannot be averaged: {name.upper()} "
+                                 f"{a!r} vs {b!r}")
+        if trained[0].preprocess and trained[0].target_spacing_mm != other.target_spacing_mm:
+            raise StageError(f"runs {runs[0].name} and {run.name} cannot be averaged: TARGET_SPACING_MM "
+                             f"{trained[0].target_spacing_mm!r} vs {other.target_spacing_mm!r}")
 
 
 def select_cases(settings: Settings, run: Path, input_dir: Path | None, mask_dir: Path | None) -> list[Case]:
@@ -354,40 +374,68 @@ def predict_cases(model, cases: list[Case], trained: Settings, post, pred_dir: P
 
 
 # ------------------------------------------------------------ all three
-def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: Path | None = None,
+def run_evaluation(settings: Settings, run_name: str | list | None = None, input_dir: Path | None = None,
                    mask_dir: Path | None = None, log=print, output: Path | None = None) -> dict:
-    """Predict, score and render; return the summary (or {"cases": ..., "note"} unlabeled)."""
+    """Predict, score and render; return the summary (or {"cases": ..., "note"} unlabeled).
+
+    `run_name`: a run, or several runs (else TEST_RUN, else the latest run). Several runs are
+    tested as one ensemble: their inputs must mean the same (`check_ensemble`), they must hold out
+    the same Testing cases (FOLDs of one split) unless `input_dir` names other cases, their
+    models' probabilities are averaged (`average_models`) and the outputs go to
+    Trainings/Ensemble_<k>runs_<hash>/Testing[_<folder>] (`clotseg.layout.ensemble_dir`).
+    """
     from clotseg import runtime
     from clotseg.evaluation.rendering import render_report
     from clotseg.evaluation.report import markdown_table
     from clotseg.evaluation.scoring import score_folder
 
-    run = resolve_run(settings, run_name)
-    if not (run / RUN_CONFIG).is_file():
-        raise StageError(f"run {run.name} has no {RUN_CONFIG.as_posix()}; it cannot be tested")
-    trained = load_run_settings(run, settings.root)
+    runs = resolve_runs(settings, run_name)   # several: an ensemble, their probabilities averaged
+    run = runs[0]
+    for r in runs:
+        if not (r / RUN_CONFIG).is_file():
+            raise StageError(f"run {r.name} has no {RUN_CONFIG.as_posix()}; it cannot be tested")
+    trained_all = [load_run_settings(r, settings.root) for r in runs]
+    trained = trained_all[0]
     if trained.modalities != settings.modalities:
         raise StageError(f"run {run.name} was trained on modalities {trained.modalities} "
                          f"but config.py now names {settings.modalities}")
+    check_ensemble(runs, trained_all)
     if input_dir is None and trained.preprocess:
         settings = preprocessed_inputs(settings)     # the run's Testing cohort is in the prepared cohort
     cases = select_cases(settings, run, input_dir, mask_dir)
     if not cases:
         raise StageError("no cases to test")
+    if input_dir is None:
+        for r in runs[1:]:   # a Testing case of one member must not be another's training case
+            if [c.case_id for c in select_cases(settings, r, None, None)] != [c.case_id for c in cases]:
+                raise StageError(f"runs {run.name} and {r.name} hold out different Testing cases, so one may "
+                                 "have trained on the other's test cases: train the members as folds of one "
+                                 "split (config.py FOLD) or test them on other cases (--input-dir)")
     check_settings = trained.replace(volume_dir=settings.volume_dir, mask_dir=settings.mask_dir)
     for case in cases:  # every case checked before any prediction is written
         check_case(case, check_settings)
-    check_best_model(run, trained)  # truncated/corrupt file or other inputs/classes: one line, before Keras
-    model = load_model(run, settings.jit_compile)
-    if tuple(model.input_shape[1:]) != tuple(trained.model_input_shape):
-        raise StageError(f"the model in {run / BEST_MODEL.parent} takes inputs {tuple(model.input_shape[1:])} but "
-                         f"the run's {RUN_CONFIG.as_posix()} describes {trained.model_input_shape}")
+    for r, t in zip(runs, trained_all):
+        check_best_model(r, t)  # truncated/corrupt file or other inputs/classes: one line, before Keras
+    models = [load_model(r, settings.jit_compile) for r in runs]
+    for r, m in zip(runs, models):
+        if tuple(m.input_shape[1:]) != tuple(trained.model_input_shape):
+            raise StageError(f"the model in {r / BEST_MODEL.parent} takes inputs {tuple(m.input_shape[1:])} but "
+                             f"the run's {RUN_CONFIG.as_posix()} describes {trained.model_input_shape}")
+    model = models[0] if len(models) == 1 else average_models(models)
+    # an ensemble's probabilities are not any member's: none of the members' tuned choices
+    # applies, so it takes config.py's values and the defaults (0.5, no TTA, no filter)
     tuned_path = run / POSTPROCESSING_FILE
-    tuned = read_json(tuned_path) if tuned_path.is_file() else None
+    tuned = read_json(tuned_path) if tuned_path.is_file() and len(runs) == 1 else None
     post = resolve_postprocessing(settings, tuned if trained.num_classes == 1 else None)
     labelled = all(c.mask is not None for c in cases)
     target = target_name(settings)
-    out_path = output_dir(run, input_dir, output)
+    if output is None and len(runs) > 1:
+        out_path = testing_dir(ensemble_dir(settings, runs), input_dir)
+    else:
+        out_path = output_dir(run, input_dir, output)
+    if len(runs) > 1:
+        log(f"[test] ensemble of {len(runs)} runs ({', '.join(r.name for r in runs)}): their probabilities "
+            f"averaged; post-processing from config.py or the defaults")
     volumes_dir = next(iter(cases[0].volumes.values())).parent
     truth_dir = cases[0].mask.parent if labelled else None
     with staged_dir(out_path) as out:
@@ -398,7 +446,8 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
                                   default_spacing=settings.voxel_spacing_mm)
         log(f"[test] predict: {len(cases)} case(s), {predicted['n_slices']} slices in {predicted['seconds']:.1f} s "
             f"(plain + 2 flip members each; prediction from the {'flip average' if post.tta_flips else 'plain member'})")
-        meta = {"run": run.name, **post.as_dict(),
+        meta = {"run": run.name if len(runs) == 1 else out_path.parent.name, **post.as_dict(),
+                **({"ensemble_runs": [r.name for r in runs]} if len(runs) > 1 else {}),
                 "postprocessing_source": "validation-tuned" if tuned else "default",
                 "prediction_from": "mean of plain and flip members" if post.tta_flips else "plain member",
                 "uncertainty": f"{UNCERTAINTY_METHOD} over members {', '.join(FLIP_MEMBERS)}",
@@ -413,7 +462,9 @@ def run_evaluation(settings: Settings, run_name: str | None = None, input_dir: P
         log(f"[test] score: {'metrics.csv, summary.json' if labelled else 'predictions.json (unlabelled)'}")
         report = render_report(out, scored, modalities=trained.modalities, windows=dict(trained.windows_hu),
                                display_windows=settings.display_windows_hu,
-                               run_dir=run, title=f"ClotSeg test report: {run.name}", target_name=target, log=log)
+                               run_dir=run if len(runs) == 1 else None, target_name=target, log=log,
+                               title=f"ClotSeg test report: {run.name}" if len(runs) == 1 else
+                               f"ClotSeg test report: ensemble of {', '.join(r.name for r in runs)}")
         log(f"[test] render: figures and {report.name}")
         write_manifest(out, "test", fingerprint([c.signature() for c in cases]),
                        **{k: v for k, v in meta.items() if k not in ("exports", "export_problems")})

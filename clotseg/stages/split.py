@@ -11,6 +11,9 @@ SPLIT_FILE: the user's own split, honoured as given (JSON {case: cohort} or
 every case of the cohort must be named once, with one of the three cohort
 names. GROUP_BY: a sidecar field (e.g. "source", "site"); every case with
 the same value goes to the same cohort (no site leaks into testing).
+FOLD = k: the same Testing cohort, and the other cases dealt into
+(TRAIN_PERC + VAL_PERC) / VAL_PERC seeded folds with fold k as Validation
+(`fold_cohorts`), so the runs of the folds can be tested as one ensemble.
 """
 
 from __future__ import annotations
@@ -78,6 +81,31 @@ def split_cases(case_ids: list[str], train_perc: float, val_perc: float, seed: i
     if strata is not None and not all(cohorts.values()):
         return split_cases(ids, train_perc, val_perc, seed)
     return {name: sorted(v, key=natural_key) for name, v in cohorts.items()}
+
+
+def fold_cohorts(cohorts: dict[str, list[str]], fold: int, n_folds: int, seed: int,
+                 strata: dict | None = None) -> dict[str, list[str]]:
+    """Fold `fold` of `n_folds` (FOLD): the cases outside Testing dealt into `n_folds` seeded folds,
+    fold `fold` the Validation cohort and the others Training; Testing unchanged, so every fold's
+    run is tested on the same held-out cases and their models can be averaged (nnU-Net's
+    cross-validation folds). With `strata` each label is dealt on its own, continuing the round,
+    so the clot-free cases spread over the folds. StageError when a fold would be empty.
+    """
+    pool = sorted(cohorts[TRAINING] + cohorts[VALIDATION], key=natural_key)
+    if len(pool) < n_folds:
+        raise StageError(f"FOLD = {fold}: the {len(pool)} case(s) outside Testing make fewer than "
+                         f"{n_folds} folds; set FOLD = None or add cases")
+    rng = np.random.default_rng([seed, n_folds])
+    groups = [pool] if strata is None else [
+        [c for c in pool if str(strata[c]) == label] for label in sorted({str(strata[c]) for c in pool})]
+    assigned, dealt = {}, 0
+    for group in groups:
+        for i in rng.permutation(len(group)):
+            assigned[group[i]] = dealt % n_folds
+            dealt += 1
+    return {TRAINING: [c for c in pool if assigned[c] != fold],
+            VALIDATION: [c for c in pool if assigned[c] == fold],
+            TESTING: list(cohorts[TESTING])}
 
 
 # ------------------------------------------------------------ user split
@@ -234,6 +262,7 @@ def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict |
     key = fingerprint({"cases": sorted(case_ids), "seed": settings.random_seed,
                        "train": settings.train_perc, "val": settings.val_perc,
                        "strata": None if strata is None else {c: str(strata[c]) for c in sorted(case_ids)},
+                       **({"fold": settings.fold, "folds": settings.n_folds} if settings.fold is not None else {}),
                        **({"groups": {c: groups[c] for c in sorted(case_ids)}} if groups is not None else {}),
                        **({"split_file": str(user_file), "split_file_text": _file_text(user_file)}
                           if user_file is not None else {})})
@@ -263,12 +292,17 @@ def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict |
     else:
         cohorts = split_cases(case_ids, settings.train_perc, settings.val_perc, settings.random_seed, strata)
         how = None
+        if settings.fold is not None:
+            cohorts = fold_cohorts(cohorts, settings.fold, settings.n_folds, settings.random_seed, strata)
+            how = f"(fold {settings.fold} of {settings.n_folds}: Validation is that fold, Testing as without FOLD)"
     atomic_write_json(path, {
         "complete": True,
         "fingerprint": key,
         "random_seed": settings.random_seed,
         "train_perc": settings.train_perc,
         "val_perc": settings.val_perc,
+        "fold": settings.fold,
+        "folds": None if settings.fold is None else settings.n_folds,
         "counts": {k: len(v) for k, v in cohorts.items()},
         "stratified_by": None if strata is None else "has_clot",
         "strata_counts": None if strata is None else {

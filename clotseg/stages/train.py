@@ -457,7 +457,10 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
         if read_manifest(augmented_dir(settings, cohort)) is None:
             raise StageError(f"no augmented {cohort} samples at {augmented_dir(settings, cohort)}; "
                              "set DATA_AUG = True (and SLICE_EXTRACT = True) and rerun")
-    keras.utils.set_random_seed(settings.random_seed)
+    # each FOLD's network starts from other weights and sees its samples in another order, as
+    # the members of an ensemble should (fold None or 0: RANDOM_SEED as before)
+    seed = (settings.random_seed + (settings.fold or 0)) % 2**32
+    keras.utils.set_random_seed(seed)
     gpus = runtime.gpu_names()
     policy = runtime.configure_precision(settings.mixed_precision, bool(gpus))
     jit = runtime.resolve_jit(settings.jit_compile, bool(gpus))
@@ -508,7 +511,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     num_outputs = len(model.outputs)  # > 1: deep supervision
     train_gen, val_gen = (
         DataGeneratorUNet2D(augmented_dir(settings, cohort) / IMAGES, augmented_dir(settings, cohort) / MASKS,
-                            batch_size=settings.batch_size, shuffle=cohort == TRAINING, seed=settings.random_seed,
+                            batch_size=settings.batch_size, shuffle=cohort == TRAINING, seed=seed,
                             num_classes=settings.num_classes, indices=_divisible(settings, cohort, replicas),
                             num_outputs=num_outputs,
                             # the 0..255 codes as uint8 (the model's Rescaling layer casts): the same
