@@ -71,6 +71,17 @@ def where(rows: dict[str, dict], volumes: Path, key: str, value) -> dict[str, di
     return out
 
 
+def parse_where(parser, prog: str, text: str | None):
+    """`--where KEY=VALUE` as (key, value) (VALUE as `_where_value` reads it), None without it;
+    one line and exit status 2 for anything else."""
+    if text is None:
+        return None
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        parser.exit(2, f"{prog}: --where expects KEY=VALUE, got {text!r}\n")
+    return key, _where_value(value)
+
+
 def _where_value(text: str):
     try:
         return json.loads(text)
@@ -139,10 +150,7 @@ def main(argv=None) -> int:
                         help="with --where: each pair's volume folder with the sidecars, in order; repeatable")
     args = parser.parse_args(argv)
     if args.where is not None:
-        if "=" not in args.where or not args.where.split("=", 1)[0]:
-            parser.exit(2, f"bench.compare: --where expects KEY=VALUE, got {args.where!r}\n")
-        key, text = args.where.split("=", 1)
-        value = _where_value(text)
+        key, value = parse_where(parser, "bench.compare", args.where)
         if len(args.volumes) != 1 + len(args.also):
             parser.exit(2, f"bench.compare: --where needs one --volumes folder per pair ({1 + len(args.also)}), "
                            f"got {len(args.volumes)}\n")

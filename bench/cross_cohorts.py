@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.compare import _f as _num, _where_value, read_metrics, where  # noqa: E402
+from bench.compare import _f as _num, parse_where, read_metrics, where  # noqa: E402
 from bench.quality import latest_run, log, plain_postprocessing  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
 
@@ -244,12 +244,7 @@ def main(argv=None) -> int:
                         help="only the cases whose sidecar has this value, e.g. hyperdense=false")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    where_kv = None
-    if args.where is not None:
-        key, sep, text = args.where.partition("=")
-        if not sep or not key:
-            parser.exit(2, f"bench.cross_cohorts: --where expects KEY=VALUE, got {args.where!r}\n")
-        where_kv = (key, _where_value(text))
+    where_kv = parse_where(parser, "bench.cross_cohorts", args.where)
     workdirs = [w for w in (args.a, args.b) if w is not None]
     labels = tuple(args.labels) if args.labels else tuple(w.name for w in workdirs)
     try:

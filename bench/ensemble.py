@@ -51,8 +51,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.compare import _where_value, read_metrics, where  # noqa: E402
-from bench.cross_cohorts import CrossError, averaged, paired, repeats  # noqa: E402
+from bench.compare import parse_where, read_metrics, where  # noqa: E402
+from bench.cross_cohorts import CrossError, _run_evaluation, averaged, markdown_paired, paired, repeats  # noqa: E402
 from bench.quality import latest_run, log, plain_postprocessing  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
 
@@ -82,14 +82,6 @@ def predict_missing(workdir: Path, members: list[Path], cohorts: list[int], doma
             score(settings, run, Path(workdir) / f"repeat{j}" / f"test_{domain}", out)
             written.append(out)
     return written
-
-
-def _run_evaluation(settings, run: Path, cohort: Path, output: Path) -> None:
-    from clotseg.stages.evaluate import run_evaluation
-
-    with contextlib.redirect_stdout(sys.stderr):
-        run_evaluation(settings, run_name=run.name, input_dir=cohort / "volumes", mask_dir=cohort / "masks",
-                       output=output, log=lambda *a, **k: None)
 
 
 def average_members(prob_files: list[Path], threshold: float = 0.5) -> np.ndarray:
@@ -162,12 +154,7 @@ def main(argv=None) -> int:
                         help="only the cases whose sidecar has this value, e.g. hyperdense=false")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
-    where_kv = None
-    if args.where is not None:
-        key, sep, text = args.where.partition("=")
-        if not sep or not key:
-            parser.exit(2, f"bench.ensemble: --where expects KEY=VALUE, got {args.where!r}\n")
-        where_kv = (key, _where_value(text))
+    where_kv = parse_where(parser, "bench.ensemble", args.where)
 
     def rows_of(folder: Path, cohort: int) -> dict:
         rows = read_metrics(folder)
@@ -224,17 +211,7 @@ def markdown(report: dict) -> str:
     for j in cohorts:
         row = report["per_cohort"][j]
         lines.append(f"| {j} | " + " | ".join(f"{v:.3f}" for v in row["members"]) + f" | {row['ensemble']:.3f} |")
-    a, b, d = result["a"], result["b"], result["dice_difference"]
-    n_clot, n_free = result["n_clot_cases"], result["n_clot_free_cases"]
-    lines += ["", "| | members (mean) | ensemble |", "| --- | --- | --- |",
-              f"| clot-case Dice mean ({n_clot} cases) | {a['clot_dice_mean']:.3f} | {b['clot_dice_mean']:.3f} |",
-              f"| clots found | {a['clots_found']:.1f}/{n_clot} | {b['clots_found']:.1f}/{n_clot} |",
-              f"| FP components per case | {a['fp_components_per_case']:.2f} | {b['fp_components_per_case']:.2f} |",
-              f"| controls with an alarm | {a['controls_with_alarm']:.1f}/{n_free} | "
-              f"{b['controls_with_alarm']:.1f}/{n_free} |"]
-    if d is not None:
-        lines += ["", f"Paired Dice difference ensemble - members: {d['mean']:+.3f} [{d['ci'][0]:+.3f}, "
-                      f"{d['ci'][1]:+.3f}]; {d['better']} clot cases better, {d['worse']} worse."]
+    lines += ["", markdown_paired(result, ("members", "ensemble"), (len(members), 1))]
     return "\n".join(lines)
 
 

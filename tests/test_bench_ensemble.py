@@ -116,7 +116,8 @@ def test_ensemble_of_the_repeats_scores_the_averaged_probabilities(tmp_path, fak
     assert p["a"]["controls_with_alarm"] == pytest.approx(1.0) and p["b"]["controls_with_alarm"] == 0
     assert p["dice_difference"]["better"] == 3 and p["dice_difference"]["worse"] == 3
     out = capsys.readouterr().out
-    assert "| clots found | 2.0/6 | 3.0/6 |" in out
+    assert "| clots found (mean over models) | 2.0/6 | 3.0/6 |" in out
+    assert "#### ensemble - members, each test case averaged over 3 models of members, 1 of ensemble" in out
     # a second call predicts nothing again
     fake_scoring.clear()
     assert ens.main([str(work)]) == 0 and fake_scoring == []

@@ -125,7 +125,7 @@ def test_the_runs_of_two_folds_are_tested_as_one_ensemble(fold_runs):
     summary = run_evaluation(s, run_name=[r0.name, r1.name], log=lines.append)
     out = ensemble_dir(s, [r0, r1]) / "Testing"
     assert out.parent.name.startswith("Ensemble_2runs_") and (out / "report.html").is_file()
-    assert summary["meta"]["ensemble_runs"] == [r0.name, r1.name]
+    assert summary["meta"]["ensemble_runs"] == [r0.name, r1.name] and summary["meta"]["run"] == out.parent.name
     assert summary["meta"]["postprocessing_source"] == "default"            # no member's tuned choice
     assert any("ensemble of 2 runs" in str(line) for line in lines)
     probs = sorted((out / "predictions").glob("*_prob.npy"))

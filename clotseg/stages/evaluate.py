@@ -446,7 +446,7 @@ def run_evaluation(settings: Settings, run_name: str | list | None = None, input
                                   default_spacing=settings.voxel_spacing_mm)
         log(f"[test] predict: {len(cases)} case(s), {predicted['n_slices']} slices in {predicted['seconds']:.1f} s "
             f"(plain + 2 flip members each; prediction from the {'flip average' if post.tta_flips else 'plain member'})")
-        meta = {"run": run.name if len(runs) == 1 else out_path.parent.name, **post.as_dict(),
+        meta = {"run": run.name if len(runs) == 1 else ensemble_dir(settings, runs).name, **post.as_dict(),
                 **({"ensemble_runs": [r.name for r in runs]} if len(runs) > 1 else {}),
                 "postprocessing_source": "validation-tuned" if tuned else "default",
                 "prediction_from": "mean of plain and flip members" if post.tta_flips else "plain member",
