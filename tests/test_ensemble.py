@@ -62,6 +62,14 @@ def test_run_split_with_fold_records_it_and_keeps_the_testing_cohort(tmp_path):
     assert one[TESTING] == plain[TESTING] and one[VALIDATION] != plain[VALIDATION]
     assert run_split(s, IDS, quiet, strata=CLOT) == plain                   # FOLD None: the split as before
     assert read_json(split_path(s))["fold"] is None
+    # reusing the saved split (TRAIN_TEST_SPLIT False) never passes one fold's split off as another's
+    with pytest.raises(StageError, match="is without FOLD, not FOLD = 2"):
+        run_split(s.replace(fold=2, train_test_split=False), IDS, quiet, strata=CLOT)
+    run_split(s.replace(fold=2), IDS, quiet, strata=CLOT)
+    assert run_split(s.replace(fold=2, train_test_split=False), IDS, quiet, strata=CLOT) == \
+        fold_cohorts(plain, 2, 4, s.random_seed, CLOT)
+    with pytest.raises(StageError, match="is fold 2, not FOLD = None"):
+        run_split(s.replace(train_test_split=False), IDS, quiet, strata=CLOT)
 
 
 def _two_tiny_models():

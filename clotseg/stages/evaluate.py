@@ -56,8 +56,7 @@ PREDICTIONS_DIR = TEST_PREDICTIONS_DIR
 FLIP_MEMBERS = ("plain", "horizontal flip", "vertical flip")
 UNCERTAINTY_METHOD = "std"
 
-__all__ = ["load_model", "output_dir", "predict_cases", "resolve_run", "run_evaluation",
-           "select_cases"]
+__all__ = ["load_model", "output_dir", "predict_cases", "resolve_run", "run_evaluation", "select_cases"]
 
 
 def load_model(run: Path, jit_compile="auto"):

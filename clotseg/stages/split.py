@@ -271,6 +271,10 @@ def run_split(settings: Settings, case_ids: list[str], log=print, strata: dict |
         if saved is None:
             raise StageError(f"TRAIN_TEST_SPLIT is False but there is no saved split at {path}; "
                              "set TRAIN_TEST_SPLIT = True in config.py to create it")
+        if saved.get("fold") != settings.fold:   # a split saved before FOLD existed has none
+            raise StageError(f"TRAIN_TEST_SPLIT is False but the saved split {path} is "
+                             f"{'fold ' + str(saved.get('fold')) if saved.get('fold') is not None else 'without FOLD'}"
+                             f", not FOLD = {settings.fold}; set TRAIN_TEST_SPLIT = True to deal the folds")
         missing = sorted(set(sum(saved["cohorts"].values(), [])) - set(case_ids))
         if missing:
             raise StageError(f"the saved split {path} names cases that no longer exist: {missing}; "
