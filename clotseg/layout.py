@@ -13,6 +13,7 @@ and TRAININGS_DIR, the cohort names, and run listing and lookup.
       Sliced/<cohort>/           SLICED: every slice of Training / Validation
       Augmented/<cohort>/        AUGMENTED: the augmented training samples
         images.npy masks.npy samples.csv manifest.json   (IMAGES, MASKS, SAMPLES, MANIFEST)
+      Fold<k>/                   FOLD_PREFIX: with FOLD = k, that fold's split.json, Sliced/, Augmented/
     Trainings/<run>/                          (TRAININGS_DIR; <run> = YYYYmmdd-HHMMSS[-n])
       run.json                   RUN_RECORD: marks a run folder (status, epochs)
       Best_Model/model.keras     BEST_MODEL: for inference, plain keras loads it
@@ -24,6 +25,7 @@ and TRAININGS_DIR, the cohort names, and run listing and lookup.
       history.csv, training_curves.png, logs/   (HISTORY, TRAINING_CURVES, LOGS_DIR)
       Testing/                   TESTING_DIR: testing.py (Testing_<folder> for --input-dir)
         predictions/             TEST_PREDICTIONS_DIR
+    Trainings/Ensemble_<k>runs_<hash>/Testing/   ENSEMBLE_PREFIX: testing.py with several runs
 
 Stages and tools import names from here and shared helpers, never from each
 other. Standard library and clotseg.errors only at import time (settings are
@@ -58,6 +60,8 @@ SPLIT_FILE = "split.json"
 CHECK_CACHE = "checked_cases.json"
 SLICED = "Sliced"
 AUGMENTED = "Augmented"
+FOLD_PREFIX = "Fold"
+ENSEMBLE_PREFIX = "Ensemble_"
 IMAGES, MASKS, SAMPLES = "images.npy", "masks.npy", "samples.csv"
 MANIFEST = "manifest.json"                      # written last: marks a stage output complete
 
@@ -89,8 +93,16 @@ _RUN_NAME = re.compile(r"[\w.\-]+")
 
 
 # ------------------------------------------------------------ Processed/ paths
+def cohort_root(settings: "Settings") -> Path:
+    """Where the split and the cohorts' samples live: PROCESSED_DIR, or PROCESSED_DIR/Fold<k> with
+    FOLD = k, so each fold keeps its own split and samples (folds trained side by side never
+    replace each other's, and a fold trained again finds its samples up to date)."""
+    fold = getattr(settings, "fold", None)
+    return settings.processed_path if fold is None else settings.processed_path / f"{FOLD_PREFIX}{fold}"
+
+
 def split_path(settings: "Settings") -> Path:
-    return settings.processed_path / SPLIT_FILE
+    return cohort_root(settings) / SPLIT_FILE
 
 
 def check_cache_path(settings: "Settings") -> Path:
@@ -98,11 +110,11 @@ def check_cache_path(settings: "Settings") -> Path:
 
 
 def sliced_dir(settings: "Settings", cohort: str) -> Path:
-    return settings.processed_path / SLICED / cohort
+    return cohort_root(settings) / SLICED / cohort
 
 
 def augmented_dir(settings: "Settings", cohort: str) -> Path:
-    return settings.processed_path / AUGMENTED / cohort
+    return cohort_root(settings) / AUGMENTED / cohort
 
 
 def preprocessed_dir(settings: "Settings") -> Path:
@@ -190,7 +202,7 @@ def ensemble_dir(settings: "Settings", runs: list[Path]) -> Path:
     import hashlib
 
     key = hashlib.sha256("\n".join(sorted(Path(r).name for r in runs)).encode()).hexdigest()[:8]
-    return settings.trainings_path / f"Ensemble_{len(runs)}runs_{key}"
+    return settings.trainings_path / f"{ENSEMBLE_PREFIX}{len(runs)}runs_{key}"
 
 
 def load_run_settings(run: Path, root: Path) -> "Settings":

@@ -57,19 +57,26 @@ def test_run_split_with_fold_records_it_and_keeps_the_testing_cohort(tmp_path):
     s = tiny_settings(tmp_path)
     plain = run_split(s, IDS, quiet, strata=CLOT)
     one = run_split(s.replace(fold=1), IDS, quiet, strata=CLOT)
-    saved = read_json(split_path(s))
+    saved = read_json(split_path(s.replace(fold=1)))
     assert saved["fold"] == 1 and saved["folds"] == 4 and saved["cohorts"] == one
     assert one[TESTING] == plain[TESTING] and one[VALIDATION] != plain[VALIDATION]
     assert run_split(s, IDS, quiet, strata=CLOT) == plain                   # FOLD None: the split as before
-    assert read_json(split_path(s))["fold"] is None
-    # reusing the saved split (TRAIN_TEST_SPLIT False) never passes one fold's split off as another's
-    with pytest.raises(StageError, match="is without FOLD, not FOLD = 2"):
+    assert read_json(split_path(s))["fold"] is None and split_path(s) == s.processed_path / "split.json"
+    # each fold keeps its own split beside the others (Processed/Fold<k>/split.json), so the one
+    # without FOLD is still there, and reusing a saved split (TRAIN_TEST_SPLIT False) finds the fold's
+    assert split_path(s.replace(fold=1)) == s.processed_path / "Fold1" / "split.json"
+    assert read_json(split_path(s.replace(fold=1)))["cohorts"] == one
+    with pytest.raises(StageError, match="no saved split"):
         run_split(s.replace(fold=2, train_test_split=False), IDS, quiet, strata=CLOT)
     run_split(s.replace(fold=2), IDS, quiet, strata=CLOT)
     assert run_split(s.replace(fold=2, train_test_split=False), IDS, quiet, strata=CLOT) == \
         fold_cohorts(plain, 2, 4, s.random_seed, CLOT)
-    with pytest.raises(StageError, match="is fold 2, not FOLD = None"):
-        run_split(s.replace(train_test_split=False), IDS, quiet, strata=CLOT)
+    assert run_split(s.replace(train_test_split=False), IDS, quiet, strata=CLOT) == plain
+    # a split saved under another fold's name (copied by hand) is refused, not trained on
+    split_path(s.replace(fold=3)).parent.mkdir(parents=True)
+    split_path(s.replace(fold=3)).write_bytes(split_path(s.replace(fold=2)).read_bytes())
+    with pytest.raises(StageError, match="is fold 2, not FOLD = 3"):
+        run_split(s.replace(fold=3, train_test_split=False), IDS, quiet, strata=CLOT)
 
 
 def _two_tiny_models():
@@ -111,10 +118,16 @@ def fold_runs(tmp_path_factory):
     for fold in (0, 1):
         f = s.replace(fold=fold)
         cohorts = prepare_data(f, log=quiet, demo_if_empty=False)["cohorts"]
-        # the fold's own Validation cases were sliced (not the last fold's, left on disk)
+        # the fold's own Validation cases, sliced into the fold's own folder
+        assert sliced_dir(f, VALIDATION) == s.processed_path / f"Fold{fold}" / "Sliced" / VALIDATION
         sliced = read_json(sliced_dir(f, VALIDATION) / "manifest.json")["cases"]
         assert sorted(sliced) == sorted(cohorts[VALIDATION])
         runs.append(run_training(f, log=quiet))
+    # fold 0's samples are still there, up to date, after fold 1 was prepared and trained
+    again = []
+    prepare_data(s.replace(fold=0), log=again.append, demo_if_empty=False)
+    stage_lines = [str(line) for line in again if str(line).startswith(("[split", "[slice", "[augment"))]
+    assert len(stage_lines) == 5 and all("up to date" in line for line in stage_lines), stage_lines
     other = s.replace(random_seed=7)
     prepare_data(other, log=quiet, demo_if_empty=False)
     runs.append(run_training(other, log=quiet))
