@@ -46,6 +46,13 @@ JAX_SCRIPT = textwrap.dedent("""
     model.save({out!r} + "/model.keras")
     np.save({out!r} + "/x.npy", x[:4])
     np.save({out!r} + "/pred.npy", np.asarray(model.predict(x[:4], verbose=0)))
+    # an ensemble of runs (testing.py --run A B) averages its members under JAX too
+    from clotseg.inference import average_models
+    other = build_unet2d((32, 32, 2), base_filters=4, depth=2, dropout=0.0)
+    xb = x[:4].astype("float32")
+    pa, pb = np.asarray(model.predict(xb, verbose=0)), np.asarray(other.predict(xb, verbose=0))
+    both = np.asarray(average_models([model, other]).predict(xb, verbose=0))
+    np.testing.assert_allclose(both, (pa + pb) / 2, rtol=1e-5, atol=1e-6)
 """)
 
 
