@@ -366,6 +366,17 @@ def test_resume_with_other_model_inputs_in_config_py_is_refused(tmp_path, saved_
     assert find_resumable(s.replace(context_slices=0)) is None      # a finished run is not resumed
 
 
+def test_resume_takes_the_latest_unfinished_run_of_its_own_fold(tmp_path, saved_model):
+    from clotseg.stages.train import find_resumable
+
+    s = tiny_settings(tmp_path, context_slices=RUN_CONTEXT)
+    fold0 = _fake_run(s.replace(fold=0), saved_model, "20260101-000000")
+    fold1 = _fake_run(s.replace(fold=1), saved_model, "20260101-000001")   # the latest: another fold's
+    assert find_resumable(s.replace(fold=0)) == fold0
+    assert find_resumable(s.replace(fold=1)) == fold1
+    assert find_resumable(s) is None and find_resumable(s.replace(fold=2)) is None
+
+
 @pytest.mark.parametrize("change", [{"normalization": "instance"}, {"model": "resunet"}, {"base_filters": 3}])
 def test_resume_with_another_network_in_config_py_is_refused(tmp_path, saved_model, change):
     """The best model is exported into config.py's network: a run killed and

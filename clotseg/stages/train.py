@@ -89,7 +89,8 @@ def find_resumable(settings: Settings) -> Path | None:
     Checkpoint_Files/last.keras (complete, and of the run's input shape and
     class count), and the current settings must describe the same model
     inputs and classes, the same modalities in the same order and HU windows,
-    and the same network (MODEL, BASE_FILTERS, DEPTH, NORMALIZATION). A bad
+    and the same network (MODEL, BASE_FILTERS, DEPTH, NORMALIZATION). Runs of
+    another FOLD are passed over (their samples are another fold's). A bad
     file stops with StageError naming it.
     """
     for run in reversed(list_runs(settings)):
@@ -100,6 +101,8 @@ def find_resumable(settings: Settings) -> Path | None:
         read_run_record(run / RUN_RECORD, required=("status", "device"))
         read_run_state(state_path)
         trained = load_run_settings(run, settings.root)
+        if trained.fold != settings.fold:   # another fold's run (folds train side by side): not this one's
+            continue
         check_keras_file(run / LAST_CHECKPOINT, trained.training_input_shape, trained.num_classes,
                          "the checkpoint", f"the run's settings {run / RUN_CONFIG}")
         now = (tuple(settings.model_input_shape), settings.num_classes)
