@@ -87,15 +87,14 @@ def predict_missing(workdir: Path, members: list[Path], cohorts: list[int], doma
 def average_members(prob_files: list[Path], threshold: float = 0.5) -> np.ndarray:
     """uint8 (H, W, D) mask of the members' mean probability (float16 (H, W, D) `_prob.npy` maps)."""
     from clotseg.inference import to_mask
+    from clotseg.io import load_npy
+    from clotseg.stages.evaluate import _mean_of
 
-    total = None
-    for path in prob_files:
-        p = np.load(path, allow_pickle=False).astype(np.float32)
-        if total is not None and p.shape != total.shape:
-            raise CrossError(f"{path}: shape {p.shape} differs from the other members' {total.shape}")
-        total = p if total is None else total + p
-    mean = total / np.float32(len(prob_files))
-    return to_mask(mean[..., None], threshold)
+    maps = [load_npy(path) for path in prob_files]
+    for path, p in zip(prob_files[1:], maps[1:]):
+        if p.shape != maps[0].shape:
+            raise CrossError(f"{path}: shape {p.shape} differs from the other members' {maps[0].shape}")
+    return to_mask(_mean_of(maps)[..., None], threshold)
 
 
 def ensemble_cohort(workdir: Path, members: list[Path], cohort: int, domain: str, out: Path) -> Path:
@@ -123,7 +122,8 @@ def ensemble_cohort(workdir: Path, members: list[Path], cohort: int, domain: str
         score_folder(pred_dir, test / "masks", out, test / "volumes", mask_pattern=settings.mask_pattern,
                      modality_patterns=dict(settings.modality_patterns), windows=dict(settings.windows_hu),
                      default_spacing=settings.voxel_spacing_mm, n_resamples=1000, seed=0,
-                     meta={"command": "python -m bench.ensemble", "members": [str(m) for m in members]}, log=lambda *a, **k: None)
+                     meta={"command": "python -m bench.ensemble", "members": [str(m) for m in members]},
+                     log=lambda *a, **k: None)
     return out
 
 

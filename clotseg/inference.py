@@ -203,6 +203,11 @@ def predict_samples(model, samples: np.ndarray, batch_size: int = 32) -> np.ndar
     raise AssertionError("predict_stream yields one result per item")  # pragma: no cover
 
 
+def _full_size(out):
+    """A model's full-size output: the first of a deep-supervision model's outputs, else the one."""
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def flip_ensemble(model):
     """The flip-TTA ensemble as one Keras model, computed on the device.
 
@@ -220,8 +225,7 @@ def flip_ensemble(model):
     from keras import ops
 
     def main_output(x):
-        out = model(x)
-        return out[0] if isinstance(out, (list, tuple)) else out
+        return _full_size(model(x))
 
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="codes")
     plain = main_output(inputs)
@@ -247,8 +251,7 @@ def average_models(models: list):
     outputs = []
     for i, m in enumerate(models):
         m.name = f"member{i}_{m.name}"   # the runs' models share their builder's name; a model's must differ
-        out = m(inputs)
-        outputs.append(ops.cast(out[0] if isinstance(out, (list, tuple)) else out, "float32"))
+        outputs.append(ops.cast(_full_size(m(inputs)), "float32"))
     model = keras.Model(inputs, keras.layers.Average(dtype="float32")(outputs), name="run_ensemble")
     model.jit_compile = getattr(models[0], "jit_compile", "auto")
     return model

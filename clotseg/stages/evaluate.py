@@ -87,16 +87,15 @@ ENSEMBLE_SHARED = ("modalities", "model_input_shape", "windows_hu", "context_sli
 
 
 def check_ensemble(runs: list[Path], trained: list[Settings]) -> None:
-    """StageError (one line) when the runs of an ensemble differ in what their inputs or outputs mean."""
+    """StageError (one line) when the runs of an ensemble differ in what their inputs or outputs mean
+    (prepared cohorts: also the spacing they were resampled to)."""
+    shared = ENSEMBLE_SHARED + (("target_spacing_mm",) if trained[0].preprocess else ())
     for run, other in zip(runs[1:], trained[1:]):
-        for name in ENSEMBLE_SHARED:
+        for name in shared:
             a, b = getattr(trained[0], name), getattr(other, name)
             if a != b:
                 raise StageError(f"runs {runs[0].name} and {run.name} cannot be averaged: {name.upper()} "
                                  f"{a!r} vs {b!r}")
-        if trained[0].preprocess and trained[0].target_spacing_mm != other.target_spacing_mm:
-            raise StageError(f"runs {runs[0].name} and {run.name} cannot be averaged: TARGET_SPACING_MM "
-                             f"{trained[0].target_spacing_mm!r} vs {other.target_spacing_mm!r}")
 
 
 def select_cases(settings: Settings, run: Path, input_dir: Path | None, mask_dir: Path | None) -> list[Case]:
@@ -104,15 +103,20 @@ def select_cases(settings: Settings, run: Path, input_dir: Path | None, mask_dir
     if input_dir is not None:
         custom = settings.replace(volume_dir=str(input_dir), mask_dir=str(mask_dir or input_dir))
         return discover_cases(custom, require_masks=False)
-    split_path = run / RUN_SPLIT
-    if not split_path.is_file():
-        raise StageError(f"run {run.name} has no {RUN_SPLIT.as_posix()}; name the cases with --input-dir")
-    test_ids = read_json(split_path)["cohorts"][TESTING]
+    test_ids = testing_ids(run)
     by_id = {c.case_id: c for c in discover_cases(settings, require_masks=False)}
     missing = [cid for cid in test_ids if cid not in by_id]
     if missing:
         raise StageError(f"Testing cases of run {run.name} are missing from {settings.volume_path}: {missing}")
     return [by_id[cid] for cid in test_ids]
+
+
+def testing_ids(run: Path) -> list[str]:
+    """The case ids of a run's Testing cohort, from its saved split."""
+    split_path = run / RUN_SPLIT
+    if not split_path.is_file():
+        raise StageError(f"run {run.name} has no {RUN_SPLIT.as_posix()}; name the cases with --input-dir")
+    return read_json(split_path)["cohorts"][TESTING]
 
 
 def output_dir(run: Path, input_dir: Path | None, output: Path | None = None) -> Path:
@@ -406,7 +410,7 @@ def run_evaluation(settings: Settings, run_name: str | list | None = None, input
         raise StageError("no cases to test")
     if input_dir is None:
         for r in runs[1:]:   # a Testing case of one member must not be another's training case
-            if [c.case_id for c in select_cases(settings, r, None, None)] != [c.case_id for c in cases]:
+            if testing_ids(r) != [c.case_id for c in cases]:
                 raise StageError(f"runs {run.name} and {r.name} hold out different Testing cases, so one may "
                                  "have trained on the other's test cases: train the members as folds of one "
                                  "split (config.py FOLD) or test them on other cases (--input-dir)")
