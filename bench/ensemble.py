@@ -53,7 +53,7 @@ if str(ROOT) not in sys.path:
 
 from bench.compare import parse_where, read_metrics, where  # noqa: E402
 from bench.cross_cohorts import CrossError, _run_evaluation, averaged, markdown_paired, paired, repeats  # noqa: E402
-from bench.quality import latest_run, log, plain_postprocessing  # noqa: E402
+from bench.quality import latest_run, log, plain_postprocessing, slice_axis_of, slice_view  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
 
 
@@ -76,21 +76,41 @@ def predict_missing(workdir: Path, members: list[Path], cohorts: list[int], doma
             continue
         run = latest_run(project)
         settings = plain_postprocessing(load_run_settings(run, project)).replace(save_probabilities=True)
+        axis = slice_axis_of(project)
         for j in todo:
             out = member_folder(project, j, domain)
             log(f"[ensemble] {project} on cohort {j}")
-            score(settings, run, Path(workdir) / f"repeat{j}" / f"test_{domain}", out)
+            cohort = Path(workdir) / f"repeat{j}" / f"test_{domain}"
+            if axis != 2:  # a model of other planes predicts a copy of the cohort in its order
+                cohort = view_copy(cohort, out.parent / f"input_cohort{j}", axis)
+            score(settings, run, cohort, out)
             written.append(out)
     return written
 
 
-def average_members(prob_files: list[Path], threshold: float = 0.5) -> np.ndarray:
-    """uint8 (H, W, D) mask of the members' mean probability (float16 (H, W, D) `_prob.npy` maps)."""
+def view_copy(cohort: Path, target: Path, axis: int) -> Path:
+    """A copy of test cohort folder `cohort` (volumes/, masks/) in `target`, its slices taken along
+    `axis` (`bench.quality.slice_view`); files already there are kept."""
+    import shutil
+
+    for sub in ("volumes", "masks"):
+        (target / sub).mkdir(parents=True, exist_ok=True)
+        for f in sorted((cohort / sub).iterdir()):
+            if f.is_file() and not (target / sub / f.name).exists():
+                shutil.copy2(f, target / sub / f.name)
+    slice_view(target / "volumes", target / "masks", axis)
+    return target
+
+
+def average_members(prob_files: list[Path], threshold: float = 0.5, axes: list[int] | None = None) -> np.ndarray:
+    """uint8 (H, W, D) mask of the members' mean probability (float16 (H, W, D) `_prob.npy` maps);
+    `axes[i]` != 2: member i predicted planes along that axis, so its map's last axis goes back there."""
     from clotseg.inference import to_mask
     from clotseg.io import load_npy
     from clotseg.stages.evaluate import _mean_of
 
-    maps = [load_npy(path) for path in prob_files]
+    axes = axes or [2] * len(prob_files)
+    maps = [load_npy(path) if a == 2 else np.moveaxis(load_npy(path), -1, a) for path, a in zip(prob_files, axes)]
     for path, p in zip(prob_files[1:], maps[1:]):
         if p.shape != maps[0].shape:
             raise CrossError(f"{path}: shape {p.shape} differs from the other members' {maps[0].shape}")
@@ -106,6 +126,7 @@ def ensemble_cohort(workdir: Path, members: list[Path], cohort: int, domain: str
 
     pred_dir = out / "predictions"
     pred_dir.mkdir(parents=True, exist_ok=True)
+    axes = [slice_axis_of(m) for m in members]
     first = member_folder(members[0], cohort, domain) / "predictions"
     cases = sorted(p.name[:-len("_prob.npy")] for p in first.glob("*_prob.npy"))
     if not cases:
@@ -115,7 +136,7 @@ def ensemble_cohort(workdir: Path, members: list[Path], cohort: int, domain: str
         missing = [str(f) for f in files if not f.is_file()]
         if missing:
             raise CrossError(f"{missing[0]}: missing (member predictions of cohort {cohort} differ)")
-        atomic_save_npy(pred_dir / f"{case}_pred.npy", average_members(files))
+        atomic_save_npy(pred_dir / f"{case}_pred.npy", average_members(files, axes=axes))
     settings = load_run_settings(latest_run(members[0]), members[0])
     test = Path(workdir) / f"repeat{cohort}" / f"test_{domain}"
     with contextlib.redirect_stdout(sys.stderr):

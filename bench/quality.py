@@ -2,7 +2,7 @@
 
     python -m bench.quality --scale cpu [--preset cpu] [--set NAME=VALUE ...]
                             [--repeats 3] [--first-repeat 0] [--label TEXT] [--out bench/results/NAME.json]
-                            [--train-domain first-build] [--cta-mip-slices 9]
+                            [--train-domain first-build] [--cta-mip-slices 9] [--slice-axis 1]
 
 For each repeat r (seed offset r) it writes, in a temporary project folder:
   - a training cohort of phantom cases (seed 1000 + r, domain "standard"),
@@ -177,6 +177,59 @@ def write_cta_mips(volume_dir: Path, slices: int) -> int:
     return written
 
 
+def slice_view(volume_dir: Path, mask_dir: Path, axis: int) -> int:
+    """Rewrite a cohort so that its 2D slices are taken along `axis` (0: coronal planes, 1: sagittal
+    planes, of (H, W, D) axial volumes): every CS<ID>_*.npy volume and mask gets `axis` moved to
+    the last place (np.moveaxis), and the sidecar's "shape" and "spacing_mm" follow, with
+    "slice_axis" recorded. An array already in the new order is left alone (it has the sidecar's
+    recorded shape permuted), so a second call or one after a crash finishes the job. Returns
+    how many files were rewritten.
+
+    The twenty-eighth round trained models on other planes (`--slice-axis`) to see whether an
+    artery that stops across axial slices, which no axial slice marks, is seen in the planes where
+    it runs (bench/README.md); `bench/ensemble.py` moves such a member's probabilities back.
+    """
+    import numpy as np
+
+    from clotseg.io import atomic_save_npy, atomic_write_json, load_npy, npy_header, read_json
+
+    if axis == 2:
+        return 0
+    order = [i for i in range(3) if i != axis] + [axis]
+    written = 0
+    for side_path in sorted(Path(volume_dir).glob("CS*.json")):
+        side = read_json(side_path)
+        case = side_path.stem
+        original = tuple(side.get("original_shape") or side["shape"])
+        target = tuple(original[i] for i in order)
+        files = sorted(Path(volume_dir).glob(f"{case}_*.npy")) + sorted(Path(mask_dir).glob(f"{case}_*.npy"))
+        for f in files:
+            shape, _ = npy_header(f)
+            if tuple(shape) == target and (target != original or side.get("slice_axis") == axis):
+                continue
+            if tuple(shape) != original:
+                raise SystemExit(f"{f}: shape {tuple(shape)} is neither {original} nor {target}")
+            atomic_save_npy(f, np.ascontiguousarray(np.moveaxis(load_npy(f), axis, -1)))
+            written += 1
+        if side.get("slice_axis") != axis:
+            spacing = side.get("spacing_mm")
+            side.update({"original_shape": list(original), "shape": list(target), "slice_axis": axis})
+            if spacing is not None:
+                side["original_spacing_mm"] = side.get("original_spacing_mm") or list(spacing)
+                side["spacing_mm"] = [side["original_spacing_mm"][i] for i in order]
+            atomic_write_json(side_path, side)
+    return written
+
+
+def slice_axis_of(project: Path) -> int:
+    """The axis a quality repeat's model was trained along (its training cohort's sidecars; 2 = axial)."""
+    from clotseg.io import read_json
+
+    for side_path in sorted((Path(project) / "DL_vol_files" / "binary").glob("CS*.json")):
+        return int(read_json(side_path).get("slice_axis", 2))
+    return 2
+
+
 def latest_run(project: Path) -> Path | None:
     """The newest finished run (a folder with a run.json) of a quality repeat's Trainings/, or None:
     the run `--reuse` scores again, and the model the other bench scripts take from a repeat."""
@@ -196,7 +249,7 @@ def plain_postprocessing(settings):
 def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, workdir: Path,
              test_domains=("standard", "shifted", "first-build"), untuned: bool = False, reuse: bool = False,
              retune: bool = False, train_domain: str = "standard", cta_mip_slices: int = 0,
-             train_cases: int | None = None) -> dict:
+             train_cases: int | None = None, slice_axis: int = 2) -> dict:
     """One training + testing round; returns figures per test cohort.
 
     `train_domain` names the generator of the training cohort (seed 1000 +
@@ -206,7 +259,8 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
     > 0 also writes every cohort's slab MIPs (`write_cta_mips`). `train_cases`
     replaces the scale's number of training cases (split 78/20/2 as always);
     the phantom seeds each case by its number, so a larger cohort holds the
-    smaller one's cases.
+    smaller one's cases. `slice_axis` 0 or 1 rewrites every cohort so that the
+    model is trained and tested on coronal or sagittal planes (`slice_view`).
     """
     from clotseg.settings import Settings
 
@@ -232,6 +286,7 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
                        1000 + repeat, scale, train_domain)
     if cta_mip_slices:
         write_cta_mips(settings.volume_path, cta_mip_slices)
+    slice_view(settings.volume_path, settings.mask_path, slice_axis)
     tests = {}
     for domain, seed_base in TEST_DOMAINS.items():
         seed = seed_base + repeat
@@ -241,6 +296,7 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
                 _write_phantom(folder / "volumes", folder / "masks", scale["test_cases"], seed, scale, domain)
             if cta_mip_slices:
                 write_cta_mips(folder / "volumes", cta_mip_slices)
+            slice_view(folder / "volumes", folder / "masks", slice_axis)
             tests[domain] = folder
 
     from clotseg.pipeline import prepare_data
@@ -262,7 +318,7 @@ def run_once(scale_name: str, preset: str | None, overrides: dict, repeat: int, 
         run = run_training(settings, log=log)
     record = read_json(run / "run.json")
     post = read_json(run / "postprocessing.json") if (run / "postprocessing.json").is_file() else None
-    result = {"repeat": repeat, "train_domain": train_domain, "run": run.name,
+    result = {"repeat": repeat, "train_domain": train_domain, "slice_axis": slice_axis, "run": run.name,
               "data_seconds": None if prep_seconds is None else round(prep_seconds, 1),
               "training_seconds": record.get("training_seconds"), "epochs_done": record.get("epochs_done"),
               "best_val_dice": record.get("best_val_dice"),
@@ -352,6 +408,9 @@ def main(argv=None) -> int:
     parser.add_argument("--train-cases", type=int, default=None, metavar="N",
                         help="write N training cases instead of the scale's (cpu 50, demo 40): how much more "
                              "data buys at the same training budget (bench/README.md, twenty-fourth round)")
+    parser.add_argument("--slice-axis", type=int, default=2, choices=(0, 1, 2),
+                        help="train and test on the planes along this volume axis: 2 axial (default), "
+                             "0 coronal, 1 sagittal (bench/README.md, twenty-eighth round)")
     parser.add_argument("--untuned", action="store_true",
                         help="also test the same model with the plain post-processing (0.5, no TTA, no filter)")
     args = parser.parse_args(argv)
@@ -387,7 +446,7 @@ def main(argv=None) -> int:
             for r in range(args.first_repeat, args.first_repeat + args.repeats):
                 results.append(run_once(args.scale, preset, overrides, r, workdir, domains, args.untuned,
                                         args.reuse, args.retune, args.train_domain, args.cta_mip_slices,
-                                        train_cases=args.train_cases))
+                                        train_cases=args.train_cases, slice_axis=args.slice_axis))
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
