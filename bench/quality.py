@@ -208,7 +208,9 @@ def slice_view(volume_dir: Path, mask_dir: Path, axis: int) -> int:
             if tuple(shape) == target and (target != original or side.get("slice_axis") == axis):
                 continue
             if tuple(shape) != original:
-                raise SystemExit(f"{f}: shape {tuple(shape)} is neither {original} nor {target}")
+                print(f"bench.quality: {f}: shape {tuple(shape)} is neither the sidecar's {original} nor "
+                      f"{target}", file=sys.stderr)
+                raise SystemExit(2)
             atomic_save_npy(f, np.ascontiguousarray(np.moveaxis(load_npy(f), axis, -1)))
             written += 1
         if side.get("slice_axis") != axis:
@@ -408,7 +410,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-cases", type=int, default=None, metavar="N",
                         help="write N training cases instead of the scale's (cpu 50, demo 40): how much more "
                              "data buys at the same training budget (bench/README.md, twenty-fourth round)")
-    parser.add_argument("--slice-axis", type=int, default=2, choices=(0, 1, 2),
+    parser.add_argument("--slice-axis", type=int, default=2,
                         help="train and test on the planes along this volume axis: 2 axial (default), "
                              "0 coronal, 1 sagittal (bench/README.md, twenty-eighth round)")
     parser.add_argument("--untuned", action="store_true",
@@ -428,6 +430,8 @@ def main(argv=None) -> int:
     if args.train_cases is not None and args.train_cases < 5:
         parser.exit(2, f"bench.quality: --train-cases must be at least 5 (a Training, a Validation and a "
                        f"Testing share), got {args.train_cases}\n")
+    if args.slice_axis not in (0, 1, 2):
+        parser.exit(2, f"bench.quality: --slice-axis must be 0, 1 or 2, got {args.slice_axis}\n")
     if args.train_domain not in TEST_DOMAINS:
         parser.exit(2, f"bench.quality: --train-domain: unknown {args.train_domain}; "
                        f"choose from {', '.join(TEST_DOMAINS)}\n")

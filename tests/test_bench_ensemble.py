@@ -167,3 +167,36 @@ def test_bad_input_is_one_line_and_exit_status_2(tmp_path, fake_scoring, capsys,
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert fake_scoring == []
+
+
+def test_a_member_of_other_planes_predicts_a_moved_copy_and_is_moved_back(tmp_path, fake_scoring, monkeypatch):
+    """A model trained on sagittal planes (`bench/quality.py --slice-axis 1`) predicts a copy of the
+    cohort with axis 1 moved last; its probabilities are moved back before averaging."""
+    work = _workdir(tmp_path / "work", 2)
+    for j in range(2):
+        for c in (1, 2, 3):
+            (work / f"repeat{j}" / f"test_{DOMAIN}" / "volumes" / f"CS{c}.json").write_text(
+                json.dumps({"shape": list(SHAPE), "spacing_mm": [0.5, 0.5, 2.0]}))
+    volumes = work / "repeat0" / f"test_{DOMAIN}" / "volumes"
+    sag = _workdir(tmp_path / "sag", 2) / "repeat1"
+    (sag / "DL_vol_files" / "binary").mkdir(parents=True)
+    (sag / "DL_vol_files" / "binary" / "CS1.json").write_text(json.dumps({"slice_axis": 1}))
+    axial_score = ens._run_evaluation
+    seen = []
+
+    def score(settings, run, cohort, output):
+        axial_score(settings, run, cohort, output)
+        if run.parent.parent == sag:  # what a sagittal model writes: maps in its own (H, D, W) order
+            seen.append(np.load(cohort / "masks" / "CS1_seg_corrected_binary.npy"))
+            for f in (output / "predictions").glob("*_prob.npy"):
+                np.save(f, np.moveaxis(np.load(f), 1, -1))
+
+    monkeypatch.setattr(ens, "_run_evaluation", score)
+    assert ens.main([str(work), "--member", str(work / "repeat0"), "--member", str(sag), "--name", "views"]) == 0
+    # the sagittal member was given the cohort with its planes last; the original is untouched
+    assert len(seen) == 2 and seen[0].shape == (6, 3, 6)
+    np.testing.assert_array_equal(seen[0], np.moveaxis(_truth(1), 1, -1))
+    assert np.load(volumes.parent / "masks" / "CS1_seg_corrected_binary.npy").shape == SHAPE
+    pred = work / f"ensemble_{DOMAIN}_views" / "cohort0" / "predictions"
+    np.testing.assert_array_equal(np.load(pred / "CS1_pred.npy"), _truth(1))   # (0.9 + 0.3) / 2 in place
+    assert np.load(pred / "CS3_pred.npy").sum() == 0                          # the lone 0.8 alarm halved

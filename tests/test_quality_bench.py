@@ -280,6 +280,44 @@ def test_cta_mips_are_the_slab_maximum_beside_each_cta_and_kept_when_there(tmp_p
         "CS3_CTAMIP_Binary.npy", "CS3_CTA_Binary.npy", "CS3_NCCT_Reg_Binary.npy"]
 
 
+def test_slice_view_moves_the_slice_axis_of_volumes_masks_and_sidecar(tmp_path, capsys):
+    import json
+
+    vol, msk = tmp_path / "volumes", tmp_path / "masks"
+    vol.mkdir()
+    msk.mkdir()
+    rng = np.random.default_rng(0)
+    cta = rng.normal(40, 100, (6, 5, 4)).astype(np.float32)
+    mask = (rng.random((6, 5, 4)) > 0.8).astype(np.uint8)
+    np.save(vol / "CS3_CTA_Binary.npy", cta)
+    np.save(vol / "CS3_NCCT_Reg_Binary.npy", cta + 1)
+    np.save(msk / "CS3_seg_corrected_binary.npy", mask)
+    np.save(vol / "CS30_CTA_Binary.npy", cta[:3])                  # another case, no sidecar: not CS3's
+    (vol / "CS3.json").write_text(json.dumps({"shape": [6, 5, 4], "spacing_mm": [0.5, 0.6, 2.0], "seed": 7}))
+    assert quality.slice_view(vol, msk, 2) == 0                     # axial: nothing to do
+    assert quality.slice_view(vol, msk, 1) == 3                     # sagittal planes (rows x slices)
+    sag = np.load(vol / "CS3_CTA_Binary.npy")
+    assert sag.shape == (6, 4, 5) and sag.dtype == np.float32
+    np.testing.assert_array_equal(np.moveaxis(sag, -1, 1), cta)
+    np.testing.assert_array_equal(np.load(vol / "CS3_NCCT_Reg_Binary.npy"), np.moveaxis(cta + 1, 1, -1))
+    np.testing.assert_array_equal(np.load(msk / "CS3_seg_corrected_binary.npy"), np.moveaxis(mask, 1, -1))
+    assert np.load(vol / "CS30_CTA_Binary.npy").shape == (3, 5, 4)
+    side = json.loads((vol / "CS3.json").read_text())
+    assert side["shape"] == [6, 4, 5] and side["spacing_mm"] == [0.5, 2.0, 0.6] and side["slice_axis"] == 1
+    assert side["seed"] == 7
+    assert quality.slice_view(vol, msk, 1) == 0                     # a second call leaves it alone
+    np.testing.assert_array_equal(np.load(vol / "CS3_CTA_Binary.npy"), sag)
+    assert quality.slice_axis_of(tmp_path / "nowhere") == 2
+    np.save(msk / "CS3_seg_corrected_binary.npy", mask[:2])          # neither order: one line, exit 2
+    side.pop("slice_axis")
+    (vol / "CS3.json").write_text(json.dumps(side))
+    with pytest.raises(SystemExit) as exc:
+        quality.slice_view(vol, msk, 1)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "CS3_seg_corrected_binary.npy: shape (2, 5, 4)" in err
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--test-domains", "standard,nonsense"], "unknown nonsense"),
     (["--train-domain", "nonsense"], "--train-domain: unknown nonsense"),
@@ -291,6 +329,7 @@ def test_cta_mips_are_the_slab_maximum_beside_each_cta_and_kept_when_there(tmp_p
     (["--cta-mip-slices", "-3"], "--cta-mip-slices must be an odd number of at least 3"),
     (["--set", "RANDOM_SEED=x"], "--set RANDOM_SEED expects an integer of at least 0"),
     (["--set", "RANDOM_SEED=-1"], "--set RANDOM_SEED expects an integer of at least 0"),
+    (["--slice-axis", "3"], "--slice-axis must be 0, 1 or 2"),
     (["--repeats", "0"], "--repeats must be at least 1"),
     (["--first-repeat", "-1"], "--repeats must be at least 1"),
 ])
