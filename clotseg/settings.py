@@ -27,6 +27,7 @@ from clotseg.helpers import jsonable
 LOSSES = ("dice", "bce_dice", "bce_slice_dice", "topk_bce_dice", "tversky", "focal_tversky")
 MODELS = ("unet", "resunet")          # keys of myModels.registry.MODELS (a test keeps them in sync)
 NORMALIZATIONS = ("batch", "instance")  # myModels.unet2D.NORMALIZATIONS (a test keeps them in sync)
+DROPOUT_KINDS = ("standard", "spatial")  # myModels.unet2D.DROPOUT_KINDS (likewise)
 LR_SCHEDULES = ("plateau", "cosine", "poly")
 AUGMENTATIONS = ("standard", "strong", "domain")
 POSITIVE_SAMPLINGS = ("slice", "case")
@@ -126,6 +127,7 @@ class Settings:
     base_filters: int = 32
     depth: int = 3
     dropout: float = 0.1
+    dropout_kind: str = "standard"
     deep_supervision: bool = False
     normalization: str = "batch"
     initial_model: str | None = None
@@ -485,6 +487,8 @@ class Settings:
         check(_one_of(self.model, MODELS), f"MODEL must be one of {MODELS}, got {_short(self.model)}")
         check(_one_of(self.normalization, NORMALIZATIONS),
               f"NORMALIZATION must be one of {NORMALIZATIONS}, got {_short(self.normalization)}")
+        check(_one_of(self.dropout_kind, DROPOUT_KINDS),
+              f"DROPOUT_KIND must be one of {DROPOUT_KINDS}, got {_short(self.dropout_kind)}")
         check(_one_of(self.augmentation, AUGMENTATIONS),
               f"AUGMENTATION must be one of {AUGMENTATIONS}, got {_short(self.augmentation)}")
         check(_one_of(self.lr_schedule, LR_SCHEDULES),

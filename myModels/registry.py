@@ -2,7 +2,8 @@
 
 Every builder takes (input_shape, base_filters, depth, dropout, num_classes)
 as keywords (and `deep_supervision` if it offers DEEP_SUPERVISION,
-`normalization` if it offers NORMALIZATION = "instance") and
+`normalization` if it offers NORMALIZATION = "instance", `dropout_kind` if it
+offers DROPOUT_KIND = "spatial") and
 returns an uncompiled Keras model of built-in layers only, so every model reloads in Keras safe mode. A new architecture is one
 builder function and one `register_model` line here, plus its name in
 `clotseg.settings.MODELS` (the settings stay free of Keras imports, so they
@@ -28,14 +29,16 @@ def register_model(name: str, builder: Callable[..., keras.Model]) -> None:
 
 
 def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: float,
-                num_classes: int, deep_supervision: bool = False, normalization: str = "batch") -> keras.Model:
+                num_classes: int, deep_supervision: bool = False, normalization: str = "batch",
+                dropout_kind: str = "standard") -> keras.Model:
     """Build registered model `name` (ValueError naming the known ones otherwise).
 
     deep_supervision=True adds the coarser decoder outputs after the main one
     (a list of depth outputs; `myModels.unet2D.decoder_outputs`): for
     training only, the saved inference model is built without them.
     normalization: "batch" (every builder's default) or "instance"
-    (`myModels.unet2D.norm_layer`), for builders that offer it.
+    (`myModels.unet2D.norm_layer`), for builders that offer it; dropout_kind:
+    "standard" or "spatial" (`myModels.unet2D.dropout_layer`), likewise.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
@@ -51,6 +54,11 @@ def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: 
             raise ValueError(f"model {name!r} does not offer NORMALIZATION = {normalization!r} (its builder has "
                              "no normalization argument); set NORMALIZATION = 'batch'")
         extra["normalization"] = normalization
+    if dropout_kind != "standard":
+        if "dropout_kind" not in inspect.signature(builder).parameters:
+            raise ValueError(f"model {name!r} does not offer DROPOUT_KIND = {dropout_kind!r} (its builder has "
+                             "no dropout_kind argument); set DROPOUT_KIND = 'standard'")
+        extra["dropout_kind"] = dropout_kind
     return builder(input_shape=tuple(input_shape), base_filters=base_filters, depth=depth,
                    dropout=dropout, num_classes=num_classes, **extra)
 

@@ -17,14 +17,15 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from myModels.unet2D import check_arguments, conv_block, decoder_outputs, norm_layer
+from myModels.unet2D import check_arguments, conv_block, decoder_outputs, dropout_layer, norm_layer
 
 # Residual blocks per encoder stage (stage 0 = full resolution); nnU-Net's
 # ResEnc-M 2D uses (1, 3, 4, 6, 6, ...). Shorter here so a CPU can train it.
 DEFAULT_BLOCKS = (1, 2, 2, 3, 3, 3, 3)
 
 
-def residual_block(x, filters: int, stride: int, dropout: float, name: str, normalization: str = "batch"):
+def residual_block(x, filters: int, stride: int, dropout: float, name: str, normalization: str = "batch",
+                   dropout_kind: str = "standard"):
     """conv3x3(stride)-norm-ReLU-[dropout]-conv3x3-norm + shortcut, ReLU.
 
     The shortcut is the identity when shape and filters are unchanged, else
@@ -36,7 +37,7 @@ def residual_block(x, filters: int, stride: int, dropout: float, name: str, norm
     y = norm_layer(normalization, f"{name}_bn1")(y)
     y = layers.Activation("relu", name=f"{name}_relu1")(y)
     if dropout > 0:
-        y = layers.Dropout(dropout, name=f"{name}_drop")(y)
+        y = dropout_layer(dropout, dropout_kind, f"{name}_drop")(y)
     y = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name=f"{name}_conv2")(y)
     y = norm_layer(normalization, f"{name}_bn2")(y)
@@ -63,6 +64,7 @@ def build_resunet2d(
     blocks=DEFAULT_BLOCKS,
     deep_supervision: bool = False,
     normalization: str = "batch",
+    dropout_kind: str = "standard",
 ) -> keras.Model:
     """Build the (uncompiled) residual-encoder U-Net.
 
@@ -71,6 +73,7 @@ def build_resunet2d(
             (i = 0..depth) has base_filters * 2**i filters, and stages
             1..depth start with a stride-2 block.
         normalization: "batch" or "instance" (`myModels.unet2D.norm_layer`).
+        dropout_kind: "standard" or "spatial" (`myModels.unet2D.dropout_layer`).
 
     Input: (B, rows, cols, channels) uint8 intensity codes (or float32
     0..255); output (B, rows, cols, num_classes) float32 probabilities
@@ -81,6 +84,7 @@ def build_resunet2d(
     if len(blocks) < depth + 1 or min(blocks[:depth + 1]) < 1:
         raise ValueError(f"blocks needs at least depth + 1 = {depth + 1} positive counts, got {blocks}")
     norm_layer(normalization, "check")
+    dropout_layer(0.1, dropout_kind, "check")
 
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="codes")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
@@ -96,7 +100,8 @@ def build_resunet2d(
             stride = 2 if (stage > 0 and b == 0) else 1
             # dropout only in the deeper stages, where the features are abstract
             rate = dropout if stage > 0 else 0.0
-            x = residual_block(x, filters, stride, rate, name=f"enc{stage}_block{b}", normalization=normalization)
+            x = residual_block(x, filters, stride, rate, name=f"enc{stage}_block{b}", normalization=normalization,
+                               dropout_kind=dropout_kind)
         skips.append(x)
 
     x = skips.pop()  # the bottleneck (stage `depth`)

@@ -17,6 +17,18 @@ from keras import layers
 
 
 NORMALIZATIONS = ("batch", "instance")
+DROPOUT_KINDS = ("standard", "spatial")
+
+
+def dropout_layer(rate: float, kind: str, name: str):
+    """The dropout layer of a block: "standard" drops single activations (CT-ClotSeg's Dropout),
+    "spatial" whole feature maps (SpatialDropout2D, Tompson et al. 2015: neighbouring pixels of a
+    map are strongly correlated, so dropping single ones regularises little). Built-in layers."""
+    if kind == "standard":
+        return layers.Dropout(rate, name=name)
+    if kind == "spatial":
+        return layers.SpatialDropout2D(rate, name=name)
+    raise ValueError(f"dropout kind must be one of {DROPOUT_KINDS}, got {kind!r}")
 
 
 def norm_layer(normalization: str, name: str):
@@ -38,19 +50,21 @@ def norm_layer(normalization: str, name: str):
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
-def conv_block(x, filters: int, dropout: float, name: str, normalization: str = "batch"):
+def conv_block(x, filters: int, dropout: float, name: str, normalization: str = "batch",
+               dropout_kind: str = "standard"):
     """Two conv3x3-norm-ReLU blocks with dropout between them.
 
     Dropout sits between the two convolutions (as in the original network) so
     the second convolution learns from a thinned feature map while the skip
     connection and the pooled output stay un-dropped at inference. The
-    norm layers keep the names `<name>_bn1/2` whichever `normalization`.
+    norm layers keep the names `<name>_bn1/2` whichever `normalization`;
+    `dropout_kind` picks the layer (`dropout_layer`).
     """
     x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"{name}_conv1")(x)
     x = norm_layer(normalization, f"{name}_bn1")(x)
     x = layers.Activation("relu", name=f"{name}_relu1")(x)
     if dropout > 0:
-        x = layers.Dropout(dropout, name=f"{name}_drop")(x)
+        x = dropout_layer(dropout, dropout_kind, f"{name}_drop")(x)
     x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal", name=f"{name}_conv2")(x)
     x = norm_layer(normalization, f"{name}_bn2")(x)
     return layers.Activation("relu", name=f"{name}_relu2")(x)
@@ -66,6 +80,7 @@ def build_unet2d(
     foreground_prior: float = 0.01,
     deep_supervision: bool = False,
     normalization: str = "batch",
+    dropout_kind: str = "standard",
 ) -> keras.Model:
     """Build the (uncompiled) ClotSeg 2D U-Net.
 
@@ -89,6 +104,7 @@ def build_unet2d(
             `decoder_outputs`), for training only; the saved
             inference model keeps the full-resolution output alone.
         normalization: "batch" (CT-ClotSeg's) or "instance" (see `norm_layer`).
+        dropout_kind: "standard" (CT-ClotSeg's) or "spatial" (see `dropout_layer`).
 
     Input: (B, rows, cols, channels) intensity codes 0..255 (uint8 "codes" of
     the HU windows, not HU). The Input is float32 but uint8 arrays are
@@ -114,23 +130,27 @@ def build_unet2d(
     """
     check_arguments(input_shape, base_filters, depth, dropout, num_classes)
     norm_layer(normalization, "check")  # a ValueError now, not halfway through the graph
+    dropout_layer(0.1, dropout_kind, "check")
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="codes")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
 
     skips = []
     for level in range(depth):
-        x = conv_block(x, base_filters * 2**level, dropout, name=f"enc{level}", normalization=normalization)
+        x = conv_block(x, base_filters * 2**level, dropout, name=f"enc{level}", normalization=normalization,
+                       dropout_kind=dropout_kind)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
 
-    x = conv_block(x, base_filters * 2**depth, dropout, name="bottleneck", normalization=normalization)
+    x = conv_block(x, base_filters * 2**depth, dropout, name="bottleneck", normalization=normalization,
+                   dropout_kind=dropout_kind)
 
     decoded = {}
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level}_up")(x)
         x = layers.Concatenate(name=f"dec{level}_concat")([x, skips[level]])
-        x = conv_block(x, filters, dropout, name=f"dec{level}", normalization=normalization)
+        x = conv_block(x, filters, dropout, name=f"dec{level}", normalization=normalization,
+                       dropout_kind=dropout_kind)
         decoded[level] = x
 
     return keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)

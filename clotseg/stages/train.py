@@ -215,7 +215,7 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
     else:
         copy = build_model(settings.model, settings.model_input_shape, settings.base_filters,
                            settings.depth, settings.dropout, settings.num_classes,
-                           normalization=settings.normalization)
+                           normalization=settings.normalization, dropout_kind=settings.dropout_kind)
     # by layer name: a deep-supervision model's extra heads have no counterpart in the copy
     for layer in copy.layers:
         if layer.weights:
@@ -484,7 +484,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                 model = build_model(settings.model, settings.training_input_shape, settings.base_filters,
                                     settings.depth, settings.dropout, settings.num_classes,
                                     deep_supervision=settings.deep_supervision,
-                                    normalization=settings.normalization)
+                                    normalization=settings.normalization, dropout_kind=settings.dropout_kind)
             except ValueError as exc:  # e.g. a registered model without deep supervision: a config mistake
                 raise StageError(f"MODEL = {settings.model!r}: {exc}") from exc
             if settings.initial_model is not None:
