@@ -61,6 +61,57 @@ def test_instance_normalization_normalises_each_image_on_its_own(name):
     assert outs["batch"] > 1e-3
 
 
+def test_settings_dropout_kinds_match_the_models():
+    from myModels.unet2D import DROPOUT_KINDS
+
+    assert settings_module.DROPOUT_KINDS == DROPOUT_KINDS
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_spatial_dropout_drops_whole_feature_maps_and_reloads_in_safe_mode(tmp_path, name):
+    """DROPOUT_KIND = "spatial": every dropout layer is a SpatialDropout2D, so in training mode a
+    dropped channel is zero over the whole image (standard dropout zeroes scattered pixels); at
+    inference the model is the same function, and it reloads in safe mode."""
+    standard = build_model(name, (32, 32, 2), num_classes=1, base_filters=4, depth=2, dropout=0.5)
+    spatial = build_model(name, (32, 32, 2), num_classes=1, base_filters=4, depth=2, dropout=0.5,
+                          dropout_kind="spatial")
+    drops = [layer for layer in spatial.layers if layer.name.endswith("_drop")]
+    assert drops and all(type(layer).__name__ == "SpatialDropout2D" for layer in drops)
+    assert [layer.name for layer in drops] == [layer.name for layer in standard.layers if layer.name.endswith("_drop")]
+    assert not any(type(layer).__name__ == "SpatialDropout2D" for layer in standard.layers)
+    feature = keras.ops.ones((2, 8, 8, 16))
+    for layer, whole_maps in ((drops[0], True), (standard.get_layer(drops[0].name), False)):
+        out = np.asarray(layer(feature, training=True))
+        zero_maps = (out == 0).all(axis=(1, 2))           # (2, 16): channels zeroed over the whole image
+        assert ((out == 0).any() and zero_maps.any()) == whole_maps
+        if whole_maps:   # nothing else is zeroed: every value is dropped with its whole map or kept
+            np.testing.assert_array_equal((out == 0), np.broadcast_to(zero_maps[:, None, None, :], out.shape))
+    spatial.set_weights(standard.get_weights())
+    x = _inputs(2, 32, 32, 2, seed=7)
+    np.testing.assert_allclose(np.asarray(spatial.predict_on_batch(x)), np.asarray(standard.predict_on_batch(x)),
+                               rtol=1e-5, atol=1e-6)
+    spatial.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras", safe_mode=True, compile=False)
+    assert type(again.get_layer(drops[0].name)).__name__ == "SpatialDropout2D"
+    np.testing.assert_allclose(np.asarray(again.predict_on_batch(x)), np.asarray(spatial.predict_on_batch(x)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_kind_setting_is_validated_and_reaches_the_trained_model(tmp_path):
+    from clotseg.stages.train import inference_copy
+
+    s = tiny_settings(tmp_path, dropout_kind="spatial", patch_size=(32, 32))
+    assert s.dropout_kind == "spatial"
+    with pytest.raises(ConfigError, match="DROPOUT_KIND must be one of"):
+        tiny_settings(tmp_path, dropout_kind="alpha")
+    with pytest.raises(ValueError, match="dropout kind must be one of"):
+        build_model("unet", (32, 32, 2), num_classes=1, dropout_kind="alpha", **SMALL)
+    model = build_model(s.model, s.training_input_shape, s.base_filters, s.depth, s.dropout, s.num_classes,
+                        dropout_kind=s.dropout_kind)
+    copy = inference_copy(model, s)
+    assert any(type(layer).__name__ == "SpatialDropout2D" for layer in copy.layers)
+
+
 def test_an_unknown_normalization_is_refused():
     with pytest.raises(ValueError, match="normalization must be one of"):
         build_model("unet", (32, 32, 2), num_classes=1, normalization="layer", **SMALL)
@@ -201,6 +252,9 @@ def test_register_model_makes_a_builder_buildable(tiny_fcn_registered):
     with pytest.raises(ValueError, match="does not offer NORMALIZATION"):
         registry.build_model("tiny_fcn", [16, 16, 6], base_filters=3, depth=2, dropout=0.0, num_classes=1,
                              normalization="instance")
+    with pytest.raises(ValueError, match="does not offer DROPOUT_KIND"):
+        registry.build_model("tiny_fcn", [16, 16, 6], base_filters=3, depth=2, dropout=0.0, num_classes=1,
+                             dropout_kind="spatial")
 
 
 def test_model_setting_rejects_an_unlisted_name_with_a_clear_message(tiny_fcn_registered, tmp_path):
@@ -249,3 +303,28 @@ def test_inference_copy_loads_with_plain_keras_and_predicts_the_same(tmp_path):
                           env={**os.environ, "PYTHONPATH": ""})
     assert proc.returncode == 0, proc.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_training_builds_its_model_with_the_dropout_kind(tmp_path, monkeypatch):
+    """run_training passes DROPOUT_KIND to the registry (stopped right after the build)."""
+    from clotseg.pipeline import prepare_data
+    from clotseg.stages import train
+    from tests.conftest import quiet, write_cohort
+
+    s = tiny_settings(tmp_path, dropout_kind="spatial", epochs=1, target_sample_size_aug_train=16,
+                      target_sample_size_aug_val=8, tune_postprocessing=False)
+    write_cohort(s, n=5, clot_free=(5,))
+    prepare_data(s, log=quiet, demo_if_empty=False)
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def build(*args, **kwargs):
+        built.append(registry.build_model(*args, **kwargs))
+        raise Built
+
+    monkeypatch.setattr(train, "build_model", build)
+    with pytest.raises(Built):
+        train.run_training(s, log=quiet)
+    assert any(type(layer).__name__ == "SpatialDropout2D" for layer in built[0].layers)
