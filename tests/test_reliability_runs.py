@@ -377,11 +377,13 @@ def test_resume_takes_the_latest_unfinished_run_of_its_own_fold(tmp_path, saved_
     assert find_resumable(s) is None and find_resumable(s.replace(fold=2)) is None
 
 
-@pytest.mark.parametrize("change", [{"normalization": "instance"}, {"model": "resunet"}, {"base_filters": 3}])
+@pytest.mark.parametrize("change", [{"normalization": "instance"}, {"model": "resunet"}, {"base_filters": 3},
+                                    {"dropout_kind": "spatial"}])
 def test_resume_with_another_network_in_config_py_is_refused(tmp_path, saved_model, change):
     """The best model is exported into config.py's network: a run killed and
     resumed after MODEL, BASE_FILTERS, DEPTH or NORMALIZATION changed would
-    fail there with a traceback; it is refused up front with one line."""
+    fail there with a traceback (after DROPOUT_KIND it would train the checkpoint's
+    dropout, not config.py's); it is refused up front with one line."""
     from clotseg.stages.train import find_resumable
 
     s = tiny_settings(tmp_path, context_slices=RUN_CONTEXT)

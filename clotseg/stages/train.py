@@ -89,7 +89,7 @@ def find_resumable(settings: Settings) -> Path | None:
     Checkpoint_Files/last.keras (complete, and of the run's input shape and
     class count), and the current settings must describe the same model
     inputs and classes, the same modalities in the same order and HU windows,
-    and the same network (MODEL, BASE_FILTERS, DEPTH, NORMALIZATION). Runs of
+    and the same network (MODEL, BASE_FILTERS, DEPTH, NORMALIZATION, DROPOUT_KIND). Runs of
     another FOLD are passed over (their samples are another fold's). A bad
     file stops with StageError naming it.
     """
@@ -125,8 +125,9 @@ def find_resumable(settings: Settings) -> Path | None:
             raise StageError(f"cannot resume run {run.name}: config.py changed WINDOWS_HU ({changed}); set it back, "
                              "or start a new run (RESUME = False)")
         # the best model is exported by building config.py's network and copying the
-        # checkpoint's weights into it by layer name: another network cannot take them
-        arch = ("MODEL", "BASE_FILTERS", "DEPTH", "NORMALIZATION")
+        # checkpoint's weights into it by layer name: another network cannot take them (and
+        # the resumed epochs would train the checkpoint's dropout layers, not config.py's)
+        arch = ("MODEL", "BASE_FILTERS", "DEPTH", "NORMALIZATION", "DROPOUT_KIND")
         now = tuple(getattr(settings, name.lower()) for name in arch)
         then = tuple(getattr(trained, name.lower()) for name in arch)
         if now != then:
