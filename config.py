@@ -164,7 +164,8 @@ DROPOUT = 0.1                    # 0: -0.006 [-0.037, +0.021] on another generat
                                  # the demo on a faster machine +0.009 [-0.002, +0.020], the clots that
                                  # are not hyperdense -0.010 (twenty-fifth round): 0.1 stays
 DROPOUT_KIND = "standard"        # "standard" (single activations, CT-ClotSeg's) or "spatial" (whole feature
-                                 # maps, SpatialDropout2D)
+                                 # maps, SpatialDropout2D): at the cpu preset (2 seeds) +0.006 [-0.012, +0.025],
+                                 # 3x the false alarms before post-processing (twenty-eighth round)
 DEEP_SUPERVISION = False         # also train the decoder's coarser levels (1/2, 1/4 size) against the
                                  # pooled mask, weights 1/2**k (nnU-Net); the saved model keeps only
                                  # the full-size output, so testing is unchanged. Off: at the demo scale
