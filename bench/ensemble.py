@@ -110,7 +110,7 @@ def average_members(prob_files: list[Path], threshold: float = 0.5, axes: list[i
     from clotseg.stages.evaluate import _mean_of
 
     axes = axes or [2] * len(prob_files)
-    maps = [load_npy(path) if a == 2 else np.moveaxis(load_npy(path), -1, a) for path, a in zip(prob_files, axes)]
+    maps = [np.moveaxis(load_npy(path), -1, a) for path, a in zip(prob_files, axes)]   # axis 2: unmoved
     for path, p in zip(prob_files[1:], maps[1:]):
         if p.shape != maps[0].shape:
             raise CrossError(f"{path}: shape {p.shape} differs from the other members' {maps[0].shape}")

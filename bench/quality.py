@@ -224,10 +224,15 @@ def slice_view(volume_dir: Path, mask_dir: Path, axis: int) -> int:
 
 
 def slice_axis_of(project: Path) -> int:
-    """The axis a quality repeat's model was trained along (its training cohort's sidecars; 2 = axial)."""
+    """The axis a quality repeat's model was trained along (the sidecars of its run's training
+    volumes, VOLUME_DIR; 2 = axial, also without a finished run)."""
     from clotseg.io import read_json
+    from clotseg.layout import load_run_settings
 
-    for side_path in sorted((Path(project) / "DL_vol_files" / "binary").glob("CS*.json")):
+    run = latest_run(project)
+    if run is None:
+        return 2
+    for side_path in sorted(load_run_settings(run, project).volume_path.glob("CS*.json")):
         return int(read_json(side_path).get("slice_axis", 2))
     return 2
 

@@ -49,16 +49,13 @@ def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: 
             raise ValueError(f"model {name!r} does not offer DEEP_SUPERVISION (its builder has no "
                              "deep_supervision argument); set DEEP_SUPERVISION = False")
         extra["deep_supervision"] = True
-    if normalization != "batch":
-        if "normalization" not in inspect.signature(builder).parameters:
-            raise ValueError(f"model {name!r} does not offer NORMALIZATION = {normalization!r} (its builder has "
-                             "no normalization argument); set NORMALIZATION = 'batch'")
-        extra["normalization"] = normalization
-    if dropout_kind != "standard":
-        if "dropout_kind" not in inspect.signature(builder).parameters:
-            raise ValueError(f"model {name!r} does not offer DROPOUT_KIND = {dropout_kind!r} (its builder has "
-                             "no dropout_kind argument); set DROPOUT_KIND = 'standard'")
-        extra["dropout_kind"] = dropout_kind
+    # options a builder may leave out: passed only when set away from their default
+    for arg, value, default in (("normalization", normalization, "batch"), ("dropout_kind", dropout_kind, "standard")):
+        if value != default:
+            if arg not in inspect.signature(builder).parameters:
+                raise ValueError(f"model {name!r} does not offer {arg.upper()} = {value!r} (its builder has "
+                                 f"no {arg} argument); set {arg.upper()} = {default!r}")
+            extra[arg] = value
     return builder(input_shape=tuple(input_shape), base_filters=base_filters, depth=depth,
                    dropout=dropout, num_classes=num_classes, **extra)
 

@@ -57,7 +57,8 @@ def fake_scoring(monkeypatch):
     """Members 'predict' by writing _member_probability maps and their own plain metrics rows."""
     from clotseg.settings import Settings
 
-    monkeypatch.setattr("clotseg.layout.load_run_settings", lambda run, root: Settings(threshold=0.3, tta_flips=True))
+    monkeypatch.setattr("clotseg.layout.load_run_settings",
+                        lambda run, root: Settings(threshold=0.3, tta_flips=True, root=root))
     calls = []
 
     def score(settings, run, cohort, output):
