@@ -95,7 +95,7 @@ def score_missing(workdir: Path, domain: str, plain: bool = False, score=None) -
     testing.py's code path (`clotseg.stages.evaluate.run_evaluation`)."""
     from clotseg.layout import load_run_settings
 
-    score = score or _run_evaluation
+    score = score or score_cohort
     written = []
     reps = repeats(workdir, domain)
     for i in reps:
@@ -115,7 +115,9 @@ def score_missing(workdir: Path, domain: str, plain: bool = False, score=None) -
     return written
 
 
-def _run_evaluation(settings, run: Path, cohort: Path, output: Path) -> None:
+def score_cohort(settings, run: Path, cohort: Path, output: Path) -> None:
+    """Test `run` on a bench cohort folder (its volumes/ and masks/) with `settings`, as testing.py
+    does, writing the scores and predictions into `output`; progress goes to stderr."""
     from clotseg.stages.evaluate import run_evaluation
 
     with contextlib.redirect_stdout(sys.stderr):   # progress bars; stdout keeps the JSON and the tables

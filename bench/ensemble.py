@@ -52,7 +52,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.compare import parse_where, read_metrics, where  # noqa: E402
-from bench.cross_cohorts import CrossError, _run_evaluation, averaged, markdown_paired, paired, repeats  # noqa: E402
+from bench.cross_cohorts import CrossError, score_cohort, averaged, markdown_paired, paired, repeats  # noqa: E402
 from bench.quality import latest_run, log, plain_postprocessing, slice_axis_of, slice_view  # noqa: E402
 from clotseg.errors import ClotSegError  # noqa: E402
 
@@ -68,7 +68,7 @@ def predict_missing(workdir: Path, members: list[Path], cohorts: list[int], doma
     output)` defaults to testing.py's code path."""
     from clotseg.layout import load_run_settings
 
-    score = score or _run_evaluation
+    score = score or score_cohort
     written = []
     for project in members:
         todo = [j for j in cohorts if not (member_folder(project, j, domain) / "metrics.csv").is_file()]
@@ -105,16 +105,15 @@ def view_copy(cohort: Path, target: Path, axis: int) -> Path:
 def average_members(prob_files: list[Path], threshold: float = 0.5, axes: list[int] | None = None) -> np.ndarray:
     """uint8 (H, W, D) mask of the members' mean probability (float16 (H, W, D) `_prob.npy` maps);
     `axes[i]` != 2: member i predicted planes along that axis, so its map's last axis goes back there."""
-    from clotseg.inference import to_mask
+    from clotseg.inference import mean_of, to_mask
     from clotseg.io import load_npy
-    from clotseg.stages.evaluate import _mean_of
 
     axes = axes or [2] * len(prob_files)
     maps = [np.moveaxis(load_npy(path), -1, a) for path, a in zip(prob_files, axes)]   # axis 2: unmoved
     for path, p in zip(prob_files[1:], maps[1:]):
         if p.shape != maps[0].shape:
             raise CrossError(f"{path}: shape {p.shape} differs from the other members' {maps[0].shape}")
-    return to_mask(_mean_of(maps)[..., None], threshold)
+    return to_mask(mean_of(maps)[..., None], threshold)
 
 
 def ensemble_cohort(workdir: Path, members: list[Path], cohort: int, domain: str, out: Path) -> Path:

@@ -327,6 +327,16 @@ def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tu
     return members[0] if len(members) == 1 else np.mean(members, axis=0, dtype=np.float32)
 
 
+def mean_of(members: list[np.ndarray]) -> np.ndarray:
+    """Elementwise float32 mean of equal-shaped arrays, the same bits as
+    `np.mean(members, axis=0, dtype=np.float32)` (the members are added in
+    order, then divided) without stacking them into one array first."""
+    total = np.add(members[0], members[1], dtype=np.float32) if len(members) > 1 else members[0].astype(np.float32)
+    for m in members[2:]:
+        total += m
+    return np.true_divide(total, np.float32(len(members)), out=total)
+
+
 def to_mask(prob: np.ndarray, threshold: float = 0.5) -> np.ndarray:
     """(h, w, D, K) probabilities -> (h, w, D) uint8 labels.
 

@@ -175,7 +175,7 @@ def test_tiny_repeats_cross_scored_end_to_end(tmp_path):
     project = work / "repeat0"
     run = sorted((project / "Trainings").glob("*/run.json"))[-1].parent
     again = tmp_path / "again"
-    cross._run_evaluation(load_run_settings(run, project), run, project / f"test_{DOMAIN}", again)
+    cross.score_cohort(load_run_settings(run, project), run, project / f"test_{DOMAIN}", again)
     before, after = read_metrics(project / f"Testing_{DOMAIN}"), read_metrics(again)
     assert set(before) == set(after)
     assert all(after[c]["dice"] == pytest.approx(before[c]["dice"]) for c in before)

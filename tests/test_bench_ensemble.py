@@ -76,7 +76,7 @@ def fake_scoring(monkeypatch):
         for c in (1, 2, 3):
             np.save(output / "predictions" / f"CS{c}_prob.npy", _member_probability(member, c))
 
-    monkeypatch.setattr(ens, "_run_evaluation", score)
+    monkeypatch.setattr(ens, "score_cohort", score)
     return calls
 
 
@@ -182,7 +182,7 @@ def test_a_member_of_other_planes_predicts_a_moved_copy_and_is_moved_back(tmp_pa
     sag = _workdir(tmp_path / "sag", 2) / "repeat1"
     (sag / "DL_vol_files" / "binary").mkdir(parents=True)
     (sag / "DL_vol_files" / "binary" / "CS1.json").write_text(json.dumps({"slice_axis": 1}))
-    axial_score = ens._run_evaluation
+    axial_score = ens.score_cohort
     seen = []
 
     def score(settings, run, cohort, output):
@@ -192,7 +192,7 @@ def test_a_member_of_other_planes_predicts_a_moved_copy_and_is_moved_back(tmp_pa
             for f in (output / "predictions").glob("*_prob.npy"):
                 np.save(f, np.moveaxis(np.load(f), 1, -1))
 
-    monkeypatch.setattr(ens, "_run_evaluation", score)
+    monkeypatch.setattr(ens, "score_cohort", score)
     assert ens.main([str(work), "--member", str(work / "repeat0"), "--member", str(sag), "--name", "views"]) == 0
     # the sagittal member was given the cohort with its planes last; the original is untouched
     assert len(seen) == 2 and seen[0].shape == (6, 3, 6)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from clotseg.intensity import encode
-from clotseg.inference import postprocess, predict_volume, to_mask
+from clotseg.inference import mean_of, postprocess, predict_volume, to_mask
 
 
 class EchoModel:
@@ -84,3 +84,17 @@ def test_postprocess_keep_largest(blobs):
     assert out.sum() == 64 and out[3, 3, 3] == 1
     assert postprocess(np.zeros_like(blobs), keep_largest=True).sum() == 0
     assert postprocess(blobs) is blobs   # nothing asked, nothing done
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_mean_of_matches_numpy_mean_and_leaves_members_alone(n, dtype):
+    rng = np.random.default_rng(n)
+    members = [rng.random((5, 4, 3, 1)).astype(dtype) for _ in range(n)]
+    copies = [m.copy() for m in members]
+    out = mean_of(members)
+    assert out.dtype == np.float32 and out.shape == (5, 4, 3, 1)
+    np.testing.assert_array_equal(out, np.mean(np.stack(members), axis=0, dtype=np.float32))
+    for m, c in zip(members, copies):
+        np.testing.assert_array_equal(m, c)
+    assert not any(np.shares_memory(out, m) for m in members)

@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 from clotseg.cohort import Case, check_case, discover_cases, read_sidecar
 from clotseg.errors import ClotSegError, StageError
-from clotseg.inference import (average_models, flip_ensemble, member_inputs, postprocess, predict_stream, prefetch,
-                               split_members, to_mask)
+from clotseg.inference import (average_models, flip_ensemble, mean_of, member_inputs, postprocess, predict_stream,
+                               prefetch, split_members, to_mask)
 from clotseg.intensity import center_crop
 from clotseg.io import atomic_save_npy, atomic_write_json, fingerprint, load_npy, read_json, staged_dir, write_manifest
 from clotseg.postprocessing import resolve as resolve_postprocessing
@@ -251,7 +251,7 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
     # (h, w, D, K) views of the (D, H, W, K) predictions, cropped: the math below is
     # elementwise, so it runs in the predictions' own memory order without transposed copies
     members = [center_crop(np.moveaxis(p, 0, 2), shape[:2]) for p in probs]
-    prob = _mean_of(members) if post.tta_flips else members[0]
+    prob = mean_of(members) if post.tta_flips else members[0]
     vessel, spacing, cta = near if near is not None else (None, None, None)
     pred = postprocess(to_mask(prob, post.threshold), post.min_component_voxels, post.keep_largest_component,
                        slice_gaps=gaps or None, prob=prob, min_peak=post.min_component_peak,
@@ -276,16 +276,6 @@ def _finish_case(case: Case, probs: list[np.ndarray], shape: tuple, gaps, traine
     lines: list[str] = []
     written, bad = _export(case, pred, prob_fg, pred_dir, trained.num_classes, target, lines.append)
     return written, bad, lines
-
-
-def _mean_of(members: list[np.ndarray]) -> np.ndarray:
-    """Elementwise float32 mean of equal-shaped arrays, the same bits as
-    `np.mean(members, axis=0, dtype=np.float32)` (the members are added in
-    order, then divided) without stacking them into one array first."""
-    total = np.add(members[0], members[1], dtype=np.float32) if len(members) > 1 else members[0].astype(np.float32)
-    for m in members[2:]:
-        total += m
-    return np.true_divide(total, np.float32(len(members)), out=total)
 
 
 def _predicted_cases(ensemble, prepared, batch_size: int):
