@@ -1,7 +1,7 @@
 """Every repeat's model scored on every repeat's test cohort; two configurations compared over all the models.
 
     python -m bench.cross_cohorts WORKDIR [WORKDIR_B] [--domain first-build] [--untuned]
-                                  [--labels A B] [--where hyperdense=false] [--out F.json]
+                                  [--labels A B] [--where hyperdense=false] [--cohorts 3,4] [--out F.json]
 
 WORKDIR is a `bench/quality.py --workdir` folder with two or more repeats
 (repeat<i>/Trainings/<run>, its test cohort repeat<i>/test_<domain>/ and
@@ -33,7 +33,9 @@ KEY=VALUE` keeps the cases whose phantom sidecar has that value, as
 bench/compare.py does. Clots found and controls with an alarm are given
 as means over the models. Two configurations with different numbers of
 repeats are compared on the cohorts both hold, each case averaged over all
-the models of each.
+the models of each. `--cohorts J[,J...]` scores and compares on those
+repeats' test cohorts only, every model on each: test seeds added after a
+choice was made on the others confirm it on cases the choice never saw.
 
 Bad input (a folder that is not a quality workdir, fewer than two repeats,
 cohorts that differ between the configurations) is one line and exit
@@ -89,19 +91,34 @@ def scoring_folder(workdir: Path, model: int, cohort: int, domain: str, plain: b
     return project / f"Cross_{domain}" / f"cohort{cohort}{suffix}"
 
 
-def score_missing(workdir: Path, domain: str, plain: bool = False, score=None) -> list[Path]:
-    """Score every model on every other repeat's cohort where no metrics.csv is there yet;
-    returns the folders written. `score(settings, run, cohort_folder, output)` defaults to
-    testing.py's code path (`clotseg.stages.evaluate.run_evaluation`)."""
+def cohorts_to_score(workdir: Path, domain: str, cohorts: list[int] | None = None) -> list[int]:
+    """The repeats whose test cohorts are scored: all of `repeats`, or those of `cohorts`
+    (CrossError for one the workdir does not hold)."""
+    reps = repeats(workdir, domain)
+    if cohorts is None:
+        return reps
+    missing = sorted(set(cohorts) - set(reps))
+    if missing:
+        raise CrossError(f"{workdir}: no finished repeat {', '.join(map(str, missing))} for --cohorts "
+                         f"(it holds {', '.join(map(str, reps))})")
+    return sorted(set(cohorts))
+
+
+def score_missing(workdir: Path, domain: str, plain: bool = False, score=None,
+                  cohorts: list[int] | None = None) -> list[Path]:
+    """Score every model on every other repeat's cohort (or on `cohorts` only) where no
+    metrics.csv is there yet; returns the folders written. `score(settings, run,
+    cohort_folder, output)` defaults to testing.py's code path (`score_cohort`)."""
     from clotseg.layout import load_run_settings
 
     score = score or score_cohort
     written = []
     reps = repeats(workdir, domain)
+    targets = cohorts_to_score(workdir, domain, cohorts)
     for i in reps:
         project = Path(workdir) / f"repeat{i}"
         run = latest_run(project)
-        todo = [(j, is_plain) for j in reps for is_plain in ((False, True) if plain else (False,))
+        todo = [(j, is_plain) for j in targets for is_plain in ((False, True) if plain else (False,))
                 if not (scoring_folder(workdir, i, j, domain, is_plain) / "metrics.csv").is_file()]
         if not todo:
             continue
@@ -125,12 +142,14 @@ def score_cohort(settings, run: Path, cohort: Path, output: Path) -> None:
                        output=output, log=lambda *a, **k: None)
 
 
-def load_table(workdir: Path, domain: str, plain: bool = False, where_kv: tuple | None = None) -> dict:
-    """{(model, cohort): {case: metrics row}} for every scored pair (cases filtered by `where_kv`)."""
+def load_table(workdir: Path, domain: str, plain: bool = False, where_kv: tuple | None = None,
+               cohorts: list[int] | None = None) -> dict:
+    """{(model, cohort): {case: metrics row}} for every scored pair, on every cohort or on
+    `cohorts` only (cases filtered by `where_kv`)."""
     reps = repeats(workdir, domain)
     table = {}
     for i in reps:
-        for j in reps:
+        for j in cohorts_to_score(workdir, domain, cohorts):
             rows = read_metrics(scoring_folder(workdir, i, j, domain, plain))
             if where_kv is not None:
                 rows = where(rows, Path(workdir) / f"repeat{j}" / f"test_{domain}" / "volumes", *where_kv)
@@ -244,22 +263,32 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"))
     parser.add_argument("--where", default=None, metavar="KEY=VALUE",
                         help="only the cases whose sidecar has this value, e.g. hyperdense=false")
+    parser.add_argument("--cohorts", default=None, metavar="J[,J...]",
+                        help="score and compare on these repeats' test cohorts only (every model on each), "
+                             "e.g. seeds added after a choice was made on the others")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     where_kv = parse_where(parser, "bench.cross_cohorts", args.where)
+    cohorts = None
+    if args.cohorts is not None:
+        parts = [s.strip() for s in args.cohorts.split(",")]
+        if not all(s.isdigit() for s in parts):
+            parser.exit(2, f"bench.cross_cohorts: --cohorts {args.cohorts!r}: give repeat numbers, e.g. 3 or 3,4\n")
+        cohorts = [int(s) for s in parts]
     workdirs = [w for w in (args.a, args.b) if w is not None]
     labels = tuple(args.labels) if args.labels else tuple(w.name for w in workdirs)
     try:
         for workdir in workdirs:
             if not workdir.is_dir():
                 raise CrossError(f"{workdir}: no such folder")
-            score_missing(workdir, args.domain, args.untuned)   # checks the workdir's repeats first
-        report = {"domain": args.domain, "where": args.where, "workdirs": [str(w) for w in workdirs],
+            score_missing(workdir, args.domain, args.untuned, cohorts=cohorts)   # checks the workdir's repeats first
+        report = {"domain": args.domain, "where": args.where, "cohorts": cohorts,
+                  "workdirs": [str(w) for w in workdirs],
                   "labels": list(labels[:len(workdirs)]), "variants": {}}
         text = []
         for plain in (False, True) if args.untuned else (False,):
             name = "plain" if plain else "as reported"
-            tables = [load_table(w, args.domain, plain, where_kv) for w in workdirs]
+            tables = [load_table(w, args.domain, plain, where_kv, cohorts) for w in workdirs]
             variant = {"matrices": [matrix(t) for t in tables]}
             text += [f"### {name} ({args.domain}{', ' + args.where if args.where else ''})", ""]
             text += [markdown_matrix(m, label) for m, label in zip(variant["matrices"], labels)]

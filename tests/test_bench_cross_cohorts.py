@@ -143,6 +143,45 @@ def test_score_missing_scores_each_unscored_pair_once_with_the_runs_settings(tmp
     assert cross.score_missing(work, DOMAIN, plain=True, score=score) == []   # a second call scores nothing
 
 
+def test_cohorts_option_scores_and_compares_on_those_cohorts_only(tmp_path, monkeypatch, capsys):
+    # repeat 2 is a fresh test seed added after the choice: every model is scored on it, nothing else
+    a = _workdir(tmp_path / "a", {(i, j): _cohort(0.5, 0.1 * (j + 1), False) for i in range(3) for j in range(3)},
+                 skip={(0, 1), (0, 2), (1, 2)})
+    b = _workdir(tmp_path / "b", {(i, j): _cohort(0.5, 0.1 * (j + 1) + (0.2 if j == 2 else 0.0), False)
+                                  for i in range(3) for j in range(3)}, skip={(1, 0)})
+    monkeypatch.setattr("clotseg.layout.load_run_settings", lambda run, root: None)
+    scored = []
+
+    def score(settings, run, cohort, output):
+        scored.append((run.parent.parent.parent.name, run.parent.parent.name, cohort.parent.name))
+        j = int(cohort.parent.name[len("repeat"):])
+        bonus = 0.2 if "b" == run.parent.parent.parent.name and j == 2 else 0.0
+        _write_metrics(output, _cohort(0.5, 0.1 * (j + 1) + bonus, False))
+
+    monkeypatch.setattr(cross, "score_cohort", score)
+    assert cross.main([str(a), str(b), "--cohorts", "2", "--out", str(tmp_path / "r.json")]) == 0
+    assert sorted(scored) == [("a", "repeat0", "repeat2"), ("a", "repeat1", "repeat2")]   # (0, 1) and (1, 0) left
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["cohorts"] == [2]
+    variant = report["variants"]["as reported"]
+    assert [m["cohorts"] for m in variant["matrices"]] == [[2], [2]]
+    p = variant["paired"]
+    assert (p["n_clot_cases"], p["n_clot_free_cases"]) == (2, 1)                # cohort 2's cases only
+    assert p["dice_difference"]["mean"] == pytest.approx(0.1)                   # CS1 +0, CS2 +0.2
+    assert "#### b - a, each test case averaged over 3 models" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value, message", [("5", "no finished repeat 5 for --cohorts"),
+                                            ("x", "give repeat numbers")])
+def test_a_bad_cohorts_option_exits_2_in_one_line(tmp_path, capsys, value, message):
+    work = _workdir(tmp_path, {(i, j): _cohort(0.5, 0.5, False) for i in (0, 1) for j in (0, 1)})
+    with pytest.raises(SystemExit) as exit_info:
+        cross.main([str(work), "--cohorts", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
 @pytest.mark.slow
 def test_tiny_repeats_cross_scored_end_to_end(tmp_path):
     """Two tiny repeats of bench/quality.py, then every model on every cohort through testing.py's
