@@ -128,6 +128,44 @@ def _snapshot(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def _worker_survives_an_early_ctrl_c() -> tuple[bool, bool]:
+    """In a pool worker before its initializer: is SIGINT blocked at start, and does a
+    Ctrl-C that lands then (sent to itself) leave it running once `_init_worker` ran?"""
+    from clotseg.stages.augment import _init_worker
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    os.kill(os.getpid(), signal.SIGINT)      # raises KeyboardInterrupt here unless blocked
+    _init_worker()                           # ignores it, discarding the pending one, then unblocks
+    time.sleep(0.05)
+    return blocked, signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_start_with_ctrl_c_blocked_until_their_initializer_ignores_it(method):
+    # a spawned worker re-imports the caller's script before its initializer runs; a Ctrl-C then
+    # used to print a KeyboardInterrupt traceback from the worker (seen in CI on a loaded machine)
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+    from clotseg.stages.augment import _sigint_blocked
+    with ProcessPoolExecutor(1, mp_context=mp.get_context(method)) as pool:
+        with _sigint_blocked():
+            future = pool.submit(_worker_survives_an_early_ctrl_c)
+        assert future.result(timeout=120) == (True, True)
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_sigmask"), reason="POSIX signal masks")
+def test_a_ctrl_c_while_the_pool_starts_reaches_the_main_process_afterwards():
+    from clotseg.stages.augment import _sigint_blocked
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_blocked():
+            os.kill(os.getpid(), signal.SIGINT)
+            reached.append("inside")         # not raised while blocked
+    assert reached == ["inside"]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
 def test_full_disk_before_augmenting_is_a_message_and_the_previous_store_stays(tmp_path, monkeypatch):
     s = tiny_settings(tmp_path)
     write_cohort(s)

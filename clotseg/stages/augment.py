@@ -29,6 +29,7 @@ Output: Processed/Augmented/<cohort>/ sample stores (see stages/common.py).
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -459,11 +460,17 @@ def _run_pool(workers: int, jobs: list, bar) -> int:
     (Leaving the pool's `with` block instead would wait for every queued
     chunk to finish.) The workers ignore SIGINT: a Ctrl-C in the terminal
     reaches the whole process group, and only the main process handles it.
+    The pool starts its workers while submitting, and a spawned worker
+    re-imports the caller's script before its initializer runs, so SIGINT
+    stays blocked while submitting: the workers start with it blocked (no
+    KeyboardInterrupt traceback from a worker still importing) and the main
+    process gets a Ctrl-C of those milliseconds as soon as it unblocks.
     """
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
     futures = {}
     try:
-        futures = {pool.submit(_augment_chunk, *job): len(job[2]) for job in jobs}
+        with _sigint_blocked():
+            futures = {pool.submit(_augment_chunk, *job): len(job[2]) for job in jobs}
         changed = 0
         for fut in as_completed(futures):
             changed += fut.result()
@@ -508,11 +515,29 @@ def _pool_context():
     return mp.get_context("spawn")
 
 
+@contextlib.contextmanager
+def _sigint_blocked():
+    """Block SIGINT in this thread (processes started meanwhile inherit the
+    mask, through exec too); a Ctrl-C that arrives meanwhile is delivered
+    on leaving. A no-op where signal masks do not exist (Windows)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _init_worker():
     """Worker start-up: Ctrl-C is the main process's to handle (it stops the
     pool, see `_run_pool`); one OpenCV thread per worker, as the pool
-    already uses every core."""
+    already uses every core. The worker starts with SIGINT blocked
+    (`_sigint_blocked`): ignoring it first discards one already pending."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     _single_threaded_worker()
 
 
