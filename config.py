@@ -117,7 +117,8 @@ POSITIVE_SAMPLING = "slice"      # how the clot samples are spread: "slice" = ev
                                  # every clot case gets the same share, cycling through its own clot slices.
                                  # "case" scored +0.011 [-0.005, +0.028] (CPU scale, 2 seeds, eighth round);
                                  # with today's defaults +0.029 [+0.011, +0.050] (cpu preset, 3 seeds,
-                                 # twenty-eighth round): the cpu preset's; the demo is not measured with it
+                                 # twenty-eighth round): the cpu preset's. In the README demo 0.07 lower on
+                                 # each of 2 seeds (twenty-ninth round): the demo keeps "slice"
 CLOT_APPEARANCE_AUG = 0.5        # share of clot samples whose clot intensity is moved per modality by an
                                  # offset from CLOT_APPEARANCE_HU, in every 2.5D context plane; the mask is
                                  # unchanged (not every clot is hyperdense). 0 = off. 0.5 on NCCT alone: the
@@ -159,7 +160,9 @@ PATCH_SIZE = None                # (rows, cols): train on random patches of the 
 # --------------------------------------------------------------------------
 # Model (stage 4)
 # --------------------------------------------------------------------------
-MODEL = "unet"                   # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (residual encoder, nnU-Net ResEnc style)
+MODEL = "unet"                   # "unet" (CT-ClotSeg's 2D U-Net) or "resunet" (residual encoder, nnU-Net ResEnc style):
+                                 # at the cpu preset's 20 minutes -0.006 [-0.025, +0.012], 1.6x the time per
+                                 # step (2 unseen seeds, twenty-ninth round): "unet" stays
 BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
 DROPOUT = 0.1                    # 0: -0.006 [-0.037, +0.021] on another generator (thirteenth round);
