@@ -165,10 +165,16 @@ def test_pool_workers_start_with_ctrl_c_blocked_until_their_initializer_ignores_
 def test_a_ctrl_c_while_the_pool_starts_reaches_the_main_process_afterwards():
     from clotseg.stages.augment import _sigint_blocked
     reached = []
-    with pytest.raises(KeyboardInterrupt):
-        with _sigint_blocked():
-            os.kill(os.getpid(), signal.SIGINT)
-            reached.append("inside")         # not raised while blocked
+    # a suite started in the background (`cmd &` in a script) ignores SIGINT: give this
+    # process a terminal's Ctrl-C handling for the test
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _sigint_blocked():
+                os.kill(os.getpid(), signal.SIGINT)
+                reached.append("inside")     # not raised while blocked
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert reached == ["inside"]
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
 
