@@ -324,7 +324,7 @@ def predict_volume(model, volumes: list[np.ndarray], windows: list, input_hw: tu
     """
     members = predict_volume_members(model, volumes, windows, input_hw, batch_size, tta_flips, context_slices,
                                      symmetry, slice_gaps)
-    return members[0] if len(members) == 1 else np.mean(members, axis=0, dtype=np.float32)
+    return members[0] if len(members) == 1 else mean_of(members)
 
 
 def mean_of(members: list[np.ndarray]) -> np.ndarray:
