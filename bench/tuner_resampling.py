@@ -41,6 +41,9 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
   tuner holding 130 HU and peak P
               the same as shipped with MIN_COMPONENT_PEAK = P held too
               (a kept component must reach probability P somewhere)
+  tuner holding 130 HU and TTA off
+              the same as shipped with TTA_FLIPS = False held (no flip
+              averaging, which can lower a weak detection under the threshold)
 
 --rules RULE [RULE ...] compares only those (each rule costs one tuning per draw).
 
@@ -78,7 +81,7 @@ RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to
          "tuner holding 130 HU, ties within 0.005", "tuner holding 130 HU, ties within 0.01",
          "tuner holding 130 HU, ties within 0.02",
          "tuner holding 130 HU and peak 0.6", "tuner holding 130 HU and peak 0.7",
-         "tuner holding 130 HU and peak 0.8")
+         "tuner holding 130 HU and peak 0.8", "tuner holding 130 HU and TTA off")
 LUMEN_HU = 130.0
 
 
@@ -155,6 +158,8 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
         held = {"max_component_cta_hu": LUMEN_HU} if ctas is not None else {}
         if " and peak " in rule:
             held["min_component_peak"] = float(rule.rsplit(" ", 1)[1])
+        if rule.endswith(" and TTA off"):
+            held["tta_flips"] = False
         with mock.patch.object(pp, "DICE_TOLERANCE", tolerance):
             return pp.tune(tune_cases, ctas=ctas, fixed=held)["chosen"]
     if rule == "plain + 130 HU":

@@ -136,3 +136,21 @@ def test_rules_picks_the_rules_compared_and_refuses_an_unknown_one(tmp_path, cap
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "--rules: unknown 'no such rule'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_tta_off_rule_holds_the_flips_off_where_the_tuner_would_average_them():
+    """Each case's alarm is in the plain member only (the flipped members miss
+    it), so averaging the flips drops every alarm and the shipped tuner takes
+    the flips; the TTA-off rule never does, and keeps its other choices."""
+    from bench.tuner_resampling import _choose
+
+    members, truths = _cohort()
+    members = [np.concatenate([m, np.where(t, m, 0.0), np.where(t, m, 0.0)]) for m, t in zip(members, truths)]
+    tune_cases = [(list(m), t) for m, t in zip(members[:8], truths[:8])]
+    assert _choose("tuner holding 130 HU", tune_cases)["tta_flips"] is True
+    chosen = _choose("tuner holding 130 HU and TTA off", tune_cases)
+    assert chosen["tta_flips"] is False and chosen["max_component_cta_hu"] == 0.0
+    out = resample(members, truths, draws=12, rules=["tuner holding 130 HU", "tuner holding 130 HU and TTA off"])
+    shipped, off = np.array(out["tuner holding 130 HU"]), np.array(out["tuner holding 130 HU and TTA off"])
+    assert np.allclose(shipped[:, 1], 0.0)                    # the flips cleared every alarm
+    assert len(off) == len(shipped) and (off[:, 2] <= 1).all()
