@@ -240,9 +240,9 @@ TUNE_POSTPROCESSING = True       # after training, choose the seven settings bel
 # a value here overrides it, and at training time the tuner holds it and chooses the others given it
 # (e.g. THRESHOLD = 0.5, nnU-Net's fixed argmax, with the component filters chosen for 0.5).
 THRESHOLD = None                 # probability above which a voxel is clot
-TTA_FLIPS = None                 # average predictions over horizontal/vertical flips. Tuned: held off at
-                                 # the cpu preset, +0.007 [-0.010, +0.028] on 2 unseen seeds and the same
-                                 # on a development cohort (thirtieth round)
+TTA_FLIPS = None                 # average predictions over horizontal/vertical flips. Left to the tuner:
+                                 # holding it off at the cpu preset gave +0.007 [-0.010, +0.028] on 2 unseen
+                                 # seeds and the same on a development cohort (thirtieth round)
 MIN_COMPONENT_VOXELS = None      # drop predicted 3D components smaller than this
 MIN_COMPONENT_PEAK = None        # drop predicted 3D components whose highest probability stays under this
                                  # (hysteresis: THRESHOLD draws the outline, this decides what is a finding;
