@@ -462,9 +462,10 @@ def _run_pool(workers: int, jobs: list, bar) -> int:
     reaches the whole process group, and only the main process handles it.
     The pool starts its workers while submitting, and a spawned worker
     re-imports the caller's script before its initializer runs, so SIGINT
-    stays blocked while submitting: the workers start with it blocked (no
-    KeyboardInterrupt traceback from a worker still importing) and the main
-    process gets a Ctrl-C of those milliseconds as soon as it unblocks.
+    stays blocked in this thread while submitting: the workers start with it
+    blocked (no KeyboardInterrupt traceback from a worker still importing).
+    The main process still gets a Ctrl-C of those milliseconds: on unblocking,
+    or at once where another thread of it (TensorFlow's) takes the signal.
     """
     pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_init_worker)
     futures = {}
@@ -518,8 +519,11 @@ def _pool_context():
 @contextlib.contextmanager
 def _sigint_blocked():
     """Block SIGINT in this thread (processes started meanwhile inherit the
-    mask, through exec too); a Ctrl-C that arrives meanwhile is delivered
-    on leaving. A no-op where signal masks do not exist (Windows)."""
+    mask, through exec too); a SIGINT sent to this thread meanwhile is
+    delivered on leaving. One sent to the process may be taken at once by
+    another thread that does not block it (TensorFlow's), and Python then
+    raises KeyboardInterrupt here at once: the mask is for the children.
+    A no-op where signal masks do not exist (Windows)."""
     if not hasattr(signal, "pthread_sigmask"):
         yield
         return
