@@ -110,7 +110,16 @@ def subgroups(rows: dict[str, dict], sidecars: dict[str, dict], contrasts: dict[
             for modality in ("NCCT", "CTA"):
                 key = _contrast((contrasts.get(cid) or {}).get(modality))
                 groups[f"{modality} contrast"].setdefault(key, []).append(dice)
-    return {g: {k: _summary(v) for k, v in sorted(by.items())} for g, by in groups.items()}
+    return {g: {k: _summary(v) for k, v in sorted(by.items(), key=_in_order)} for g, by in groups.items()}
+
+
+# the bins of a grouping from low to high (the rest alphabetically, after them)
+BIN_ORDER = ("< 30 mm^3", "30-100 mm^3", ">= 100 mm^3", "< 10 HU", "10-20 HU", ">= 20 HU")
+
+
+def _in_order(item) -> tuple:
+    key = item[0]
+    return (BIN_ORDER.index(key) if key in BIN_ORDER else len(BIN_ORDER), key)
 
 
 def _summary(dices: list[float]) -> dict:

@@ -90,17 +90,19 @@ def _volumes(vols, masks, cid, ncct_clot, cta_clot, lumen=False):
 
 def test_contrast_groups_measure_the_clot_against_the_soft_tissue_around_it(tmp_path):
     test, vols = _cohort(tmp_path, [("CS1", 0.0, 8, {"has_clot": True}), ("CS2", 0.9, 8, {"has_clot": True}),
-                                    ("CS3", 1.0, 0, {"has_clot": False})])
+                                    ("CS3", 1.0, 0, {"has_clot": False}), ("CS4", 0.7, 8, {"has_clot": True})])
     masks = tmp_path / "masks"
     masks.mkdir()
     _volumes(vols, masks, "CS1", ncct_clot=35, cta_clot=52, lumen=True)    # +5 HU NCCT, +12 HU CTA
     _volumes(vols, masks, "CS2", ncct_clot=60, cta_clot=70)                # +30 HU on both
+    _volumes(vols, masks, "CS4", ncct_clot=45, cta_clot=65)                # +15 HU NCCT, +25 HU CTA
     assert subgroups.main([str(test), str(vols), "--masks", str(masks), "--out", str(tmp_path / "s.json")]) == 0
     got = json.loads((tmp_path / "s.json").read_text())
     assert got["NCCT contrast"]["< 10 HU"] == {"n": 1, "dice_mean": 0.0, "found": 0, "dice_found_mean": None}
     assert got["NCCT contrast"][">= 20 HU"]["n"] == 1 and got["NCCT contrast"][">= 20 HU"]["found"] == 1
     # the 300 HU lumen beside CS1's clot is left out of its surroundings: +12, not far below 0
-    assert got["CTA contrast"]["10-20 HU"]["n"] == 1 and got["CTA contrast"][">= 20 HU"]["n"] == 1
+    assert got["CTA contrast"]["10-20 HU"]["n"] == 1 and got["CTA contrast"][">= 20 HU"]["n"] == 2
+    assert list(got["NCCT contrast"]) == ["< 10 HU", "10-20 HU", ">= 20 HU"]   # low to high, not alphabetically
     assert "NCCT contrast" not in subgroups.subgroups({}, {})     # only with --masks
 
 
