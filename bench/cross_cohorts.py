@@ -1,7 +1,8 @@
 """Every repeat's model scored on every repeat's test cohort; two configurations compared over all the models.
 
     python -m bench.cross_cohorts WORKDIR [WORKDIR_B] [--domain first-build] [--untuned]
-                                  [--labels A B] [--where hyperdense=false] [--cohorts 3,4] [--out F.json]
+                                  [--labels A B] [--where hyperdense=false] [--ncct-contrast :10]
+                                  [--cohorts 3,4] [--out F.json]
 
 WORKDIR is a `bench/quality.py --workdir` folder with two or more repeats
 (repeat<i>/Trainings/<run>, its test cohort repeat<i>/test_<domain>/ and
@@ -30,7 +31,10 @@ paired difference B - A is bootstrapped over the test cases (the case is
 the unit; averaging over the models takes out most of the
 training-to-training noise a single pairing leaves in). `--where
 KEY=VALUE` keeps the cases whose phantom sidecar has that value, as
-bench/compare.py does. Clots found and controls with an alarm are given
+bench/compare.py does; `--ncct-contrast LOW:HIGH` keeps the clot cases
+whose NCCT contrast, measured on the images (`bench.subgroups.contrast_hu`:
+the clot against the soft tissue around it, in HU), is at least LOW and
+below HIGH (either may be left out: `:10`, `20:`). Clots found and controls with an alarm are given
 as means over the models. Two configurations with different numbers of
 repeats are compared on the cohorts both hold, each case averaged over all
 the models of each. `--cohorts J[,J...]` scores and compares on those
@@ -143,9 +147,10 @@ def score_cohort(settings, run: Path, cohort: Path, output: Path) -> None:
 
 
 def load_table(workdir: Path, domain: str, plain: bool = False, where_kv: tuple | None = None,
-               cohorts: list[int] | None = None) -> dict:
+               cohorts: list[int] | None = None, contrast: tuple | None = None) -> dict:
     """{(model, cohort): {case: metrics row}} for every scored pair, on every cohort or on
-    `cohorts` only (cases filtered by `where_kv`)."""
+    `cohorts` only (cases filtered by `where_kv`, and with `contrast` = (low, high) HU to the
+    clot cases whose measured NCCT contrast lies in [low, high))."""
     reps = repeats(workdir, domain)
     table = {}
     for i in reps:
@@ -153,8 +158,43 @@ def load_table(workdir: Path, domain: str, plain: bool = False, where_kv: tuple 
             rows = read_metrics(scoring_folder(workdir, i, j, domain, plain))
             if where_kv is not None:
                 rows = where(rows, Path(workdir) / f"repeat{j}" / f"test_{domain}" / "volumes", *where_kv)
+            if contrast is not None:
+                measured = _ncct_contrasts(Path(workdir) / f"repeat{j}" / f"test_{domain}", rows)
+                rows = {c: r for c, r in rows.items()
+                        if measured.get(c) is not None and contrast[0] <= measured[c] < contrast[1]}
             table[(i, j)] = rows
     return table
+
+
+_CONTRASTS: dict = {}
+
+
+def _ncct_contrasts(cohort: Path, rows: dict) -> dict:
+    """{case: NCCT contrast in HU or None} of a test cohort's clot cases, measured once per cohort."""
+    from bench.subgroups import measure_contrasts
+
+    key = str(cohort.resolve())
+    missing = [c for c in rows if (key, c) not in _CONTRASTS]
+    if missing:
+        measured = measure_contrasts({c: rows[c] for c in missing}, cohort / "volumes", cohort / "masks")
+        for c in missing:
+            _CONTRASTS[(key, c)] = (measured.get(c) or {}).get("NCCT")
+    return {c: _CONTRASTS[(key, c)] for c in rows}
+
+
+def parse_contrast(parser, text: str | None):
+    """`--ncct-contrast LOW:HIGH` (HU, either end optional) as (low, high); None without it."""
+    if text is None:
+        return None
+    low, sep, high = text.partition(":")
+    try:
+        bounds = (float(low) if low.strip() else -math.inf, float(high) if high.strip() else math.inf)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not bounds[0] < bounds[1]:
+        parser.exit(2, f"bench.cross_cohorts: --ncct-contrast expects LOW:HIGH in HU with LOW < HIGH "
+                       f"(either may be left out, e.g. :10 or 20:), got {text!r}\n")
+    return bounds
 
 
 def matrix(table: dict) -> dict:
@@ -263,12 +303,16 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs=2, default=None, metavar=("A", "B"))
     parser.add_argument("--where", default=None, metavar="KEY=VALUE",
                         help="only the cases whose sidecar has this value, e.g. hyperdense=false")
+    parser.add_argument("--ncct-contrast", default=None, metavar="LOW:HIGH",
+                        help="only the clot cases whose NCCT contrast measured on the images is in "
+                             "[LOW, HIGH) HU, e.g. :10 (the clots next to invisible on the NCCT)")
     parser.add_argument("--cohorts", default=None, metavar="J[,J...]",
                         help="score and compare on these repeats' test cohorts only (every model on each), "
                              "e.g. seeds added after a choice was made on the others")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     where_kv = parse_where(parser, "bench.cross_cohorts", args.where)
+    contrast = parse_contrast(parser, args.ncct_contrast)
     cohorts = None
     if args.cohorts is not None:
         parts = [s.strip() for s in args.cohorts.split(",")]
@@ -282,15 +326,17 @@ def main(argv=None) -> int:
             if not workdir.is_dir():
                 raise CrossError(f"{workdir}: no such folder")
             score_missing(workdir, args.domain, args.untuned, cohorts=cohorts)   # checks the workdir's repeats first
-        report = {"domain": args.domain, "where": args.where, "cohorts": cohorts,
+        report = {"domain": args.domain, "where": args.where, "ncct_contrast": args.ncct_contrast, "cohorts": cohorts,
                   "workdirs": [str(w) for w in workdirs],
                   "labels": list(labels[:len(workdirs)]), "variants": {}}
         text = []
         for plain in (False, True) if args.untuned else (False,):
             name = "plain" if plain else "as reported"
-            tables = [load_table(w, args.domain, plain, where_kv, cohorts) for w in workdirs]
+            tables = [load_table(w, args.domain, plain, where_kv, cohorts, contrast) for w in workdirs]
             variant = {"matrices": [matrix(t) for t in tables]}
-            text += [f"### {name} ({args.domain}{', ' + args.where if args.where else ''})", ""]
+            subset = "".join(f", {s}" for s in (args.where, args.ncct_contrast and
+                                                 f"NCCT contrast {args.ncct_contrast} HU") if s)
+            text += [f"### {name} ({args.domain}{subset})", ""]
             text += [markdown_matrix(m, label) for m, label in zip(variant["matrices"], labels)]
             if len(tables) == 2:
                 variant["paired"] = paired(averaged(tables[0]), averaged(tables[1]))

@@ -128,7 +128,7 @@ def _summary(dices: list[float]) -> dict:
             "dice_found_mean": sum(found) / len(found) if found else None}
 
 
-def _measure_contrasts(rows: dict[str, dict], volumes: Path, masks: Path) -> dict[str, dict]:
+def measure_contrasts(rows: dict[str, dict], volumes: Path, masks: Path) -> dict[str, dict]:
     """{case: {"NCCT": HU, "CTA": HU}} of the clot cases (`contrast_hu`), read
     with the default file names (config.py's MODALITY_PATTERNS and MASK_PATTERN)."""
     from clotseg.io import load_npy
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
             path = args.volumes / f"{cid}.json"
             if path.is_file():
                 sidecars[cid] = read_sidecar(path, cid)
-        contrasts = _measure_contrasts(rows, args.volumes, args.masks) if args.masks is not None else None
+        contrasts = measure_contrasts(rows, args.volumes, args.masks) if args.masks is not None else None
     except (FileNotFoundError, InputDataError) as exc:   # InputDataError names the sidecar and its problem
         parser.exit(2, f"bench.subgroups: {exc}\n")
     result = subgroups(rows, sidecars, contrasts)

@@ -88,6 +88,35 @@ def test_where_keeps_the_cases_of_a_subgroup(tmp_path):
     assert cross.matrix(table)["dice"] == [[pytest.approx(0.2)] * 2] * 2
 
 
+def test_ncct_contrast_keeps_the_clot_cases_measured_in_that_range(tmp_path, capsys):
+    from tests.test_bench_subgroups import _volumes
+
+    rows = {(i, j): _cohort(0.5 + 0.1 * i, 0.2, False) for i in (0, 1) for j in (0, 1)}
+    work = _workdir(tmp_path, rows)
+    for j in (0, 1):   # CS1's clot is 5 HU above the tissue around it on the NCCT, CS2's 30 HU
+        cohort = work / f"repeat{j}" / f"test_{DOMAIN}"
+        (cohort / "masks").mkdir()
+        _volumes(cohort / "volumes", cohort / "masks", "CS1", ncct_clot=35, cta_clot=52)
+        _volumes(cohort / "volumes", cohort / "masks", "CS2", ncct_clot=60, cta_clot=70)
+    low = cross.load_table(work, DOMAIN, contrast=(-float("inf"), 10.0))
+    assert all(list(rows) == ["CS1"] for rows in low.values())          # the control has no contrast
+    assert cross.matrix(low)["dice"] == [[pytest.approx(0.5)] * 2, [pytest.approx(0.6)] * 2]
+    high = cross.load_table(work, DOMAIN, contrast=(20.0, float("inf")))
+    assert all(list(rows) == ["CS2"] for rows in high.values())
+    assert cross.main([str(work), "--ncct-contrast", "20:"]) == 0
+    assert "### as reported (first-build, NCCT contrast 20: HU)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", ["10", "a:b", "20:10", "10:10"])
+def test_a_bad_ncct_contrast_option_exits_2_in_one_line(tmp_path, capsys, value):
+    work = _workdir(tmp_path, {(i, j): _cohort(0.5, 0.5, False) for i in (0, 1) for j in (0, 1)})
+    with pytest.raises(SystemExit) as exit_info:
+        cross.main([str(work), "--ncct-contrast", value])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "--ncct-contrast expects LOW:HIGH" in err and len(err.splitlines()) == 1
+
+
 def test_cohorts_that_differ_between_the_workdirs_exit_2_in_one_line(tmp_path, capsys):
     a = _workdir(tmp_path / "a", {(i, j): _cohort(0.5, 0.5, False) for i in (0, 1) for j in (0, 1)})
     b = _workdir(tmp_path / "b", {(i, j): _cohort(0.5, 0.5, False, clot2_voxels=41 if j == 1 else 40)
