@@ -129,7 +129,9 @@ CLOT_APPEARANCE_HU = {           # per modality, the range of HU offsets a clot'
     "NCCT": (-30.0, 10.0),       # modality left out (or with no HU window) stays. NCCT: a hyperdense clot
 }                                # (45-75 HU) becomes iso- or hypodense, as 30-50% of clots are. Adding
                                  # "CTA": (-20.0, 60.0) (a more or less pervious clot) gave 5 instead of 1
-                                 # of 16 controls a false alarm (fifteenth round)
+                                 # of 16 controls a false alarm (fifteenth round); "CTA": (-20.0, 0.0) (a
+                                 # clot as faint on the CTA as the ones the cpu preset misses) -0.025
+                                 # [-0.042, -0.010] at the cpu preset, the faint clots too (thirty-first round)
 MODALITY_DROPOUT = 0.0           # share of training samples in which one modality (all its context slices) is
                                  # blanked, so the network learns to find a clot from CTA alone and from NCCT
                                  # alone (ModDrop); validation and testing always see every modality. 0 = off:
@@ -196,7 +198,10 @@ TARGET_NAME = "clot"             # what the masks mark, used in logs and reports
 # --------------------------------------------------------------------------
 LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half the Dice per clot slice: small clots
                                  # weigh as much as large ones; -0.009 [-0.040, +0.023] at the CPU scale over
-                                 # 2 seeds, 3x the network's false positives), "tversky", "focal_tversky";
+                                 # 2 seeds, 3x the network's false positives; at today's cpu preset on 2 unseen
+                                 # seeds +0.008 [-0.012, +0.032], the faint clots +0.052 [-0.008, +0.123], but
+                                 # 5.5 of 16 controls with an alarm: thirty-first round), "tversky",
+                                 # "focal_tversky";
                                  # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, -0.014
                                  # [-0.039, +0.006] at the CPU scale, more false alarms (thirteenth round);
                                  # "topk_bce_dice" (nnU-Net's crossentropy of the 10% hardest pixels): -0.005
