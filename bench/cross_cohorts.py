@@ -34,8 +34,8 @@ KEY=VALUE` keeps the cases whose phantom sidecar has that value, as
 bench/compare.py does; `--ncct-contrast LOW:HIGH` keeps the clot cases
 whose NCCT contrast, measured on the images (`bench.subgroups.contrast_hu`:
 the clot against the soft tissue around it, in HU), is at least LOW and
-below HIGH (either may be left out: `:10`, `20:`). Clots found and controls with an alarm are given
-as means over the models. Two configurations with different numbers of
+below HIGH (either may be left out: `:10`, `20:`). Clots found and
+controls with an alarm are given as means over the models. Two configurations with different numbers of
 repeats are compared on the cohorts both hold, each case averaged over all
 the models of each. `--cohorts J[,J...]` scores and compares on those
 repeats' test cohorts only, every model on each: test seeds added after a
@@ -326,8 +326,8 @@ def main(argv=None) -> int:
             if not workdir.is_dir():
                 raise CrossError(f"{workdir}: no such folder")
             score_missing(workdir, args.domain, args.untuned, cohorts=cohorts)   # checks the workdir's repeats first
-        report = {"domain": args.domain, "where": args.where, "ncct_contrast": args.ncct_contrast, "cohorts": cohorts,
-                  "workdirs": [str(w) for w in workdirs],
+        report = {"domain": args.domain, "where": args.where, "ncct_contrast": args.ncct_contrast,
+                  "cohorts": cohorts, "workdirs": [str(w) for w in workdirs],
                   "labels": list(labels[:len(workdirs)]), "variants": {}}
         text = []
         for plain in (False, True) if args.untuned else (False,):
