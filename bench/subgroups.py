@@ -19,7 +19,7 @@ the contrast the images show, whatever the generator meant: the mean NCCT
 HU inside the clot minus the mean of the soft tissue around it (a shell 2-3
 voxels out, CTA between 0 and 150 HU there, so neither lumen, bone nor air
 counts), < 10, 10-20 or >= 20 HU, and the same on the CTA
-(`contrast_hu`). A clot a few HU above its surroundings on both is a
+(`tissue_shell`, `contrast_hu`). A clot a few HU above its surroundings on both is a
 filling defect with next to nothing on either image.
 """
 
@@ -54,28 +54,35 @@ def _volume(mm3) -> str:
     return "< 30 mm^3" if mm3 < 30 else ("30-100 mm^3" if mm3 < 100 else ">= 100 mm^3")
 
 
-# (inner, outer) radius in voxels of the shell around a clot that `contrast_hu`
-# compares it with: one voxel is left out, the clot's partial-volume edge.
+# (inner, outer) radius in voxels of the shell around a clot that `tissue_shell`
+# builds: one voxel is left out, the clot's partial-volume edge.
 SHELL_VOXELS = (1, 3)
 # Soft tissue on the CTA: above air and fat, below opacified lumen (>= 150 HU,
 # ../shared/reference/clinical.md) and bone.
 TISSUE_CTA_HU = (0.0, 150.0)
 
 
-def contrast_hu(volume: np.ndarray, truth: np.ndarray, cta: np.ndarray) -> float | None:
-    """Mean HU of `volume` inside the clot minus the mean over the soft tissue
-    of the shell SHELL_VOXELS around it (26-connected dilations, in voxels);
-    all three (h, w, D), `truth` bool, `cta` in HU (it decides what is soft
-    tissue). None without clot voxels or without soft tissue in the shell."""
+def tissue_shell(truth: np.ndarray, cta: np.ndarray) -> np.ndarray | None:
+    """The soft tissue of the shell SHELL_VOXELS around the clot (26-connected
+    dilations, in voxels): bool (h, w, D), `truth` bool, `cta` in HU (it decides
+    what is soft tissue). None without clot voxels or without soft tissue there."""
     from scipy import ndimage as ndi
 
     if not truth.any():
         return None
     ball = np.ones((3, 3, 3), dtype=bool)
     inner, outer = SHELL_VOXELS
-    shell = ndi.binary_dilation(truth, ball, iterations=outer) & ~ndi.binary_dilation(truth, ball, iterations=inner)
+    near = ndi.binary_dilation(truth, ball, iterations=inner)
+    shell = ndi.binary_dilation(near, ball, iterations=outer - inner) & ~near   # grown on from `near`, not again
     shell &= (cta > TISSUE_CTA_HU[0]) & (cta < TISSUE_CTA_HU[1])
-    if not shell.any():
+    return shell if shell.any() else None
+
+
+def contrast_hu(volume: np.ndarray, truth: np.ndarray, shell: np.ndarray | None) -> float | None:
+    """Mean HU of `volume` inside the clot minus the mean over its `shell`
+    (`tissue_shell`; None: nothing to compare with, and None is returned);
+    (h, w, D), `truth` and `shell` bool."""
+    if shell is None:
         return None
     return float(volume[truth].mean() - volume[shell].mean())
 
@@ -149,7 +156,8 @@ def measure_contrasts(rows: dict[str, dict], volumes: Path, masks: Path) -> dict
         truth = load_npy(mask_path) > 0
         cta = load_npy(paths["CTA"]).astype(np.float32)
         ncct = load_npy(paths["NCCT"]).astype(np.float32)
-        out[cid] = {"CTA": contrast_hu(cta, truth, cta), "NCCT": contrast_hu(ncct, truth, cta)}
+        shell = tissue_shell(truth, cta)                 # once for both modalities
+        out[cid] = {"CTA": contrast_hu(cta, truth, shell), "NCCT": contrast_hu(ncct, truth, shell)}
     return out
 
 

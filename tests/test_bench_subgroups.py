@@ -112,11 +112,11 @@ def test_contrast_is_none_without_soft_tissue_around_the_clot():
     truth = np.zeros((6, 6, 6), bool)
     truth[2:4, 2:4, 2:4] = True
     cta = np.full(truth.shape, 300.0)            # all lumen around it
-    assert subgroups.contrast_hu(cta, truth, cta) is None
-    assert subgroups.contrast_hu(cta, np.zeros_like(truth), cta) is None
+    assert subgroups.contrast_hu(cta, truth, subgroups.tissue_shell(truth, cta)) is None
+    assert subgroups.tissue_shell(np.zeros_like(truth), cta) is None
     cta[:] = 40.0
     cta[truth] = 45.0
-    assert subgroups.contrast_hu(cta, truth, cta) == pytest.approx(5.0)
+    assert subgroups.contrast_hu(cta, truth, subgroups.tissue_shell(truth, cta)) == pytest.approx(5.0)
 
 
 def test_a_missing_masks_folder_is_one_line_and_exit_2(tmp_path, capsys):
