@@ -182,6 +182,11 @@ NORMALIZATION = "batch"          # "batch" (CT-ClotSeg's BatchNormalization) or 
                                  # each feature map normalised over its own image, at training and testing).
                                  # Not recommended yet: trained on patches and tested on whole slices it
                                  # scored -0.052 [-0.081, -0.024] at the CPU scale (seventh round)
+EXTRA_WINDOWS_HU = {}            # per modality, a narrower HU window the network also sees, e.g.
+                                 # {"NCCT": (10.0, 90.0)}: the model derives it from that modality's channels
+                                 # (inside its WINDOWS_HU) as extra input channels, so slicing, augmentation
+                                 # and testing are unchanged; readers use a narrow "stroke window" to see a
+                                 # faint clot, while the WINDOWS_HU channel keeps clot and calcium apart
 INITIAL_MODEL = None             # start training from a trained model's weights instead of random ones
                                  # (transfer learning): a .keras file or a run folder (its
                                  # Best_Model/model.keras), e.g. your model of an earlier cohort (README

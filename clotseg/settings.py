@@ -130,6 +130,7 @@ class Settings:
     dropout_kind: str = "standard"
     deep_supervision: bool = False
     normalization: str = "batch"
+    extra_windows_hu: dict = field(default_factory=dict)
     initial_model: str | None = None
     num_classes: int = 1
     target_name: str = "clot"
@@ -516,6 +517,20 @@ class Settings:
                   and -MAX_HU <= shift[0] <= shift[1] <= MAX_HU,
                   f"CLOT_APPEARANCE_HU[{_short(name)}] must be (low, high) HU offsets with low <= high "
                   f"(within +-{MAX_HU:g}); got {_short(shift)}")
+        extra = self.extra_windows_hu
+        check(isinstance(extra, dict), "EXTRA_WINDOWS_HU must be a dict {modality: (low, high)} of HU windows")
+        for name, win in (extra.items() if isinstance(extra, dict) else ()):
+            main = wins.get(name) if name in mods else None
+            check(name in mods, f"EXTRA_WINDOWS_HU[{_short(name)}] names no modality of MODALITY_PATTERNS")
+            check(name not in mods or main is not None,
+                  f"EXTRA_WINDOWS_HU[{_short(name)}]: modality {_short(name)} has no HU window in WINDOWS_HU "
+                  "(None), so there is no HU scale to take a second window from")
+            check(_is_window(win), f"EXTRA_WINDOWS_HU[{_short(name)}] must be (low, high) with low < high (at "
+                  f"least {MIN_WINDOW_WIDTH:g} apart, within +-{MAX_HU:g}); got {_short(win)}")
+            # the network only sees the WINDOWS_HU codes: HU clipped there cannot be windowed again
+            check(not (_is_window(win) and _is_window(main)) or main[0] <= win[0] < win[1] <= main[1],
+                  f"EXTRA_WINDOWS_HU[{_short(name)}] {_short(win)} must lie inside the modality's WINDOWS_HU "
+                  f"{_short(main)}: it is taken from those codes, where HU outside them are already clipped")
         check(_is_num(self.modality_dropout) and 0 <= self.modality_dropout <= 1,
               "MODALITY_DROPOUT must be in [0, 1] (share of training samples with one modality blanked)")
         check(not (_is_num(self.modality_dropout) and self.modality_dropout > 0
@@ -626,6 +641,26 @@ class Settings:
         """Channels the network sees: every modality at 2 * CONTEXT_SLICES + 1
         slices, twice with SYMMETRY_CHANNELS (the planes, then mirrored)."""
         return len(self.modality_patterns) * (2 * self.context_slices + 1) * (2 if self.symmetry_channels else 1)
+
+    @property
+    def extra_window_channels(self) -> list[tuple[int, float, float]]:
+        """EXTRA_WINDOWS_HU as the network derives it: one (channel, scale, offset)
+        per input channel of a modality named there (every context plane, and
+        the mirrored planes with SYMMETRY_CHANNELS), in channel order. The
+        channel holds codes x / 255 in [0, 1] of the modality's WINDOWS_HU
+        (low, high); the extra window (lo, hi) is clip(x * scale + offset, 0, 1)
+        with scale = (high - low) / (hi - lo) and offset = (low - lo) / (hi - lo)."""
+        planes = 2 * self.context_slices + 1
+        mods = self.modalities
+        out = []
+        for half in range(2 if self.symmetry_channels else 1):
+            for m, name in enumerate(mods):
+                if name not in self.extra_windows_hu:
+                    continue
+                (low, high), (lo, hi) = self.windows_hu[name], self.extra_windows_hu[name]
+                scale, offset = (float(high) - float(low)) / (hi - lo), (float(low) - lo) / (hi - lo)
+                out.extend(((half * len(mods) + m) * planes + p, scale, offset) for p in range(planes))
+        return out
 
     @property
     def model_input_shape(self) -> tuple:
@@ -786,7 +821,7 @@ def _normalise(kwargs: dict) -> dict:
     for name in ("voxel_spacing_mm", "target_spacing_mm", "roi_size_mm", "test_run"):
         if isinstance(out.get(name), list):
             out[name] = tuple(out[name])
-    for name in ("windows_hu", "display_windows_hu", "clot_appearance_hu"):
+    for name in ("windows_hu", "display_windows_hu", "clot_appearance_hu", "extra_windows_hu"):
         if isinstance(out.get(name), dict):
             out[name] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in out[name].items()}
     return out

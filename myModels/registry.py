@@ -3,7 +3,7 @@
 Every builder takes (input_shape, base_filters, depth, dropout, num_classes)
 as keywords (and `deep_supervision` if it offers DEEP_SUPERVISION,
 `normalization` if it offers NORMALIZATION = "instance", `dropout_kind` if it
-offers DROPOUT_KIND = "spatial") and
+offers DROPOUT_KIND = "spatial", `extra_windows` if it offers EXTRA_WINDOWS_HU) and
 returns an uncompiled Keras model of built-in layers only, so every model reloads in Keras safe mode. A new architecture is one
 builder function and one `register_model` line here, plus its name in
 `clotseg.settings.MODELS` (the settings stay free of Keras imports, so they
@@ -30,7 +30,7 @@ def register_model(name: str, builder: Callable[..., keras.Model]) -> None:
 
 def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: float,
                 num_classes: int, deep_supervision: bool = False, normalization: str = "batch",
-                dropout_kind: str = "standard") -> keras.Model:
+                dropout_kind: str = "standard", extra_windows=()) -> keras.Model:
     """Build registered model `name` (ValueError naming the known ones otherwise).
 
     deep_supervision=True adds the coarser decoder outputs after the main one
@@ -38,7 +38,10 @@ def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: 
     training only, the saved inference model is built without them.
     normalization: "batch" (every builder's default) or "instance"
     (`myModels.unet2D.norm_layer`), for builders that offer it; dropout_kind:
-    "standard" or "spatial" (`myModels.unet2D.dropout_layer`), likewise.
+    "standard" or "spatial" (`myModels.unet2D.dropout_layer`), likewise;
+    extra_windows: (channel, scale, offset) narrower windows the network
+    derives from its input (EXTRA_WINDOWS_HU, `myModels.unet2D.input_stem`),
+    likewise.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(MODELS)}")
@@ -56,6 +59,11 @@ def build_model(name: str, input_shape, base_filters: int, depth: int, dropout: 
                 raise ValueError(f"model {name!r} does not offer {arg.upper()} = {value!r} (its builder has "
                                  f"no {arg} argument); set {arg.upper()} = {default!r}")
             extra[arg] = value
+    if extra_windows:
+        if "extra_windows" not in inspect.signature(builder).parameters:
+            raise ValueError(f"model {name!r} does not offer EXTRA_WINDOWS_HU (its builder has no extra_windows "
+                             "argument); set EXTRA_WINDOWS_HU = {}")
+        extra["extra_windows"] = tuple(extra_windows)
     return builder(input_shape=tuple(input_shape), base_filters=base_filters, depth=depth,
                    dropout=dropout, num_classes=num_classes, **extra)
 

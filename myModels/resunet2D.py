@@ -17,7 +17,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from myModels.unet2D import check_arguments, conv_block, decoder_outputs, dropout_layer, norm_layer
+from myModels.unet2D import (check_arguments, conv_block, decoder_outputs, dropout_layer, input_stem, norm_layer,
+                             set_extra_windows)
 
 # Residual blocks per encoder stage (stage 0 = full resolution); nnU-Net's
 # ResEnc-M 2D uses (1, 3, 4, 6, 6, ...). Shorter here so a CPU can train it.
@@ -65,6 +66,7 @@ def build_resunet2d(
     deep_supervision: bool = False,
     normalization: str = "batch",
     dropout_kind: str = "standard",
+    extra_windows=(),
 ) -> keras.Model:
     """Build the (uncompiled) residual-encoder U-Net.
 
@@ -74,6 +76,7 @@ def build_resunet2d(
             1..depth start with a stride-2 block.
         normalization: "batch" or "instance" (`myModels.unet2D.norm_layer`).
         dropout_kind: "standard" or "spatial" (`myModels.unet2D.dropout_layer`).
+        extra_windows: narrower windows of input channels (`myModels.unet2D.input_stem`).
 
     Input: (B, rows, cols, channels) uint8 intensity codes (or float32
     0..255); output (B, rows, cols, num_classes) float32 probabilities
@@ -87,7 +90,7 @@ def build_resunet2d(
     dropout_layer(0.1, dropout_kind, "check")
 
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="codes")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = input_stem(inputs, extra_windows)
     x = layers.Conv2D(base_filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
                       name="stem_conv")(x)
     x = norm_layer(normalization, "stem_bn")(x)
@@ -113,4 +116,5 @@ def build_resunet2d(
         x = conv_block(x, filters, 0.0, name=f"dec{level}", normalization=normalization)
         decoded[level] = x
 
-    return keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)
+    model = keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)
+    return set_extra_windows(model, extra_windows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import keras
+import numpy as np
 from keras import layers
 
 
@@ -50,6 +51,43 @@ def norm_layer(normalization: str, name: str):
     raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
 
 
+def input_stem(inputs, extra_windows=()):
+    """The network's first layers: codes 0..255 -> [0, 1] (`Rescaling(1/255)`), and
+    with `extra_windows` one more channel per (channel, scale, offset), clip(x[channel]
+    * scale + offset, 0, 1), appended after the input's channels.
+
+    That is a narrower HU window of the same channel (EXTRA_WINDOWS_HU,
+    `Settings.extra_window_channels`): a fixed 1x1 convolution (not trainable;
+    `set_extra_windows` writes its weights once the model exists) and a ReLU
+    capped at 1, both built-in layers, so the model still reloads in safe mode.
+    Taking it inside the model leaves slicing, augmentation and inference on
+    the one window they already handle, and every augmentation of a channel
+    reaches its narrow copy alike. Returns the (B, rows, cols, C + n) float tensor.
+    """
+    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    if not extra_windows:
+        return x
+    extra = layers.Conv2D(len(extra_windows), 1, kernel_initializer="zeros", bias_initializer="zeros",
+                          trainable=False, name="extra_windows")(x)
+    extra = layers.ReLU(max_value=1.0, name="extra_windows_clip")(extra)
+    return layers.Concatenate(name="extra_windows_concat")([x, extra])
+
+
+def set_extra_windows(model: keras.Model, extra_windows) -> keras.Model:
+    """Write `input_stem`'s fixed window weights into a freshly built `model`
+    (kernel (1, 1, C, n): `scale` where channel c feeds output j; bias (n,): the
+    offsets). A model without extra windows is returned unchanged."""
+    if not extra_windows:
+        return model
+    layer = model.get_layer("extra_windows")
+    kernel, bias = (np.zeros(w.shape, dtype="float32") for w in layer.get_weights())
+    for j, (channel, scale, offset) in enumerate(extra_windows):
+        kernel[0, 0, int(channel), j] = scale
+        bias[j] = offset
+    layer.set_weights([kernel, bias])
+    return model
+
+
 def conv_block(x, filters: int, dropout: float, name: str, normalization: str = "batch",
                dropout_kind: str = "standard"):
     """Two conv3x3-norm-ReLU blocks with dropout between them.
@@ -81,6 +119,7 @@ def build_unet2d(
     deep_supervision: bool = False,
     normalization: str = "batch",
     dropout_kind: str = "standard",
+    extra_windows=(),
 ) -> keras.Model:
     """Build the (uncompiled) ClotSeg 2D U-Net.
 
@@ -105,6 +144,8 @@ def build_unet2d(
             inference model keeps the full-resolution output alone.
         normalization: "batch" (CT-ClotSeg's) or "instance" (see `norm_layer`).
         dropout_kind: "standard" (CT-ClotSeg's) or "spatial" (see `dropout_layer`).
+        extra_windows: (channel, scale, offset) per narrower window derived
+            from an input channel (EXTRA_WINDOWS_HU; see `input_stem`).
 
     Input: (B, rows, cols, channels) intensity codes 0..255 (uint8 "codes" of
     the HU windows, not HU). The Input is float32 but uint8 arrays are
@@ -132,7 +173,7 @@ def build_unet2d(
     norm_layer(normalization, "check")  # a ValueError now, not halfway through the graph
     dropout_layer(0.1, dropout_kind, "check")
     inputs = keras.Input(shape=tuple(input_shape), dtype="float32", name="codes")
-    x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
+    x = input_stem(inputs, extra_windows)
 
     skips = []
     for level in range(depth):
@@ -153,7 +194,8 @@ def build_unet2d(
                        dropout_kind=dropout_kind)
         decoded[level] = x
 
-    return keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)
+    model = keras.Model(inputs, decoder_outputs(decoded, num_classes, foreground_prior, deep_supervision), name=name)
+    return set_extra_windows(model, extra_windows)
 
 
 def check_arguments(input_shape, base_filters: int, depth: int, dropout: float, num_classes: int) -> None:

@@ -255,6 +255,9 @@ def test_register_model_makes_a_builder_buildable(tiny_fcn_registered):
     with pytest.raises(ValueError, match="does not offer DROPOUT_KIND"):
         registry.build_model("tiny_fcn", [16, 16, 6], base_filters=3, depth=2, dropout=0.0, num_classes=1,
                              dropout_kind="spatial")
+    with pytest.raises(ValueError, match="does not offer EXTRA_WINDOWS_HU"):
+        registry.build_model("tiny_fcn", [16, 16, 6], base_filters=3, depth=2, dropout=0.0, num_classes=1,
+                             extra_windows=[(3, 2.5, -0.125)])
 
 
 def test_model_setting_rejects_an_unlisted_name_with_a_clear_message(tiny_fcn_registered, tmp_path):

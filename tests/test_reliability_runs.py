@@ -433,10 +433,10 @@ def test_resume_takes_the_latest_unfinished_run_of_its_own_fold(tmp_path, saved_
 
 
 @pytest.mark.parametrize("change", [{"normalization": "instance"}, {"model": "resunet"}, {"base_filters": 3},
-                                    {"dropout_kind": "spatial"}])
+                                    {"dropout_kind": "spatial"}, {"extra_windows_hu": {"NCCT": (10.0, 90.0)}}])
 def test_resume_with_another_network_in_config_py_is_refused(tmp_path, saved_model, change):
     """The best model is exported into config.py's network: a run killed and
-    resumed after MODEL, BASE_FILTERS, DEPTH or NORMALIZATION changed would
+    resumed after MODEL, BASE_FILTERS, DEPTH, NORMALIZATION or EXTRA_WINDOWS_HU changed would
     fail there with a traceback (after DROPOUT_KIND it would train the checkpoint's
     dropout, not config.py's); it is refused up front with one line."""
     from clotseg.stages.train import find_resumable

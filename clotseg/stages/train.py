@@ -127,7 +127,7 @@ def find_resumable(settings: Settings) -> Path | None:
         # the best model is exported by building config.py's network and copying the
         # checkpoint's weights into it by layer name: another network cannot take them (and
         # the resumed epochs would train the checkpoint's dropout layers, not config.py's)
-        arch = ("MODEL", "BASE_FILTERS", "DEPTH", "NORMALIZATION", "DROPOUT_KIND")
+        arch = ("MODEL", "BASE_FILTERS", "DEPTH", "NORMALIZATION", "DROPOUT_KIND", "EXTRA_WINDOWS_HU")
         now = tuple(getattr(settings, name.lower()) for name in arch)
         then = tuple(getattr(trained, name.lower()) for name in arch)
         if now != then:
@@ -216,7 +216,8 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
     else:
         copy = build_model(settings.model, settings.model_input_shape, settings.base_filters,
                            settings.depth, settings.dropout, settings.num_classes,
-                           normalization=settings.normalization, dropout_kind=settings.dropout_kind)
+                           normalization=settings.normalization, dropout_kind=settings.dropout_kind,
+                           extra_windows=settings.extra_window_channels)
     # by layer name: a deep-supervision model's extra heads have no counterpart in the copy
     for layer in copy.layers:
         if layer.weights:
@@ -485,7 +486,8 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                 model = build_model(settings.model, settings.training_input_shape, settings.base_filters,
                                     settings.depth, settings.dropout, settings.num_classes,
                                     deep_supervision=settings.deep_supervision,
-                                    normalization=settings.normalization, dropout_kind=settings.dropout_kind)
+                                    normalization=settings.normalization, dropout_kind=settings.dropout_kind,
+                                    extra_windows=settings.extra_window_channels)
             except ValueError as exc:  # e.g. a registered model without deep supervision: a config mistake
                 raise StageError(f"MODEL = {settings.model!r}: {exc}") from exc
             if settings.initial_model is not None:
