@@ -98,3 +98,34 @@ def test_training_keeps_the_windows_fixed_into_the_saved_whole_slice_model(tmp_p
     expected[0, 0, 1, 0] = 2.5
     np.testing.assert_allclose(kernel, expected)
     np.testing.assert_allclose(bias, [-0.125])
+
+
+@pytest.mark.parametrize("source_windows,target_windows,message", [
+    (NARROW, NARROW, None),
+    (NARROW, {"NCCT": (20.0, 60.0)}, "was trained with other EXTRA_WINDOWS_HU windows than config.py gives"),
+    ({}, NARROW, r"does not fit this run's network: its layer 'enc0_conv1'"),
+    (NARROW, {}, r"its layer 'extra_windows' .* meets no layer of that name"),
+])
+def test_an_initial_model_must_have_been_trained_with_the_same_windows(tmp_path, source_windows, target_windows,
+                                                                         message):
+    """The window weights are fixed, not learnt: starting from a model of other windows would
+    silently feed the first convolution other images than the ones it learnt on."""
+    from clotseg.errors import StageError
+    from clotseg.stages.train import load_initial_weights
+
+    def net(windows):
+        s = tiny_settings(tmp_path, extra_windows_hu=windows)
+        return s, build_model(s.model, s.model_input_shape, s.base_filters, s.depth, s.dropout, s.num_classes,
+                              extra_windows=s.extra_window_channels)
+
+    _, source = net(source_windows)
+    source.save(tmp_path / "source.keras")
+    s, target = net(target_windows)
+    if message is None:
+        load_initial_weights(target, s.replace(initial_model="source.keras"), log=quiet)
+        for got, want in zip(target.get_weights(), source.get_weights()):
+            np.testing.assert_array_equal(got, want)
+        return
+    with pytest.raises(StageError, match=message) as info:
+        load_initial_weights(target, s.replace(initial_model="source.keras"), log=quiet)
+    assert "source.keras" in str(info.value) and "\n" not in str(info.value)

@@ -234,8 +234,8 @@ def load_initial_weights(model: keras.Model, settings: Settings, log=print) -> d
     `inference_copy` does: the networks are fully convolutional, so a model
     saved for 128 px slices starts a 256 px run. Every source layer with
     weights must meet a layer of the same name and weight shapes; a
-    different MODEL, BASE_FILTERS, DEPTH or channel count stops with one
-    line naming the file and the first layer that differs. Layers the source
+    different MODEL, BASE_FILTERS, DEPTH, EXTRA_WINDOWS_HU or channel count
+    stops with one line naming the file and the first layer that differs. Layers the source
     lacks (the extra heads of DEEP_SUPERVISION) keep their random start.
     """
     path = settings.initial_model_path
@@ -260,8 +260,13 @@ def load_initial_weights(model: keras.Model, settings: Settings, log=print) -> d
         if target is None or [tuple(w.shape) for w in target.weights] != shapes:
             found = "no layer of that name" if target is None else f"weights {[tuple(w.shape) for w in target.weights]}"
             raise StageError(f"{what} does not fit this run's network: its layer {layer.name!r} (weights {shapes}) "
-                             f"meets {found}; MODEL, BASE_FILTERS, DEPTH and NORMALIZATION must be those it was "
-                             "trained with")
+                             f"meets {found}; MODEL, BASE_FILTERS, DEPTH, NORMALIZATION and EXTRA_WINDOWS_HU must "
+                             "be those it was trained with")
+        if layer.name == "extra_windows" and not all(
+                np.allclose(a, b, atol=1e-6) for a, b in zip(layer.get_weights(), target.get_weights())):
+            # fixed, not learnt: copying them would silently swap config.py's windows for the source's
+            raise StageError(f"{what} was trained with other EXTRA_WINDOWS_HU windows than config.py gives; "
+                             "set EXTRA_WINDOWS_HU to those it was trained with")
         target.set_weights(layer.get_weights())
         copied += 1
     if copied == 0:
