@@ -183,10 +183,14 @@ NORMALIZATION = "batch"          # "batch" (CT-ClotSeg's BatchNormalization) or 
                                  # Not recommended yet: trained on patches and tested on whole slices it
                                  # scored -0.052 [-0.081, -0.024] at the CPU scale (seventh round)
 EXTRA_WINDOWS_HU = {}            # per modality, a narrower HU window the network also sees, e.g.
-                                 # {"NCCT": (10.0, 90.0)}: the model derives it from that modality's channels
+                                 # {"CTA": (0.0, 200.0)}: the model derives it from that modality's channels
                                  # (inside its WINDOWS_HU) as extra input channels, so slicing, augmentation
-                                 # and testing are unchanged; readers use a narrow "stroke window" to see a
-                                 # faint clot, while the WINDOWS_HU channel keeps clot and calcium apart
+                                 # and testing are unchanged, while the WINDOWS_HU channel keeps lumen, clot
+                                 # and calcium apart. The cpu preset's {"CTA": (0.0, 200.0)}: +0.022
+                                 # [+0.001, +0.047], the clots under 10 HU of NCCT contrast +0.095 [+0.041,
+                                 # +0.152], 0.5 vs 2.5 of 16 controls with an alarm; the NCCT's 10-90 HU
+                                 # -0.017 [-0.051, +0.015] (thirty-second round). That value skips a cohort
+                                 # without a CTA window holding 0-200 HU; a value of your own must apply
 INITIAL_MODEL = None             # start training from a trained model's weights instead of random ones
                                  # (transfer learning): a .keras file or a run folder (its
                                  # Best_Model/model.keras), e.g. your model of an earlier cohort (README
@@ -323,6 +327,9 @@ PRESETS = {
         "POSITIVE_SAMPLING": "case",            # 3 seeds, every model on every cohort: +0.029 [+0.011, +0.050],
                                                 # the clots that are not hyperdense +0.048 [+0.007, +0.099],
                                                 # 2 of 24 controls with an alarm (twenty-eighth round)
+        "EXTRA_WINDOWS_HU": {"CTA": (0.0, 200.0)},  # the CTA's 0-200 HU beside its -100-600: 2 seeds, every
+                                                # model on every cohort: +0.022 [+0.001, +0.047], the faint
+                                                # clots +0.095 [+0.041, +0.152] (thirty-second round)
     },
     "gpu": {
         "INPUT_SHAPE": (256, 256, 2),

@@ -63,6 +63,16 @@ def _default_clot_appearance_hu():
     return {"NCCT": (-30.0, 10.0)}                           # see config.py
 
 
+def _shipped_extra_windows_hu():
+    return {"CTA": (0.0, 200.0)}                             # the value config.py and its presets ship
+
+
+def _extra_window_applies(main, win) -> bool:
+    """Whether EXTRA_WINDOWS_HU's window `win` can be taken from a modality's WINDOWS_HU
+    `main` (None where the modality is absent or has no HU window): it must lie inside it."""
+    return _is_window(main) and _is_window(win) and main[0] <= win[0] < win[1] <= main[1]
+
+
 def _default_display_windows():
     return {"NCCT": (0.0, 80.0)}                             # see config.py
 
@@ -519,7 +529,11 @@ class Settings:
                   f"(within +-{MAX_HU:g}); got {_short(shift)}")
         extra = self.extra_windows_hu
         check(isinstance(extra, dict), "EXTRA_WINDOWS_HU must be a dict {modality: (low, high)} of HU windows")
-        for name, win in (extra.items() if isinstance(extra, dict) else ()):
+        # the shipped value names the CTA and leaves a cohort alone where it does not apply (no CTA,
+        # a CTA without HU window or a narrower one): the presets serve one-channel cohorts too. A
+        # value the user wrote must apply, so a misspelt name or a clipped window is not a silent no-op
+        shipped = extra == _shipped_extra_windows_hu()
+        for name, win in (extra.items() if isinstance(extra, dict) and not shipped else ()):
             main = wins.get(name) if name in mods else None
             check(name in mods, f"EXTRA_WINDOWS_HU[{_short(name)}] names no modality of MODALITY_PATTERNS")
             check(name not in mods or main is not None,
@@ -528,7 +542,7 @@ class Settings:
             check(_is_window(win), f"EXTRA_WINDOWS_HU[{_short(name)}] must be (low, high) with low < high (at "
                   f"least {MIN_WINDOW_WIDTH:g} apart, within +-{MAX_HU:g}); got {_short(win)}")
             # the network only sees the WINDOWS_HU codes: HU clipped there cannot be windowed again
-            check(not (_is_window(win) and _is_window(main)) or main[0] <= win[0] < win[1] <= main[1],
+            check(not (_is_window(win) and _is_window(main)) or _extra_window_applies(main, win),
                   f"EXTRA_WINDOWS_HU[{_short(name)}] {_short(win)} must lie inside the modality's WINDOWS_HU "
                   f"{_short(main)}: it is taken from those codes, where HU outside them are already clipped")
         check(_is_num(self.modality_dropout) and 0 <= self.modality_dropout <= 1,
@@ -646,7 +660,8 @@ class Settings:
     def extra_window_channels(self) -> list[tuple[int, float, float]]:
         """EXTRA_WINDOWS_HU as the network derives it: one (channel, scale, offset)
         per input channel of a modality named there (every context plane, and
-        the mirrored planes with SYMMETRY_CHANNELS), in channel order. The
+        the mirrored planes with SYMMETRY_CHANNELS), in channel order; an entry
+        of the shipped value that does not apply to this cohort gives none. The
         channel holds codes x / 255 in [0, 1] of the modality's WINDOWS_HU
         (low, high); the extra window (lo, hi) is clip(x * scale + offset, 0, 1)
         with scale = (high - low) / (hi - lo) and offset = (low - lo) / (hi - lo)."""
@@ -655,9 +670,10 @@ class Settings:
         out = []
         for half in range(2 if self.symmetry_channels else 1):
             for m, name in enumerate(mods):
-                if name not in self.extra_windows_hu:
-                    continue
-                (low, high), (lo, hi) = self.windows_hu[name], self.extra_windows_hu[name]
+                main, win = self.windows_hu.get(name), self.extra_windows_hu.get(name)
+                if win is None or not _extra_window_applies(main, win):
+                    continue   # only the shipped value may name what does not apply (validate)
+                (low, high), (lo, hi) = main, win
                 scale, offset = (float(high) - float(low)) / (hi - lo), (float(low) - lo) / (hi - lo)
                 out.extend(((half * len(mods) + m) * planes + p, scale, offset) for p in range(planes))
         return out

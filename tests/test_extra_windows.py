@@ -129,3 +129,25 @@ def test_an_initial_model_must_have_been_trained_with_the_same_windows(tmp_path,
     with pytest.raises(StageError, match=message) as info:
         load_initial_weights(target, s.replace(initial_model="source.keras"), log=quiet)
     assert "source.keras" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_the_shipped_value_leaves_alone_a_cohort_it_does_not_apply_to(tmp_path):
+    """{"CTA": (0, 200)} ships with config.py's presets, which also serve one-channel cohorts and
+    other windows: where it does not apply it gives no channel instead of an error; the same
+    window written for a modality that lacks it is refused (test above)."""
+    from clotseg.settings import _shipped_extra_windows_hu
+
+    shipped = _shipped_extra_windows_hu()
+    assert tiny_settings(tmp_path, extra_windows_hu=shipped, context_slices=1).extra_window_channels == [
+        (c, 3.5, -0.5) for c in (0, 1, 2)]                      # CTA -100..600 HU: planes 0-2
+    one_channel = tiny_settings(tmp_path, extra_windows_hu=shipped, input_shape=(64, 64, 1),
+                                modality_patterns={"CT": "CS<ID>_CT.npy"}, windows_hu={"CT": (0.0, 80.0)})
+    assert one_channel.extra_window_channels == []
+    for cta_window in (None, (0.0, 150.0)):
+        s = tiny_settings(tmp_path, extra_windows_hu=shipped,
+                          windows_hu={"CTA": cta_window, "NCCT": (0.0, 200.0)})
+        assert s.extra_window_channels == []
+    # a value of the user's own is held to it
+    with pytest.raises(ConfigError, match=r"EXTRA_WINDOWS_HU\['CTA'\] \(0.0, 199.0\) must lie inside"):
+        tiny_settings(tmp_path, extra_windows_hu={"CTA": (0.0, 199.0)},
+                      windows_hu={"CTA": (0.0, 150.0), "NCCT": (0.0, 200.0)})
