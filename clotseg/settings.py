@@ -657,6 +657,14 @@ class Settings:
         return len(self.modality_patterns) * (2 * self.context_slices + 1) * (2 if self.symmetry_channels else 1)
 
     @property
+    def applied_extra_windows(self) -> dict:
+        """EXTRA_WINDOWS_HU's entries that apply to this cohort's modalities, in
+        MODALITY_PATTERNS' order (an entry of the shipped value may not: validate)."""
+        extra = self.extra_windows_hu
+        return {name: tuple(extra[name]) for name in self.modalities
+                if name in extra and _extra_window_applies(self.windows_hu.get(name), extra[name])}
+
+    @property
     def extra_window_channels(self) -> list[tuple[int, float, float]]:
         """EXTRA_WINDOWS_HU as the network derives it: one (channel, scale, offset)
         per input channel of a modality named there (every context plane, and
@@ -666,14 +674,13 @@ class Settings:
         (low, high); the extra window (lo, hi) is clip(x * scale + offset, 0, 1)
         with scale = (high - low) / (hi - lo) and offset = (low - lo) / (hi - lo)."""
         planes = 2 * self.context_slices + 1
-        mods = self.modalities
+        mods, applied = self.modalities, self.applied_extra_windows
         out = []
         for half in range(2 if self.symmetry_channels else 1):
             for m, name in enumerate(mods):
-                main, win = self.windows_hu.get(name), self.extra_windows_hu.get(name)
-                if win is None or not _extra_window_applies(main, win):
-                    continue   # only the shipped value may name what does not apply (validate)
-                (low, high), (lo, hi) = main, win
+                if name not in applied:
+                    continue
+                (low, high), (lo, hi) = self.windows_hu[name], applied[name]
                 scale, offset = (float(high) - float(low)) / (hi - lo), (float(low) - lo) / (hi - lo)
                 out.extend(((half * len(mods) + m) * planes + p, scale, offset) for p in range(planes))
         return out

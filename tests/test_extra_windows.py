@@ -90,7 +90,10 @@ def test_training_keeps_the_windows_fixed_into_the_saved_whole_slice_model(tmp_p
                       target_sample_size_aug_train=32, target_sample_size_aug_val=8, tune_postprocessing=False)
     write_cohort(s, n=6, clot_free=(6,))
     prepare_data(s, log=quiet, demo_if_empty=False)
-    run = run_training(s, log=quiet)
+    lines = []
+    run = run_training(s, log=lines.append)
+    assert any("(32, 32) patches of (64, 64, 2) + 1 channel of NCCT 10-90 HU derived in the model inputs" in line
+               for line in lines)
     best = keras.models.load_model(run / BEST_MODEL, safe_mode=True, compile=False)
     assert tuple(best.input_shape[1:]) == s.model_input_shape == (64, 64, 2)
     kernel, bias = best.get_layer("extra_windows").get_weights()
@@ -142,7 +145,7 @@ def test_the_shipped_value_leaves_alone_a_cohort_it_does_not_apply_to(tmp_path):
         (c, 3.5, -0.5) for c in (0, 1, 2)]                      # CTA -100..600 HU: planes 0-2
     one_channel = tiny_settings(tmp_path, extra_windows_hu=shipped, input_shape=(64, 64, 1),
                                 modality_patterns={"CT": "CS<ID>_CT.npy"}, windows_hu={"CT": (0.0, 80.0)})
-    assert one_channel.extra_window_channels == []
+    assert one_channel.extra_window_channels == [] and one_channel.applied_extra_windows == {}
     for cta_window in (None, (0.0, 150.0)):
         s = tiny_settings(tmp_path, extra_windows_hu=shipped,
                           windows_hu={"CTA": cta_window, "NCCT": (0.0, 200.0)})

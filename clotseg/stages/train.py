@@ -580,6 +580,10 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
     inputs = (f"{tuple(settings.patch_size)} patches of {settings.model_input_shape}" if settings.patch_size
               else f"{settings.model_input_shape}")
     supervised = f", deep supervision over {num_outputs} outputs" if num_outputs > 1 else ""
+    windows = [f"{name} {lo:g}-{hi:g} HU" for name, (lo, hi) in settings.applied_extra_windows.items()]
+    if windows:
+        n = len(settings.extra_window_channels)
+        inputs += f" + {n} channel{'s' if n != 1 else ''} of {', '.join(windows)} derived in the model"
     log(f"[train] {settings.model} on {inputs} inputs ({model.count_params():,} parameters{supervised}), "
         f"LR {settings.lr_schedule}{' (decay over MAX_TRAINING_MINUTES)' if schedule else ''}; "
         f"backend {runtime.backend()}, device {record['device']}, precision {policy}, "
