@@ -189,8 +189,10 @@ EXTRA_WINDOWS_HU = {}            # per modality, a narrower HU window the networ
                                  # and calcium apart. The cpu preset's {"CTA": (0.0, 200.0)}: +0.022
                                  # [+0.001, +0.047], the clots under 10 HU of NCCT contrast +0.095 [+0.041,
                                  # +0.152], 0.5 vs 2.5 of 16 controls with an alarm; the NCCT's 10-90 HU
-                                 # -0.017 [-0.051, +0.015] (thirty-second round). That value skips a cohort
-                                 # without a CTA window holding 0-200 HU; a value of your own must apply
+                                 # -0.017 [-0.051, +0.015]; the CTA window in the demo preset -0.121
+                                 # [-0.175, -0.067] (thirty-second round), so off by default. The preset's
+                                 # value skips a cohort without a CTA window holding 0-200 HU; a value of
+                                 # your own must apply
 INITIAL_MODEL = None             # start training from a trained model's weights instead of random ones
                                  # (transfer learning): a .keras file or a run folder (its
                                  # Best_Model/model.keras), e.g. your model of an earlier cohort (README
@@ -308,6 +310,8 @@ PRESETS = {
                                                 # (twenty-second round); at the cpu preset's 24 epochs they
                                                 # lost -0.020 [-0.043, -0.002] (2 seeds, twenty-fourth round),
                                                 # so the defaults stay
+                                                # (no EXTRA_WINDOWS_HU: the cpu preset's CTA window lost
+                                                # -0.121 [-0.175, -0.067] here, thirty-second round)
     },
     "cpu": {
         "INPUT_SHAPE": (128, 128, 2),
