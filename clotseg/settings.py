@@ -64,7 +64,7 @@ def _default_clot_appearance_hu():
 
 
 def _shipped_extra_windows_hu():
-    return {"CTA": (0.0, 200.0)}                             # the value config.py and its presets ship
+    return {"CTA": (0.0, 200.0)}                             # the cpu preset's (config.py PRESETS)
 
 
 def _extra_window_applies(main, win) -> bool:
