@@ -135,8 +135,8 @@ def test_an_initial_model_must_have_been_trained_with_the_same_windows(tmp_path,
 
 
 def test_the_shipped_value_leaves_alone_a_cohort_it_does_not_apply_to(tmp_path):
-    """{"CTA": (0, 200)} ships with config.py's presets, which also serve one-channel cohorts and
-    other windows: where it does not apply it gives no channel instead of an error; the same
+    """{"CTA": (0, 200)} ships in config.py's cpu preset; the presets also serve one-channel cohorts
+    and other windows: where it does not apply it gives no channel instead of an error; the same
     window written for a modality that lacks it is refused (test above)."""
     from clotseg.settings import _shipped_extra_windows_hu
 

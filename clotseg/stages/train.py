@@ -201,6 +201,16 @@ class ResumableReduceLROnPlateau(_ResumableCounters, keras.callbacks.ReduceLROnP
     _COUNTERS = {**_ResumableCounters._COUNTERS, "cooldown": ("cooldown_counter", int)}
 
 
+def network(settings: Settings, input_shape, deep_supervision: bool = False) -> keras.Model:
+    """config.py's network (MODEL and its options, from the registry) for `input_shape`: the one
+    place that turns the settings into `build_model`'s arguments, so the trained model and its
+    inference copy can never be built from different ones."""
+    return build_model(settings.model, input_shape, settings.base_filters, settings.depth, settings.dropout,
+                       settings.num_classes, deep_supervision=deep_supervision,
+                       normalization=settings.normalization, dropout_kind=settings.dropout_kind,
+                       extra_windows=settings.extra_window_channels)
+
+
 def inference_copy(model: keras.Model, settings: Settings | None = None) -> keras.Model:
     """An uncompiled copy of `model` with its weights: saved without the
     optimizer, loss and metrics, it needs no ClotSeg class to load.
@@ -214,10 +224,7 @@ def inference_copy(model: keras.Model, settings: Settings | None = None) -> kera
         # from_config, not clone_model: a clone of a compiled model keeps its compile config
         copy = model.__class__.from_config(model.get_config())
     else:
-        copy = build_model(settings.model, settings.model_input_shape, settings.base_filters,
-                           settings.depth, settings.dropout, settings.num_classes,
-                           normalization=settings.normalization, dropout_kind=settings.dropout_kind,
-                           extra_windows=settings.extra_window_channels)
+        copy = network(settings, settings.model_input_shape)
     # by layer name: a deep-supervision model's extra heads have no counterpart in the copy
     for layer in copy.layers:
         if layer.weights:
@@ -488,11 +495,7 @@ def run_training(settings: Settings, resume: bool | None = None, log=print) -> P
                   "precision": policy, "jit_compile": jit, "replicas": replicas}
         with scope:  # variables must be created where the distribution places them
             try:
-                model = build_model(settings.model, settings.training_input_shape, settings.base_filters,
-                                    settings.depth, settings.dropout, settings.num_classes,
-                                    deep_supervision=settings.deep_supervision,
-                                    normalization=settings.normalization, dropout_kind=settings.dropout_kind,
-                                    extra_windows=settings.extra_window_channels)
+                model = network(settings, settings.training_input_shape, settings.deep_supervision)
             except ValueError as exc:  # e.g. a registered model without deep supervision: a config mistake
                 raise StageError(f"MODEL = {settings.model!r}: {exc}") from exc
             if settings.initial_model is not None:
