@@ -192,7 +192,8 @@ EXTRA_WINDOWS_HU = {}            # per modality, a narrower HU window the networ
                                  # -0.017 [-0.051, +0.015]; the CTA window in the demo preset -0.121
                                  # [-0.175, -0.067] (thirty-second round), so off by default. The preset's
                                  # value skips a cohort without a CTA window holding 0-200 HU; a value of
-                                 # your own must apply
+                                 # your own must apply. The CTA's 0-120 HU did no better than 0-200:
+                                 # -0.005 [-0.025, +0.012] (thirty-third round)
 INITIAL_MODEL = None             # start training from a trained model's weights instead of random ones
                                  # (transfer learning): a .keras file or a run folder (its
                                  # Best_Model/model.keras), e.g. your model of an earlier cohort (README
