@@ -124,7 +124,8 @@ CLOT_APPEARANCE_AUG = 0.5        # share of clot samples whose clot intensity is
                                  # unchanged (not every clot is hyperdense). 0 = off. 0.5 on NCCT alone: the
                                  # clots that are not hyperdense +0.060 [+0.015, +0.112], all clot cases
                                  # +0.011 [-0.006, +0.030], 2 vs 1 of 24 controls with an alarm (demo scale,
-                                 # 3 seeds; sixteenth round)
+                                 # 3 seeds; sixteenth round). 0.25 at the cpu preset: the clots under 10 HU
+                                 # of NCCT contrast -0.062 [-0.113, -0.018] (thirty-third round)
 CLOT_APPEARANCE_HU = {           # per modality, the range of HU offsets a clot's intensity moves by; a
     "NCCT": (-30.0, 10.0),       # modality left out (or with no HU window) stays. NCCT: a hyperdense clot
 }                                # (45-75 HU) becomes iso- or hypodense, as 30-50% of clots are. Adding
