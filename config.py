@@ -125,7 +125,8 @@ CLOT_APPEARANCE_AUG = 0.5        # share of clot samples whose clot intensity is
                                  # clots that are not hyperdense +0.060 [+0.015, +0.112], all clot cases
                                  # +0.011 [-0.006, +0.030], 2 vs 1 of 24 controls with an alarm (demo scale,
                                  # 3 seeds; sixteenth round). 0.25 at the cpu preset: the clots under 10 HU
-                                 # of NCCT contrast -0.062 [-0.113, -0.018] (thirty-third round)
+                                 # of NCCT contrast -0.062 [-0.113, -0.018] (thirty-third round); 0.75 there:
+                                 # -0.003 [-0.016, +0.012], the clear clots -0.011 [-0.020, -0.002] (thirty-fourth)
 CLOT_APPEARANCE_HU = {           # per modality, the range of HU offsets a clot's intensity moves by; a
     "NCCT": (-30.0, 10.0),       # modality left out (or with no HU window) stays. NCCT: a hyperdense clot
 }                                # (45-75 HU) becomes iso- or hypodense, as 30-50% of clots are. Adding
@@ -158,7 +159,8 @@ SYMMETRY_CHANNELS = False        # also feed every input plane mirrored left-rig
                                  # channels. The midline is the mean column of each slice's tissue pixels
 PATCH_SIZE = None                # (rows, cols): train on random patches of the slices, a clot slice cropped
                                  # around its clot (nnU-Net style); validation and testing see whole slices.
-                                 # None = train on whole slices
+                                 # None = train on whole slices. (96, 96) in batches of 16 at the cpu preset's
+                                 # compute: -0.050 [-0.080, -0.023], the faint clots -0.110 (thirty-fourth round)
 
 # --------------------------------------------------------------------------
 # Model (stage 4)
@@ -213,7 +215,9 @@ LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half th
                                  # weigh as much as large ones; -0.009 [-0.040, +0.023] at the CPU scale over
                                  # 2 seeds, 3x the network's false positives; at today's cpu preset on 2 unseen
                                  # seeds +0.008 [-0.012, +0.032], the faint clots +0.052 [-0.008, +0.123], but
-                                 # 5.5 of 16 controls with an alarm: thirty-first round), "tversky",
+                                 # 5.5 of 16 controls with an alarm: thirty-first round; with the cpu preset's
+                                 # CTA window -0.006 [-0.022, +0.010], the faint clots -0.027: thirty-fourth
+                                 # round), "tversky",
                                  # "focal_tversky";
                                  # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, -0.014
                                  # [-0.039, +0.006] at the CPU scale, more false alarms (thirteenth round);
