@@ -172,7 +172,8 @@ BASE_FILTERS = 32                # encoder filters 32-64-128-256
 DEPTH = 3                        # number of poolings
 DROPOUT = 0.1                    # 0: -0.006 [-0.037, +0.021] on another generator (thirteenth round);
                                  # the demo on a faster machine +0.009 [-0.002, +0.020], the clots that
-                                 # are not hyperdense -0.010 (twenty-fifth round): 0.1 stays
+                                 # are not hyperdense -0.010 (twenty-fifth round): 0.1 stays. 0 at the cpu
+                                 # preset: -0.020 [-0.040, -0.003], the faint clots -0.052 (thirty-fourth round)
 DROPOUT_KIND = "standard"        # "standard" (single activations, CT-ClotSeg's) or "spatial" (whole feature
                                  # maps, SpatialDropout2D): at the cpu preset (2 seeds) +0.006 [-0.012, +0.025],
                                  # 3x the false alarms before post-processing (twenty-eighth round)
