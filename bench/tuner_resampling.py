@@ -44,6 +44,10 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
   tuner holding 130 HU and TTA off
               the same as shipped with TTA_FLIPS = False held (no flip
               averaging, which can lower a weak detection under the threshold)
+  tuner holding 130 HU, thresholds from 0.1
+              the same as shipped with 0.1 and 0.2 added to its threshold
+              grid (THRESHOLDS starts at 0.3, and the `cpu` preset's models
+              mostly chose 0.3: the grid's edge)
 
 --rules RULE [RULE ...] compares only those (each rule costs one tuning per draw).
 
@@ -81,7 +85,9 @@ RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to
          "tuner holding 130 HU, ties within 0.005", "tuner holding 130 HU, ties within 0.01",
          "tuner holding 130 HU, ties within 0.02",
          "tuner holding 130 HU and peak 0.6", "tuner holding 130 HU and peak 0.7",
-         "tuner holding 130 HU and peak 0.8", "tuner holding 130 HU and TTA off")
+         "tuner holding 130 HU and peak 0.8", "tuner holding 130 HU and TTA off",
+         "tuner holding 130 HU, thresholds from 0.1")
+LOW_THRESHOLDS = (0.1, 0.2)
 LUMEN_HU = 130.0
 
 
@@ -155,13 +161,14 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
     if rule.startswith("tuner holding 130 HU"):
         # as shipped, ", ties within D" (DICE_TOLERANCE = D) or " and peak P" (MIN_COMPONENT_PEAK = P held too)
         tolerance = float(rule.rsplit(" ", 1)[1]) if ", ties within " in rule else pp.DICE_TOLERANCE
+        thresholds = LOW_THRESHOLDS + tuple(pp.THRESHOLDS) if rule.endswith(", thresholds from 0.1") else pp.THRESHOLDS
         held = {"max_component_cta_hu": LUMEN_HU} if ctas is not None else {}
         if " and peak " in rule:
             held["min_component_peak"] = float(rule.rsplit(" ", 1)[1])
         if rule.endswith(" and TTA off"):
             held["tta_flips"] = False
         with mock.patch.object(pp, "DICE_TOLERANCE", tolerance):
-            return pp.tune(tune_cases, ctas=ctas, fixed=held)["chosen"]
+            return pp.tune(tune_cases, thresholds=thresholds, ctas=ctas, fixed=held)["chosen"]
     if rule == "plain + 130 HU":
         return pp.PostProcessing(max_component_cta_hu=LUMEN_HU if ctas is not None else 0.0).as_dict()
 
@@ -197,9 +204,10 @@ def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, se
     n = len(truths)
     vessels = near if near is not None else [None] * n
     cta_list = ctas if ctas is not None else [None] * n
+    grid = tuple(pp.THRESHOLDS) + (LOW_THRESHOLDS if any(r.endswith(", thresholds from 0.1") for r in rules) else ())
     comps = {(tta, t): [pp._case_components(np.mean(m, 0) if tta else m[0], truth, t, vessels=v, cta=c)
                         for m, truth, v, c in zip(members, truths, vessels, cta_list)]
-             for tta in (False, True) for t in pp.THRESHOLDS}
+             for tta in (False, True) for t in grid}
     rng = np.random.default_rng(seed)
     out = {rule: [] for rule in rules}
     for _ in range(draws):

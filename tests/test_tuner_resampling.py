@@ -85,6 +85,28 @@ def test_the_peak_rules_hold_the_peak_filter():
         assert chosen["min_component_peak"] == peak and chosen["max_component_cta_hu"] == 0.0
 
 
+def test_the_low_threshold_rule_reaches_clots_under_the_shipped_grid():
+    """Every clot peaks at 0.25, under the shipped grid's lowest threshold
+    (0.3): only the rule whose grid adds 0.1 and 0.2 finds them, by choosing
+    a threshold below 0.25."""
+    from bench.tuner_resampling import LOW_THRESHOLDS, _choose
+    from clotseg import postprocessing as pp
+
+    assert min(pp.THRESHOLDS) > 0.25 > max(LOW_THRESHOLDS)
+    members, truths = _cohort()
+    for prob, truth in zip(members, truths):
+        prob[0][truth] = 0.25
+    rules = ["tuner holding 130 HU", "tuner holding 130 HU, thresholds from 0.1"]
+    out = resample(members, truths, draws=12, rules=rules)
+    shipped, low = (np.array(out[r]) for r in rules)
+    # clot cases found (the size filter may still drop the 4-voxel clots of every fifth case)
+    assert np.allclose(shipped[:, 2], 0.0) and low[:, 2].min() > 0.5
+    assert low[:, 0].mean() > shipped[:, 0].mean()
+    tune_cases = [(list(m), t) for m, t in zip(members[:8], truths[:8])]
+    assert _choose(rules[1], tune_cases)["threshold"] in LOW_THRESHOLDS
+    assert _choose(rules[0], tune_cases)["threshold"] in pp.THRESHOLDS
+
+
 def test_a_folder_without_a_finished_run_is_one_line_and_exit_status_2(tmp_path, capsys):
     import pytest
 
