@@ -44,6 +44,16 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
   tuner holding 130 HU and TTA off
               the same as shipped with TTA_FLIPS = False held (no flip
               averaging, which can lower a weak detection under the threshold)
+  tuner holding 130 HU and size 0
+              the same as shipped with no size filter (MIN_COMPONENT_VOXELS = 0 held)
+  tuner holding 130 HU, ties to the smallest filter
+              the same as shipped with TIE_FILTER = "smallest"
+  tuner holding 130 HU, size margin M
+              the same as shipped with SIZE_MARGIN = M (the size filter at
+              most M x the smallest validation clot; shipped 0.5)
+  tuner holding 130 HU, no found slack
+              the same as shipped with FOUND_SLACK = 0: no choice may find
+              fewer validation clots than the plain default
   tuner holding 130 HU, thresholds from 0.1
               the same as shipped with 0.1 and 0.2 added to its threshold
               grid (THRESHOLDS starts at 0.3, and the `cpu` preset's models
@@ -86,7 +96,8 @@ RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to
          "tuner holding 130 HU, ties within 0.02",
          "tuner holding 130 HU and peak 0.6", "tuner holding 130 HU and peak 0.7",
          "tuner holding 130 HU and peak 0.8", "tuner holding 130 HU and TTA off",
-         "tuner holding 130 HU, thresholds from 0.1")
+         "tuner holding 130 HU and size 0", "tuner holding 130 HU, ties to the smallest filter",
+         "tuner holding 130 HU, size margin 0.25", "tuner holding 130 HU, no found slack", "tuner holding 130 HU, thresholds from 0.1")
 LOW_THRESHOLDS = (0.1, 0.2)
 LUMEN_HU = 130.0
 
@@ -167,7 +178,13 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
             held["min_component_peak"] = float(rule.rsplit(" ", 1)[1])
         if rule.endswith(" and TTA off"):
             held["tta_flips"] = False
-        with mock.patch.object(pp, "DICE_TOLERANCE", tolerance):
+        if rule.endswith(" and size 0"):
+            held["min_component_voxels"] = 0
+        slack = 0.0 if rule.endswith(", no found slack") else pp.FOUND_SLACK
+        ties = "smallest" if rule.endswith(", ties to the smallest filter") else pp.TIE_FILTER
+        margin = float(rule.rsplit(" ", 1)[1]) if ", size margin " in rule else pp.SIZE_MARGIN
+        with mock.patch.object(pp, "DICE_TOLERANCE", tolerance), mock.patch.object(pp, "FOUND_SLACK", slack), \
+                mock.patch.object(pp, "TIE_FILTER", ties), mock.patch.object(pp, "SIZE_MARGIN", margin):
             return pp.tune(tune_cases, thresholds=thresholds, ctas=ctas, fixed=held)["chosen"]
     if rule == "plain + 130 HU":
         return pp.PostProcessing(max_component_cta_hu=LUMEN_HU if ctas is not None else 0.0).as_dict()

@@ -107,6 +107,42 @@ def test_the_low_threshold_rule_reaches_clots_under_the_shipped_grid():
     assert _choose(rules[0], tune_cases)["threshold"] in pp.THRESHOLDS
 
 
+def test_the_size_rules_bound_the_size_filter_and_the_slack_rule_keeps_every_clot():
+    """"and size 0" holds no size filter; ", size margin M" caps it at M x
+    the smallest tuning clot; ", no found slack" finds on the tuning cases
+    every clot the plain default finds (the shipped slack may give one up for
+    keep-largest-component, whose tie-break here keeps an alarm beside the
+    every-fifth small clot)."""
+    from bench.tuner_resampling import _choose
+    from clotseg import postprocessing as pp
+
+    members, truths = _cohort()
+    # without the every-fifth small clot: 18-voxel clots beside 4-voxel alarms, controls with 8-voxel ones
+    sized = [(list(members[i]), truths[i]) for i in (1, 2, 3, 4, 6, 7, 8, 9, 11, 12)]
+    smallest = min(int(t.sum()) for _, t in sized if t.any())
+    shipped = _choose("tuner holding 130 HU", sized)["min_component_voxels"]
+    assert shipped > 0.25 * smallest                     # the shipped margin (0.5) lets a 6-voxel filter win
+    assert _choose("tuner holding 130 HU and size 0", sized)["min_component_voxels"] == 0
+    for margin in (0.25, 1.0):
+        chosen = _choose(f"tuner holding 130 HU, size margin {margin}", sized)
+        assert chosen["min_component_voxels"] <= margin * smallest
+    ties = _choose("tuner holding 130 HU, ties to the smallest filter", sized)
+    assert ties["min_component_voxels"] <= shipped
+
+    tune_cases = [(list(m), t) for m, t in zip(members[:9], truths[:9])]    # with the small clot of case 5
+
+    def found(choice):
+        """Clots the choice finds on tune_cases."""
+        return sum(pp._score(pp._case_components(np.mean(m, 0) if choice["tta_flips"] else m[0], t,
+                                                 choice["threshold"]),
+                             choice["min_component_voxels"], choice["keep_largest_component"],
+                             choice["min_component_peak"])[2] for m, t in tune_cases)
+
+    plain = found(pp.DEFAULT.as_dict())
+    assert found(_choose("tuner holding 130 HU", tune_cases)) == plain - 1   # keep-largest drops the small clot
+    assert found(_choose("tuner holding 130 HU, no found slack", tune_cases)) >= plain
+
+
 def test_a_folder_without_a_finished_run_is_one_line_and_exit_status_2(tmp_path, capsys):
     import pytest
 
