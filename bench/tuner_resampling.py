@@ -50,7 +50,8 @@ tuner chooses on, and the other 32 score the choice. Rules compared:
               the same as shipped with TIE_FILTER = "smallest"
   tuner holding 130 HU, size margin M
               the same as shipped with SIZE_MARGIN = M (the size filter at
-              most M x the smallest validation clot; shipped 0.5)
+              most M x the smallest validation clot; shipped 0.25, 0.5
+              before the thirty-fifth round)
   tuner holding 130 HU, no found slack
               the same as shipped with FOUND_SLACK = 0: no choice may find
               fewer validation clots than the plain default
@@ -97,7 +98,8 @@ RULES = ("strict", "tuner", "tuner, ties to the largest filter", "tuner, ties to
          "tuner holding 130 HU and peak 0.6", "tuner holding 130 HU and peak 0.7",
          "tuner holding 130 HU and peak 0.8", "tuner holding 130 HU and TTA off",
          "tuner holding 130 HU and size 0", "tuner holding 130 HU, ties to the smallest filter",
-         "tuner holding 130 HU, size margin 0.25", "tuner holding 130 HU, no found slack", "tuner holding 130 HU, thresholds from 0.1")
+         "tuner holding 130 HU, size margin 0.5", "tuner holding 130 HU, no found slack",
+         "tuner holding 130 HU, thresholds from 0.1")
 LOW_THRESHOLDS = (0.1, 0.2)
 LUMEN_HU = 130.0
 

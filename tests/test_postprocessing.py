@@ -7,8 +7,8 @@ import pytest
 
 from clotseg.evaluation.metrics import case_metrics
 from clotseg.inference import postprocess, to_mask
-from clotseg.postprocessing import (DEFAULT, MIN_CLOT_CASES, MIN_PEAKS, MIN_SIZES, THRESHOLDS, VESSEL_DISTANCES_MM,
-                                    PostProcessing, resolve, tune)
+from clotseg.postprocessing import (DEFAULT, MIN_CLOT_CASES, MIN_PEAKS, MIN_SIZES, SIZE_MARGIN, THRESHOLDS,
+                                    VESSEL_DISTANCES_MM, PostProcessing, resolve, tune)
 from tests.conftest import tiny_settings
 
 SHAPE = (24, 24, 10)
@@ -59,8 +59,8 @@ def test_min_size_removes_a_small_spurious_blob():
     chosen = _chosen(result)
     # a filter that removes the 4-voxel blobs but keeps the 27-voxel clot
     assert 4 < chosen.min_component_voxels <= 27
-    # of the filters that work equally well (6, 10), the largest under half the 27-voxel clot (TIE_FILTER)
-    assert chosen.min_component_voxels == max(m for m in MIN_SIZES if 4 < m <= 13.5)
+    # of the filters that work equally well, the largest under SIZE_MARGIN x the 27-voxel clot (TIE_FILTER)
+    assert chosen.min_component_voxels == max(m for m in MIN_SIZES if 4 < m <= SIZE_MARGIN * 27)
     assert chosen.keep_largest_component is False and chosen.tta_flips is False
     assert chosen.threshold == 0.5          # every threshold does as well: the nearest to 0.5 wins
     val = result["validation"]
@@ -80,8 +80,9 @@ def test_a_faint_false_alarm_on_a_clot_free_case_raises_the_threshold():
     chosen = _chosen(result)
     assert chosen.threshold > 0.55
     assert chosen.threshold == min(t for t in THRESHOLDS if t > 0.55)
-    # the size filters tie here; the largest under half the 27-voxel clot is kept (TIE_FILTER)
-    assert chosen.min_component_voxels == 10 and not chosen.keep_largest_component
+    # the size filters tie here; the largest under SIZE_MARGIN x the 27-voxel clot is kept (TIE_FILTER)
+    assert chosen.min_component_voxels == max(m for m in MIN_SIZES if m <= SIZE_MARGIN * 27)
+    assert not chosen.keep_largest_component
     val = result["validation"]
     assert val["default"]["mean_dice"] == pytest.approx(0.5)      # the control scores 0 for its false alarm
     assert val["chosen"]["mean_dice"] == pytest.approx(1.0)
@@ -115,8 +116,8 @@ def test_a_dice_gain_that_adds_false_positives_is_refused():
     allowed = [r for r in table if r["fp_components_per_case"] <= base["fp_components_per_case"]]
     assert chosen["mean_dice"] == pytest.approx(max(r["mean_dice"] for r in allowed))
     # ties go to the plain threshold, no TTA, no keep-largest, and the largest size filter under
-    # half the smallest validation clot volume (case 2: 60 voxels, cap 30)
-    assert _chosen(result) == PostProcessing(0.5, False, 20, False)
+    # SIZE_MARGIN x the smallest validation clot volume (case 2: 60 voxels)
+    assert _chosen(result) == PostProcessing(0.5, False, max(m for m in MIN_SIZES if m <= SIZE_MARGIN * 60), False)
 
 
 
@@ -137,7 +138,8 @@ def test_a_peak_filter_keeps_the_low_threshold_outline_without_the_faint_false_p
     without = tune(cases, min_clot_cases=1, min_peaks=(0.0,))
     result = tune(cases, min_clot_cases=1)
     # the lowest peak filter above the threshold that does it, the largest size filter under the cap
-    assert _chosen(result) == PostProcessing(0.3, False, 20, False, 0.6)
+    cap = max(m for m in MIN_SIZES if m <= SIZE_MARGIN * 60)
+    assert _chosen(result) == PostProcessing(0.3, False, cap, False, 0.6)
     chosen = result["validation"]["chosen"]
     assert chosen["mean_dice"] == pytest.approx(1.0)
     assert chosen["fp_components_per_case"] == 0.0
@@ -146,7 +148,7 @@ def test_a_peak_filter_keeps_the_low_threshold_outline_without_the_faint_false_p
     assert all(r["min_component_peak"] == 0.0 or r["min_component_peak"] > r["threshold"] for r in result["table"])
     # testing.py's post-processing does the same to the volume
     from clotseg.inference import postprocess
-    pred = postprocess((prob1 > 0.3).astype(np.uint8), 20, False, prob=prob1, min_peak=0.6)
+    pred = postprocess((prob1 > 0.3).astype(np.uint8), cap, False, prob=prob1, min_peak=0.6)
     assert np.array_equal(pred.astype(bool), truth1)
     with pytest.raises(ValueError, match="needs the probabilities"):
         postprocess((prob1 > 0.3).astype(np.uint8), min_peak=0.6)
@@ -377,10 +379,9 @@ def test_too_few_validation_clot_cases_keep_the_plain_default():
 def test_a_filter_near_the_smallest_validation_clot_is_refused():
     """Confident 12-voxel false alarms on two controls, 27-voxel clots: a
     20-voxel filter removes the alarms and keeps every clot, the best on
-    these cases, but it is above half the smallest validation clot
-    (SIZE_MARGIN) and would delete the smaller clots of new cases, so the
-    tuner keeps a filter of at most 13.5 voxels."""
-    from clotseg.postprocessing import SIZE_MARGIN
+    these cases, but it is above SIZE_MARGIN x the smallest validation
+    clot and would delete the smaller clots of new cases, so the tuner keeps
+    a smaller filter."""
     cases = [([_clot_case()[0]], _clot_case()[1]) for _ in range(3)]
     for _ in range(2):
         control_prob, control_truth = _empty()
@@ -392,7 +393,7 @@ def test_a_filter_near_the_smallest_validation_clot_is_refused():
     chosen = _chosen(result)
     assert chosen.min_component_voxels <= SIZE_MARGIN * 27
     assert result["validation"]["chosen"]["mean_dice"] == pytest.approx(0.6)     # the controls keep their alarm
-    assert "13.5 voxels" in result["reason"]
+    assert f"{SIZE_MARGIN * 27:g} voxels" in result["reason"]
 
 
 def _keep_largest_cohort():
@@ -432,8 +433,10 @@ def test_without_found_slack_keep_largest_is_refused(monkeypatch):
 
 def test_ties_go_to_the_largest_filter_under_the_cap_when_asked(monkeypatch):
     """The 4-voxel blobs go with a 6- or a 10-voxel filter alike (27-voxel
-    clots, cap 13.5): TIE_FILTER decides which of the tied filters is kept."""
+    clots, SIZE_MARGIN held at 0.5: cap 13.5): TIE_FILTER decides which of
+    the tied filters is kept."""
     from clotseg import postprocessing
+    monkeypatch.setattr(postprocessing, "SIZE_MARGIN", 0.5)
     cases = [([_clot_case(blob=(2, 2, 1))[0]], _clot_case()[1]),
              ([_clot_case(blob=(1, 2, 2))[0]], _clot_case()[1]),
              ([_clot_case()[0]], _clot_case()[1])]
