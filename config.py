@@ -146,8 +146,10 @@ CONTEXT_SLICES = 1               # 2.5D: also feed the k slices above and below 
                                  # around it show where the bright lumen stops. Measured (demo scale, 3
                                  # seeds, 96 unseen clot cases): Dice +0.044 [+0.017, +0.073] over 0, and
                                  # on another generator's cohort 4/24 instead of 15/24 controls with a false
-                                 # alarm; k = 2 scored the same as 1. Trained on another generator (small,
-                                 # short clots) 0 and 1 report the same after the tuned post-processing
+                                 # alarm; k = 2 scored the same as 1 (at today's cpu preset, with its CTA
+                                 # window, it lost -0.043 [-0.067, -0.023]: thirty-fifth round). Trained
+                                 # on another generator (small, short clots) 0 and 1 report the same after
+                                 # the tuned post-processing
                                  # (demo, 3 seeds: -0.004 [-0.029, +0.023]; CPU scale, 2 seeds: +0.022
                                  # [-0.004, +0.056]), 1 with fewer false alarms (sixth round). 2 vs 1 with
                                  # today's defaults (demo, 3 seeds): -0.008 [-0.029, +0.010], on the clots
@@ -218,8 +220,9 @@ LOSS = "bce_dice"                # "dice", "bce_dice", "bce_slice_dice" (half th
                                  # seeds +0.008 [-0.012, +0.032], the faint clots +0.052 [-0.008, +0.123], but
                                  # 5.5 of 16 controls with an alarm: thirty-first round; with the cpu preset's
                                  # CTA window -0.006 [-0.022, +0.010], the faint clots -0.027: thirty-fourth
-                                 # round), "tversky",
-                                 # "focal_tversky";
+                                 # round), "tversky" (at the cpu preset -0.014 [-0.029, +0.001], no faint
+                                 # clot more, 1.15 vs 0.42 FP per case before post-processing: thirty-fifth
+                                 # round), "focal_tversky";
                                  # "dice" alone: +0.009 [-0.004, +0.022] at the demo scale, -0.014
                                  # [-0.039, +0.006] at the CPU scale, more false alarms (thirteenth round);
                                  # "topk_bce_dice" (nnU-Net's crossentropy of the 10% hardest pixels): -0.005
