@@ -16,8 +16,8 @@ predicted and 0 for a false alarm, so false alarms on controls count); among
 combinations that neither raise the false-positive components per case above
 the plain choice (0.5, no TTA, no filtering) nor find more than FOUND_SLACK
 of the validation clot cases fewer than it (a clot is found when a kept
-component touches it), and whose size filter stays under a quarter of the smallest
-validation clot (SIZE_MARGIN, a quarter), the best mean Dice wins, ties going to the
+component touches it), and whose size filter stays under a quarter of the
+smallest validation clot (SIZE_MARGIN), the best mean Dice wins, ties going to the
 plainer threshold, TTA, keep-largest, peak, lumen and vessel choice and to the largest size filter
 under that cap (TIE_FILTER). A choice that config.py fixes (THRESHOLD = 0.5,
 say) is not searched: the others are chosen given it, so testing never
@@ -78,7 +78,7 @@ CTA_LUMEN_HU = (0.0, 130.0)
 # Resampled on a development cohort of the first build's generator (never a
 # test cohort; 10 `cpu`-preset models x 30 draws), 0.25 vs 0.5: clot Dice
 # 0.727 -> 0.734, case sensitivity 0.890 -> 0.911, FP components per case
-# 0.05 -> 0.07, controls without an alarm 0.95 -> 0.94; 4 demo-preset
+# 0.05 -> 0.07, controls without an alarm 0.95 -> 0.94; 4 demo-scale
 # models: 0.669 -> 0.674, 0.837 -> 0.849, 0.04 -> 0.06, 0.98 -> 0.95. Six
 # `cpu`-preset models re-tuned, on the unseen test cohorts: paired Dice
 # -0.000 / +0.002 / +0.013 (three pairs), 0 / 1 / 1 more clots found per
