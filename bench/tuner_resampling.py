@@ -163,6 +163,14 @@ def _cta_inputs(dev: Path, cases: list[str]) -> tuple[list | None, list | None]:
     return near, ctas
 
 
+def _thresholds(rule: str) -> tuple:
+    """The threshold grid `rule` tunes over: the shipped THRESHOLDS, with
+    LOW_THRESHOLDS in front for the rule ", thresholds from 0.1"."""
+    from clotseg import postprocessing as pp
+
+    return LOW_THRESHOLDS + tuple(pp.THRESHOLDS) if rule.endswith(", thresholds from 0.1") else tuple(pp.THRESHOLDS)
+
+
 def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
     """The choice of `rule` on `tune_cases`; `near`: their (vessel mask,
     spacing) or None (no CTA: the vessel rules then fall back to no filter);
@@ -174,7 +182,6 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
     if rule.startswith("tuner holding 130 HU"):
         # as shipped, ", ties within D" (DICE_TOLERANCE = D) or " and peak P" (MIN_COMPONENT_PEAK = P held too)
         tolerance = float(rule.rsplit(" ", 1)[1]) if ", ties within " in rule else pp.DICE_TOLERANCE
-        thresholds = LOW_THRESHOLDS + tuple(pp.THRESHOLDS) if rule.endswith(", thresholds from 0.1") else pp.THRESHOLDS
         held = {"max_component_cta_hu": LUMEN_HU} if ctas is not None else {}
         if " and peak " in rule:
             held["min_component_peak"] = float(rule.rsplit(" ", 1)[1])
@@ -187,7 +194,7 @@ def _choose(rule: str, tune_cases, near=None, ctas=None) -> dict:
         margin = float(rule.rsplit(" ", 1)[1]) if ", size margin " in rule else pp.SIZE_MARGIN
         with mock.patch.object(pp, "DICE_TOLERANCE", tolerance), mock.patch.object(pp, "FOUND_SLACK", slack), \
                 mock.patch.object(pp, "TIE_FILTER", ties), mock.patch.object(pp, "SIZE_MARGIN", margin):
-            return pp.tune(tune_cases, thresholds=thresholds, ctas=ctas, fixed=held)["chosen"]
+            return pp.tune(tune_cases, thresholds=_thresholds(rule), ctas=ctas, fixed=held)["chosen"]
     if rule == "plain + 130 HU":
         return pp.PostProcessing(max_component_cta_hu=LUMEN_HU if ctas is not None else 0.0).as_dict()
 
@@ -223,7 +230,7 @@ def resample(members: list[np.ndarray], truths: list[np.ndarray], draws: int, se
     n = len(truths)
     vessels = near if near is not None else [None] * n
     cta_list = ctas if ctas is not None else [None] * n
-    grid = tuple(pp.THRESHOLDS) + (LOW_THRESHOLDS if any(r.endswith(", thresholds from 0.1") for r in rules) else ())
+    grid = sorted({t for rule in rules for t in _thresholds(rule)})   # every threshold a rule may choose
     comps = {(tta, t): [pp._case_components(np.mean(m, 0) if tta else m[0], truth, t, vessels=v, cta=c)
                         for m, truth, v, c in zip(members, truths, vessels, cta_list)]
              for tta in (False, True) for t in grid}
