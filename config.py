@@ -134,6 +134,11 @@ CLOT_APPEARANCE_HU = {           # per modality, the range of HU offsets a clot'
                                  # of 16 controls a false alarm (fifteenth round); "CTA": (-20.0, 0.0) (a
                                  # clot as faint on the CTA as the ones the cpu preset misses) -0.025
                                  # [-0.042, -0.010] at the cpu preset, the faint clots too (thirty-first round)
+SYNTHETIC_CLOT_AUG = 0.0         # share of the Training clot samples that are clot-free slices with a clot
+                                 # drawn into an opacified artery (CTA lumen 150-550 HU replaced by the clot's
+                                 # NCCT + 0-30 HU, the NCCT raised by -5..+30 HU: iso- to hyperdense; through
+                                 # the 2.5D context where the artery runs on; clotseg/synthetic_clots.py): new
+                                 # clot sites, calibres and densities. Needs a CTA in HU. 0 = off
 MODALITY_DROPOUT = 0.0           # share of training samples in which one modality (all its context slices) is
                                  # blanked, so the network learns to find a clot from CTA alone and from NCCT
                                  # alone (ModDrop); validation and testing always see every modality. 0 = off:

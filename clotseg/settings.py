@@ -127,6 +127,7 @@ class Settings:
     positive_sampling: str = "slice"
     clot_appearance_aug: float = 0.5
     clot_appearance_hu: dict = field(default_factory=_default_clot_appearance_hu)
+    synthetic_clot_aug: float = 0.0
     modality_dropout: float = 0.0
     num_workers: int = 0
     context_slices: int = 1
@@ -516,6 +517,13 @@ class Settings:
               f"POSITIVE_SAMPLING must be one of {POSITIVE_SAMPLINGS}, got {_short(self.positive_sampling)}")
         check(_is_num(self.clot_appearance_aug) and 0 <= self.clot_appearance_aug <= 1,
               "CLOT_APPEARANCE_AUG must be in [0, 1] (share of clot samples whose clot intensity is moved)")
+        check(_is_num(self.synthetic_clot_aug) and 0 <= self.synthetic_clot_aug <= 1,
+              "SYNTHETIC_CLOT_AUG must be in [0, 1] (share of clot samples that are clot-free slices with a "
+              "clot drawn into an artery)")
+        check(not (_is_num(self.synthetic_clot_aug) and self.synthetic_clot_aug > 0)
+              or (isinstance(self.windows_hu, dict) and "CTA" in mods and self.windows_hu.get("CTA") is not None),
+              "SYNTHETIC_CLOT_AUG draws a clot into the CTA's opacified lumen: it needs a modality named CTA "
+              "in MODALITY_PATTERNS with an HU window in WINDOWS_HU; set it to 0")
         looks = self.clot_appearance_hu
         check(isinstance(looks, dict), "CLOT_APPEARANCE_HU must be a dict {modality: (low, high)} of HU offsets")
         for name, shift in (looks.items() if isinstance(looks, dict) else ()):

@@ -48,6 +48,7 @@ from clotseg.errors import StageError
 from clotseg.intensity import add_mirror, stack_context, store_context_rows
 from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import AUGMENTATIONS, Settings
+from clotseg.synthetic_clots import insert_clot, lumen_slices
 from clotseg.layout import TRAIN_COHORTS, TRAINING, augmented_dir, sliced_dir  # noqa: F401  (augmented_dir kept here)
 from clotseg.stages.common import (IMAGES, MASKS, SAMPLES, decide, read_samples_csv, store_bytes, store_runs,
                                    write_samples_csv)
@@ -218,7 +219,8 @@ def modality_shift(image: np.ndarray, n_modalities: int, seed, strength: str = "
 def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
                 n_modalities: int | None = None, strength: str = "strong",
                 clot_look: tuple | None = None, mirror_k: int | None = None,
-                plane_masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                plane_masks: np.ndarray | None = None,
+                synthetic: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Augment one sample: image (H, W, C) uint8, mask (H, W) uint8 -> same shapes.
 
     `seed` (an int or a sequence of ints) fully determines the result.
@@ -229,11 +231,19 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
     the clot's own intensity (`clot_appearance`), before the geometry so
     that it moves with the mask; `plane_masks` (planes, H, W) uint8 are
     then the masks of the 2.5D context planes (centre in the middle; None
-    = `mask` of a one-plane sample). `mirror_k` given (SYMMETRY_CHANNELS, the
+    = `mask` of a one-plane sample). `synthetic` = (windows, CTA index, NCCT
+    index or None) given (SYNTHETIC_CLOT_AUG): before all that, a clot is
+    drawn into an artery of this clot-free sample and `mask` and
+    `plane_masks` become its masks (`clotseg.synthetic_clots.insert_clot`).
+    `mirror_k` given (SYMMETRY_CHANNELS, the
     CONTEXT_SLICES k): the planes mirrored about the midline are appended
     after that and before the geometry (`clotseg.intensity.add_mirror`), so
     the output has twice the input's channels.
     """
+    if synthetic is not None:
+        # its own stream (the second child), so the draws below stay as they were without it
+        image, plane_masks = insert_clot(image, *synthetic, np.random.SeedSequence(seed).spawn(2)[1])
+        mask = plane_masks[plane_masks.shape[0] // 2]
     look_masks = mask if plane_masks is None else plane_masks
     if clot_look is not None and clot_look[0] > 0 and look_masks.any():
         # its own stream (a spawned child), so the draws below stay as they were without it
@@ -346,6 +356,28 @@ def _cycle_per_case(slices: np.ndarray, cases: np.ndarray, n: int, rng) -> np.nd
     return np.concatenate([_cycle(slices[cases == name], q, rng) for name, q in zip(names, quota)])
 
 
+def _synthetic_picks(settings: Settings, picks: np.ndarray, clot: np.ndarray, src_images,
+                     rng: np.random.Generator) -> tuple[np.ndarray, tuple | None]:
+    """SYNTHETIC_CLOT_AUG: turn that share of the clot picks into clot-free
+    slices with lumen (`clotseg.synthetic_clots.lumen_slices`), which get a
+    clot drawn in. Changes `picks` in place; returns the (n,) bool flags of
+    those samples and the insertion's (windows, CTA index, NCCT index or
+    None), or no flags and None where the cohort has no such slice."""
+    mods = list(settings.modalities)
+    windows = [settings.windows_hu.get(m) for m in mods]
+    cta, ncct = mods.index("CTA"), (mods.index("NCCT") if "NCCT" in mods and windows[mods.index("NCCT")] else None)
+    sources = np.flatnonzero(lumen_slices(src_images, clot, windows, cta, ncct))
+    flags = np.zeros(len(picks), dtype=bool)
+    clot_slots = np.flatnonzero(clot[picks] > 0)           # already in shuffled order
+    n_synth = int(round(len(clot_slots) * settings.synthetic_clot_aug))
+    if sources.size == 0 or n_synth == 0:
+        return flags, None
+    slots = clot_slots[:n_synth]
+    picks[slots] = _cycle(sources, n_synth, rng)
+    flags[slots] = True
+    return flags, (windows, cta, ncct)
+
+
 def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
     n_channels = settings.model_channels
     return fingerprint({
@@ -361,6 +393,8 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
            if settings.clot_appearance_aug > 0 else {}),
         # only when set: the stores of every run before the setting existed stay valid
         **({"positive_sampling": settings.positive_sampling} if settings.positive_sampling != "slice" else {}),
+        **({"synthetic_clot_aug": settings.synthetic_clot_aug, "windows_hu": settings.windows_hu}
+           if settings.synthetic_clot_aug > 0 and cohort == TRAINING else {}),
     })
 
 
@@ -393,6 +427,9 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     case_ids = [r["case_id"] for r in rows]
     cases = np.array(case_ids) if settings.positive_sampling == "case" else None
     picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction, cases)
+    synthetic, synth_spec = np.zeros(n, dtype=bool), None
+    if settings.synthetic_clot_aug > 0 and cohort == TRAINING:     # validation keeps real clots only
+        synthetic, synth_spec = _synthetic_picks(settings, picks, clot, src_images, rng)
     context = store_context_rows(case_ids, [int(r["slice"]) for r in rows],
                                  settings.context_slices, store_runs(rows))
     n_channels = settings.model_channels      # modalities x context planes (x 2 with SYMMETRY_CHANNELS)
@@ -414,7 +451,8 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
                     clot_appearance_codes(settings.modalities, settings.windows_hu, settings.clot_appearance_hu))
         jobs = [(str(source), str(tmp), context[picks[s:s + CHUNK]], s, settings.random_seed, cohort_id,
                  settings.aug_p, settings.augmentation, shift, look,
-                 settings.context_slices if settings.symmetry_channels else None)
+                 settings.context_slices if settings.symmetry_channels else None,
+                 synth_spec, synthetic[s:s + CHUNK] if synth_spec is not None else None)
                 for s in range(0, n, CHUNK)]
         changed = 0
         bar = tqdm(total=n, desc=f"Augmenting {cohort}", unit="sample")
@@ -440,6 +478,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
         del masks
         manifest = write_manifest(tmp, STAGE, key, cohort=cohort, n_samples=n,
                                   n_positive=int(out_clot.sum()), n_augmented=int(changed),
+                                  n_synthetic=int(synthetic.sum()),
                                   n_source_slices=len(rows), workers=workers,
                                   n_hard_negative_sources=int(hard.sum()) if hard is not None else 0,
                                   positive_fraction=settings.positive_fraction,
@@ -562,11 +601,14 @@ def _auto_workers(n: int, pixels_per_sample: int) -> int:
 
 def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: int, cohort_id: int, p: float,
                    strength: str = "standard", n_modalities: int | None = None,
-                   clot_look: tuple | None = None, mirror_k: int | None = None) -> int:
+                   clot_look: tuple | None = None, mirror_k: int | None = None,
+                   synthetic: tuple | None = None, synth_flags: np.ndarray | None = None) -> int:
     """Worker: augment samples start..start+len(picks) into the output memmaps.
 
     picks: (n, 2k+1) store rows of each sample's context slices (centre in
-    the middle column). Returns how many samples the transform changed.
+    the middle column); synth_flags: (n,) bool, the samples that get a
+    synthetic clot (`synthetic`: see `augment_one`). Returns how many
+    samples the transform changed.
     """
     src_images = load_npy(Path(source) / IMAGES, mmap=True)
     src_masks = load_npy(Path(source) / MASKS, mmap=True)
@@ -580,8 +622,9 @@ def _augment_chunk(source: str, out: str, picks: np.ndarray, start: int, seed: i
         # every context plane's own mask for the clot-appearance change (read only when it is on)
         plane_msks = np.asarray(src_masks[rows]) if clot_look is not None else None
         msk = plane_msks[centre] if plane_msks is not None else np.asarray(src_masks[rows[centre]])
+        synth = synthetic if synth_flags is not None and synth_flags[k] else None
         aug_img, aug_msk = augment_one(transform, img, msk, [seed, cohort_id, 1, start + k], n_modalities,
-                                       strength, clot_look, mirror_k, plane_msks)
+                                       strength, clot_look, mirror_k, plane_msks, synth)
         images[start + k] = aug_img
         masks[start + k] = aug_msk
         # the mirrored half (SYMMETRY_CHANNELS) follows from the first: comparing that suffices
