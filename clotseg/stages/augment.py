@@ -11,7 +11,10 @@ Affine rotation/scaling/shift, GaussNoise and a per-modality intensity
 shift; "domain" draws these from wider ranges and adds sharpening and a
 low-resolution simulation; applied as a whole with probability AUG_P) sees all channels and the
 mask together (CLOT_APPEARANCE_AUG first moves a clot's own intensity inside
-its mask, by default on the NCCT alone; see `clot_appearance`), so every
+its mask, by default on the NCCT alone; see `clot_appearance`;
+SYNTHETIC_CLOT_AUG first draws a clot into an artery of that share of the
+Training clot samples, taken from clot-free slices instead, see
+`clotseg.synthetic_clots`), so every
 modality, every 2.5D context slice and the mask
 share one geometry, and the mask stays binary (nearest-neighbour warps;
 intensity transforms skip masks).
