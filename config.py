@@ -111,7 +111,9 @@ HARD_NEGATIVE_FRACTION = 0.25    # share of the clot-free samples drawn from har
                                  # next to a clot and slices with the most bright (vessel, calcium) pixels.
                                  # 0.5 (demo, 3 seeds): 2 instead of 5 of 24 controls with an alarm, but the
                                  # clots that are not hyperdense -0.037 [-0.083, -0.007] (README lever table);
-                                 # with CLOT_APPEARANCE_AUG 1.0 it is the demo preset's (see PRESETS)
+                                 # with CLOT_APPEARANCE_AUG 1.0 it is the demo preset's (see PRESETS). 0 at
+                                 # the cpu preset: +0.002 [-0.016, +0.021], 2.0 vs 0.5 of 16 controls with
+                                 # an alarm (thirty-sixth round)
 POSITIVE_SAMPLING = "slice"      # how the clot samples are spread: "slice" = every clot slice alike (a
                                  # 30-slice ICA clot gets 10x the samples of a 3-slice M2 clot); "case" =
                                  # every clot case gets the same share, cycling through its own clot slices.
@@ -138,7 +140,10 @@ SYNTHETIC_CLOT_AUG = 0.0         # share of the Training clot samples that are c
                                  # drawn into an opacified artery (CTA lumen 150-550 HU replaced by the clot's
                                  # NCCT + 0-30 HU, the NCCT raised by -5..+30 HU: iso- to hyperdense; through
                                  # the 2.5D context where the artery runs on; clotseg/synthetic_clots.py): new
-                                 # clot sites, calibres and densities. Needs a CTA in HU. 0 = off
+                                 # clot sites, calibres and densities. Needs a CTA in HU. 0 = off: 0.25 at
+                                 # the cpu preset -0.015 [-0.049, +0.013], the clots under 10 HU of NCCT
+                                 # contrast -0.080 [-0.177, -0.002], the others +0.014 [-0.000, +0.029],
+                                 # 3.0 vs 0.5 of 16 controls with an alarm (thirty-sixth round)
 MODALITY_DROPOUT = 0.0           # share of training samples in which one modality (all its context slices) is
                                  # blanked, so the network learns to find a clot from CTA alone and from NCCT
                                  # alone (ModDrop); validation and testing always see every modality. 0 = off:
