@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from clotseg import synthetic_clots
 from clotseg.errors import ConfigError
 from clotseg.intensity import encode
 from clotseg.io import read_json
@@ -13,7 +14,7 @@ from clotseg.stages.common import read_samples_csv
 from clotseg.stages.slicing import sliced_dir
 from clotseg.synthetic_clots import (BLOOD_NCCT_HU, CLOT_NCCT_OFFSET_HU, PERVIOUS_HU, insert_clot, lumen_mask,
                                      lumen_slices)
-from tests.conftest import quiet, tiny_settings, write_cohort
+from tests.conftest import quiet, tiny_settings, write_case, write_cohort
 
 WINDOWS = [(-100.0, 600.0), (0.0, 200.0)]       # CTA, NCCT (the defaults)
 
@@ -149,3 +150,30 @@ def test_stage_turns_the_share_of_clot_samples_into_synthetic_ones(tmp_path):
     # validation keeps its real clots only
     assert read_json(augmented_dir(s, "Validation") / "manifest.json")["fingerprint"] == \
         before["Validation"]["fingerprint"]
+
+
+def test_a_changed_range_rebuilds_and_the_log_says_how_many_are_synthetic(tmp_path, monkeypatch):
+    s = tiny_settings(tmp_path, aug_p=0.0, positive_fraction=0.5, target_sample_size_aug_train=40,
+                      clot_appearance_aug=0.0, hard_negative_fraction=0.0, synthetic_clot_aug=0.5)
+    write_cohort(s, n=6, shape=(40, 36, 12))
+    lines = []
+    prepare_data(s, log=lambda *a, **k: lines.append(" ".join(map(str, a))), demo_if_empty=False)
+    assert any("[augment Training]" in line and "10 of them synthetic" in line for line in lines)
+    assert not any("[augment Validation]" in line and "synthetic" in line for line in lines)
+    sliced = read_json(sliced_dir(s, "Training") / "manifest.json")
+    key = augment_key(s, "Training", sliced)
+    monkeypatch.setattr(synthetic_clots, "PERVIOUS_HU", (0.0, 10.0))
+    assert augment_key(s, "Training", sliced) != key
+    # a cohort whose CTA shows no lumen: the log says why no sample is synthetic
+    dark = tiny_settings(tmp_path / "dark", aug_p=0.0, positive_fraction=0.5, target_sample_size_aug_train=40,
+                         clot_appearance_aug=0.0, hard_negative_fraction=0.0, synthetic_clot_aug=0.5)
+    for cid in range(1, 7):
+        cta = np.full((40, 36, 12), 35.0, np.float32)
+        mask = np.zeros((40, 36, 12), np.uint8)
+        mask[10:14, 10:14, 4:8] = 1
+        cta[mask > 0] = 80.0
+        write_case(dark, cid, shape=(40, 36, 12), cta=cta, mask=mask)
+    lines.clear()
+    prepare_data(dark, log=lambda *a, **k: lines.append(" ".join(map(str, a))), demo_if_empty=False)
+    assert any("0 of them synthetic (SYNTHETIC_CLOT_AUG: no clot-free slice shows opacified lumen)" in line
+               for line in lines)

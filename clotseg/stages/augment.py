@@ -51,6 +51,7 @@ from clotseg.errors import StageError
 from clotseg.intensity import add_mirror, stack_context, store_context_rows
 from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import AUGMENTATIONS, Settings
+from clotseg import synthetic_clots
 from clotseg.synthetic_clots import insert_clot, lumen_slices
 from clotseg.layout import TRAIN_COHORTS, TRAINING, augmented_dir, sliced_dir  # noqa: F401  (augmented_dir kept here)
 from clotseg.stages.common import (IMAGES, MASKS, SAMPLES, decide, read_samples_csv, store_bytes, store_runs,
@@ -396,7 +397,8 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
            if settings.clot_appearance_aug > 0 else {}),
         # only when set: the stores of every run before the setting existed stay valid
         **({"positive_sampling": settings.positive_sampling} if settings.positive_sampling != "slice" else {}),
-        **({"synthetic_clot_aug": settings.synthetic_clot_aug, "windows_hu": settings.windows_hu}
+        **({"synthetic_clot_aug": settings.synthetic_clot_aug, "windows_hu": settings.windows_hu,
+            "synthetic_clots": synthetic_clots.constants()}
            if settings.synthetic_clot_aug > 0 and cohort == TRAINING else {}),
     })
 
@@ -411,9 +413,12 @@ def run_augmentation(settings: Settings, sliced: dict, log=print) -> dict:
         if manifest is None:
             n = settings.target_sample_size_aug_train if cohort == TRAINING else settings.target_sample_size_aug_val
             manifest = augment_cohort(settings, cohort, n, target, key)
+            synthetic = (f", {manifest['n_synthetic']} of them synthetic (SYNTHETIC_CLOT_AUG"
+                         f"{'' if manifest['n_synthetic'] else ': no clot-free slice shows opacified lumen'})"
+                         if settings.synthetic_clot_aug > 0 and cohort == TRAINING else "")
             log(f"[augment {cohort}] {manifest['n_samples']} samples of {manifest['channels']} channels "
-                f"({manifest['n_positive']} with {settings.target_name}, {manifest['n_augmented']} transformed) "
-                f"with {manifest['workers']} worker(s) -> {target}")
+                f"({manifest['n_positive']} with {settings.target_name}{synthetic}, {manifest['n_augmented']} "
+                f"transformed) with {manifest['workers']} worker(s) -> {target}")
         out[cohort] = manifest
     return out
 
