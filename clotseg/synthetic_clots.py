@@ -52,9 +52,9 @@ def _codes(hu: float, window) -> float:
 
 
 def lumen_mask(cta: np.ndarray, cta_window, ncct: np.ndarray | None = None, ncct_window=None) -> np.ndarray:
-    """Opacified lumen of one plane: bool (H, W).
+    """Opacified lumen of one plane (or a stack of them): bool, cta's shape.
 
-    cta (and ncct) are uint8 (H, W) codes of their HU windows; lumen is CTA
+    cta (and ncct) are uint8 (..., H, W) codes of their HU windows; lumen is CTA
     within LUMEN_CTA_HU and, with an NCCT, NCCT below LUMEN_NCCT_MAX_HU
     (bone and calcium are bright on both scans, contrast only on the CTA).
     """
@@ -106,19 +106,24 @@ def insert_clot(image: np.ndarray, windows: list, cta: int, ncct: int | None, se
     else:
         return image.copy(), masks
     rim = _codes(RIM_CTA_HU, windows[cta])
-    # an occluding clot fills the whole cross-section: the lumen's partial-volume rim too, or a
-    # bright ring would remain around it
-    masks[centre] = binary_dilation(region) & ((region) | (image[..., cta * planes + centre] >= rim))
+
+    def with_rim(core, p):
+        # an occluding clot fills the whole cross-section: the lumen's partial-volume rim too, or a
+        # bright ring would remain around it
+        return binary_dilation(core) & (core | (image[..., cta * planes + p] >= rim))
+
+    masks[centre] = with_rim(region, centre)
     for p in range(planes):
         if p != centre and rng.random() < CONTEXT_P:
             # the clot runs on where the artery does: the lumen of that plane within the same disk
-            core = lumens[p] & disk
-            masks[p] = binary_dilation(core) & (core | (image[..., cta * planes + p] >= rim))
+            masks[p] = with_rim(lumens[p] & disk, p)
     # the clot's attenuation (HU): NCCT relative to blood, CTA = its NCCT + perviousness + noise
     ncct_offset = rng.uniform(*CLOT_NCCT_OFFSET_HU)
     cta_hu = BLOOD_NCCT_HU + ncct_offset + rng.uniform(*PERVIOUS_HU)
     noise_hu = rng.uniform(*CTA_NOISE_HU)
     per_hu_cta = 255.0 / (float(windows[cta][1]) - float(windows[cta][0]))
+    target_code = _codes(cta_hu, windows[cta])
+    ncct_span = float(windows[ncct][1]) - float(windows[ncct][0]) if ncct is not None else None
     out = image.astype(np.float32)
     for p in range(planes):
         if not masks[p].any():
@@ -128,12 +133,11 @@ def insert_clot(image: np.ndarray, windows: list, cta: int, ncct: int | None, se
         weight = np.maximum(masks[p], blur / max(float(blur.max()), 1e-6))
         noise = gaussian_filter(rng.normal(0.0, 1.0, (h, w)).astype(np.float32), 0.6)
         noise *= noise_hu * per_hu_cta / max(float(noise.std()), 1e-6)
-        target = _codes(cta_hu, windows[cta]) + noise
+        target = target_code + noise
         k = cta * planes + p
         out[..., k] += weight * (target - out[..., k])
         if ncct is not None:
-            out[..., ncct * planes + p] += weight * ncct_offset * 255.0 / (
-                float(windows[ncct][1]) - float(windows[ncct][0]))
+            out[..., ncct * planes + p] += weight * ncct_offset * 255.0 / ncct_span
     return np.clip(np.rint(out), 0, 255).astype(np.uint8), masks
 
 
@@ -142,12 +146,10 @@ def lumen_slices(images: np.ndarray, clot_pixels: np.ndarray, windows: list, cta
     """Clot-free store slices with at least MIN_LUMEN_PIXELS of lumen (bool
     per slice): the sources a synthetic clot can be drawn into. images: the
     (N, H, W, M) uint8 sliced store (one plane per modality)."""
-    out = np.zeros(len(images), dtype=bool)
+    counts = np.zeros(len(images), dtype=np.int64)
     for start in range(0, len(images), 256):  # a memmap read in chunks: bounded memory
         chunk = np.asarray(images[start:start + 256])
-        for i, plane in enumerate(chunk):
-            if clot_pixels[start + i] == 0:
-                lumen = lumen_mask(plane[..., cta], windows[cta], plane[..., ncct] if ncct is not None else None,
-                                   windows[ncct] if ncct is not None else None)
-                out[start + i] = lumen.sum() >= MIN_LUMEN_PIXELS
-    return out
+        lumen = lumen_mask(chunk[..., cta], windows[cta], chunk[..., ncct] if ncct is not None else None,
+                           windows[ncct] if ncct is not None else None)
+        counts[start:start + len(chunk)] = lumen.reshape(len(chunk), -1).sum(axis=1)
+    return (np.asarray(clot_pixels) == 0) & (counts >= MIN_LUMEN_PIXELS)

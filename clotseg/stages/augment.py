@@ -52,7 +52,6 @@ from clotseg.intensity import add_mirror, stack_context, store_context_rows
 from clotseg.io import create_npy, fingerprint, load_npy, staged_dir, write_manifest
 from clotseg.settings import AUGMENTATIONS, Settings
 from clotseg import synthetic_clots
-from clotseg.synthetic_clots import insert_clot, lumen_slices
 from clotseg.layout import TRAIN_COHORTS, TRAINING, augmented_dir, sliced_dir  # noqa: F401  (augmented_dir kept here)
 from clotseg.stages.common import (IMAGES, MASKS, SAMPLES, decide, read_samples_csv, store_bytes, store_runs,
                                    write_samples_csv)
@@ -246,7 +245,7 @@ def augment_one(transform, image: np.ndarray, mask: np.ndarray, seed,
     """
     if synthetic is not None:
         # its own stream (the second child), so the draws below stay as they were without it
-        image, plane_masks = insert_clot(image, *synthetic, np.random.SeedSequence(seed).spawn(2)[1])
+        image, plane_masks = synthetic_clots.insert_clot(image, *synthetic, np.random.SeedSequence(seed).spawn(2)[1])
         mask = plane_masks[plane_masks.shape[0] // 2]
     look_masks = mask if plane_masks is None else plane_masks
     if clot_look is not None and clot_look[0] > 0 and look_masks.any():
@@ -360,6 +359,11 @@ def _cycle_per_case(slices: np.ndarray, cases: np.ndarray, n: int, rng) -> np.nd
     return np.concatenate([_cycle(slices[cases == name], q, rng) for name, q in zip(names, quota)])
 
 
+def _synthetic_on(settings: Settings, cohort: str) -> bool:
+    """Whether `cohort`'s samples get synthetic clots: Training only (validation keeps real clots)."""
+    return settings.synthetic_clot_aug > 0 and cohort == TRAINING
+
+
 def _synthetic_picks(settings: Settings, picks: np.ndarray, clot: np.ndarray, src_images,
                      rng: np.random.Generator) -> tuple[np.ndarray, tuple | None]:
     """SYNTHETIC_CLOT_AUG: turn that share of the clot picks into clot-free
@@ -370,7 +374,7 @@ def _synthetic_picks(settings: Settings, picks: np.ndarray, clot: np.ndarray, sr
     mods = list(settings.modalities)
     windows = [settings.windows_hu.get(m) for m in mods]
     cta, ncct = mods.index("CTA"), (mods.index("NCCT") if "NCCT" in mods and windows[mods.index("NCCT")] else None)
-    sources = np.flatnonzero(lumen_slices(src_images, clot, windows, cta, ncct))
+    sources = np.flatnonzero(synthetic_clots.lumen_slices(src_images, clot, windows, cta, ncct))
     flags = np.zeros(len(picks), dtype=bool)
     clot_slots = np.flatnonzero(clot[picks] > 0)           # already in shuffled order
     n_synth = int(round(len(clot_slots) * settings.synthetic_clot_aug))
@@ -399,7 +403,7 @@ def augment_key(settings: Settings, cohort: str, sliced_manifest: dict) -> str:
         **({"positive_sampling": settings.positive_sampling} if settings.positive_sampling != "slice" else {}),
         **({"synthetic_clot_aug": settings.synthetic_clot_aug, "windows_hu": settings.windows_hu,
             "synthetic_clots": synthetic_clots.constants()}
-           if settings.synthetic_clot_aug > 0 and cohort == TRAINING else {}),
+           if _synthetic_on(settings, cohort) else {}),
     })
 
 
@@ -415,7 +419,7 @@ def run_augmentation(settings: Settings, sliced: dict, log=print) -> dict:
             manifest = augment_cohort(settings, cohort, n, target, key)
             synthetic = (f", {manifest['n_synthetic']} of them synthetic (SYNTHETIC_CLOT_AUG"
                          f"{'' if manifest['n_synthetic'] else ': no clot-free slice shows opacified lumen'})"
-                         if settings.synthetic_clot_aug > 0 and cohort == TRAINING else "")
+                         if _synthetic_on(settings, cohort) else "")
             log(f"[augment {cohort}] {manifest['n_samples']} samples of {manifest['channels']} channels "
                 f"({manifest['n_positive']} with {settings.target_name}{synthetic}, {manifest['n_augmented']} "
                 f"transformed) with {manifest['workers']} worker(s) -> {target}")
@@ -436,7 +440,7 @@ def augment_cohort(settings: Settings, cohort: str, n: int, target: Path, key: s
     cases = np.array(case_ids) if settings.positive_sampling == "case" else None
     picks = choose_sources(clot, n, settings.positive_fraction, rng, hard, settings.hard_negative_fraction, cases)
     synthetic, synth_spec = np.zeros(n, dtype=bool), None
-    if settings.synthetic_clot_aug > 0 and cohort == TRAINING:     # validation keeps real clots only
+    if _synthetic_on(settings, cohort):
         synthetic, synth_spec = _synthetic_picks(settings, picks, clot, src_images, rng)
     context = store_context_rows(case_ids, [int(r["slice"]) for r in rows],
                                  settings.context_slices, store_runs(rows))
