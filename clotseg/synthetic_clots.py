@@ -38,11 +38,10 @@ MIN_LUMEN_PIXELS = 8               # a source slice needs this much lumen in its
 
 
 def constants() -> dict:
-    """The module's ranges by name (the augmentation stage's fingerprint
-    holds them, so a changed range rebuilds the augmented samples)."""
-    names = ("LUMEN_CTA_HU", "LUMEN_NCCT_MAX_HU", "BLOOD_NCCT_HU", "CLOT_NCCT_OFFSET_HU", "PERVIOUS_HU",
-             "CTA_NOISE_HU", "RADIUS_PX", "RIM_CTA_HU", "CONTEXT_P", "MIN_PIXELS", "TRIES", "MIN_LUMEN_PIXELS")
-    return {name: globals()[name] for name in names}
+    """The module's UPPER_CASE ranges by name (the augmentation stage's
+    fingerprint holds them, so a changed range rebuilds the augmented
+    samples; one added later is held without being listed here)."""
+    return {name: value for name, value in globals().items() if name.isupper()}
 
 
 def _codes(hu: float, window) -> float:
